@@ -1,0 +1,5 @@
+import sys
+
+from morphsearch.cli import main
+
+sys.exit(main())
