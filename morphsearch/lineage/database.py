@@ -1,0 +1,197 @@
+"""Connections to the lineage database: URLs, engines and the one session scope.
+
+This is the only module that makes sessions. :meth:`Database.session` commits on
+success, rolls back on any error and turns every ``SQLAlchemyError`` into a
+:class:`~morphsearch.errors.DatabaseError`, with the URL's password hidden.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from morphsearch.errors import DatabaseError, DatabaseUnreachable
+
+__all__ = ["DEFAULT_URL", "ENV_VAR", "Database", "parse_url", "redact", "safe_url"]
+
+DEFAULT_URL = "sqlite:///morphsearch.db"
+ENV_VAR = "MORPHSEARCH_DB"
+SQLITE_BUSY_TIMEOUT_S = 60.0  # writers on one file queue up behind each other
+PG_CONNECT_TIMEOUT_S = 5  # an unreachable server answers in seconds, not minutes
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def redact(text: str) -> str:
+    """Hide any ``user:password@`` password inside free text (e.g. a malformed URL)."""
+    return _PASSWORD_IN_URL.sub(r"\1***@", text)
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse a database URL, defaulting bare ``postgresql://`` to the psycopg 3 driver.
+
+    Raises:
+        DatabaseUnreachable: the URL is malformed or names an unsupported backend.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUnreachable(
+            f"malformed database URL {redact(str(url))!r}: expected "
+            "sqlite:///path/to/file.db or postgresql+psycopg://user:password@host/db"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseUnreachable(
+            f"unsupported database backend in {safe_url(parsed)}: use sqlite:/// or "
+            "postgresql+psycopg://"
+        )
+    return parsed
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as text with its password replaced by ``***``."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except ArgumentError:
+            return redact(url)
+    return url.render_as_string(hide_password=True)
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or ``None`` for an in-memory database."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):  # sqlite URI filename
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+class Database:
+    """An engine on one lineage database and the session scope over it.
+
+    Args:
+        url: the database URL (password allowed; it is never shown).
+        write: open for writing. SQLite write transactions start with
+            ``BEGIN IMMEDIATE`` so concurrent writers queue on the busy timeout
+            instead of failing when a reader upgrades to a writer.
+
+    Raises:
+        DatabaseUnreachable: the URL is malformed or its driver is missing.
+    """
+
+    def __init__(self, url: str | URL, *, write: bool) -> None:
+        self.url = parse_url(url)
+        self.display_url = safe_url(self.url)
+        self.write = write
+        self.backend = self.url.get_backend_name()
+        try:
+            self.engine = self._create_engine()
+        except (NoSuchModuleError, ImportError) as exc:
+            raise DatabaseUnreachable(
+                f"no driver for {self.display_url} ({exc}); install morphsearch[postgres]"
+            ) from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _create_engine(self) -> Engine:
+        if self.backend == "sqlite":
+            return self._create_sqlite_engine()
+        args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return create_engine(self.url, connect_args=args, pool_pre_ping=True)
+
+    def _create_sqlite_engine(self) -> Engine:
+        # NullPool: a CLI query or a Tune callback opens few connections, and no
+        # pooled connection survives a fork or keeps the file locked.
+        engine = create_engine(
+            self.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, poolclass=NullPool
+        )
+        write = self.write
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control away from pysqlite, which would otherwise
+            # begin lazily and break BEGIN IMMEDIATE and transactional DDL.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if write:  # WAL is persistent in the file: set it once a writer opens it
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any exception.
+
+        Raises:
+            DatabaseUnreachable: the database cannot be connected to.
+            DatabaseError: any other database failure (the transaction is rolled back).
+        """
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise self.translate(exc) from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def translate(self, exc: SQLAlchemyError) -> DatabaseError:
+        """A one-line domain error for a SQLAlchemy error, password hidden."""
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = redact(detail[0] if detail else type(exc).__name__)
+        if self.url.password:
+            reason = reason.replace(str(self.url.password), "***")
+        if isinstance(exc, OperationalError) and _is_connect_failure(reason):
+            return DatabaseUnreachable(f"cannot reach the lineage database {self.display_url}: {reason}")
+        return DatabaseError(f"lineage database {self.display_url} failed: {reason}")
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+_CONNECT_FAILURES = (
+    "connection",
+    "could not connect",
+    "unable to open database",
+    "could not translate host",
+    "timeout expired",
+    "password authentication failed",
+    "does not exist",
+    "no such host",
+)
+
+
+def _is_connect_failure(reason: str) -> bool:
+    lowered = reason.lower()
+    return any(marker in lowered for marker in _CONNECT_FAILURES)
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to use: the given one, else ``$MORPHSEARCH_DB``, else the default file."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
