@@ -1,0 +1,260 @@
+"""The morphism registry: register by name, list, find sites, apply, replay.
+
+A morphism is a pure function parent -> child. Each one is a :class:`Morphism` subclass
+registered with :func:`register`; :func:`apply` checks the site and parameters, runs it,
+measures how well the child preserves the parent's function on a probe batch, and
+returns the child with a JSON :class:`MorphismRecord` that replays it exactly.
+
+Contract of ``Morphism.transform`` (checked by the shared test suite, which is
+parametrised over :func:`list_morphisms`, so registering a morphism puts it under test):
+
+* Requires: ``site`` is one of ``sites(parent)``.
+* Ensures: the child validates and compiles; the parent is unchanged; with
+  ``preserves_function`` the child's output equals the parent's on any input, in train
+  and eval mode, to float rounding; the same ``seed`` gives the same child.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from morphsearch.arch import Architecture
+from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
+
+__all__ = [
+    "Batch",
+    "Morphism",
+    "MorphismRecord",
+    "MorphismResult",
+    "apply",
+    "get",
+    "list_morphisms",
+    "preservation_error",
+    "register",
+    "replay",
+    "sites",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""``(inputs, targets)``: integer targets are class labels (cross-entropy), float targets
+are regression targets (mean squared error)."""
+
+
+@dataclass(frozen=True)
+class MorphismRecord:
+    """What lineage stores about one morphism application; JSON-serialisable."""
+
+    name: str
+    site: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    preservation_error: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "site": self.site,
+            "params": dict(self.params),
+            "seed": self.seed,
+            "preservation_error": self.preservation_error,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MorphismRecord:
+        return cls(
+            name=data["name"],
+            site=data["site"],
+            params=dict(data.get("params") or {}),
+            seed=int(data.get("seed", 0)),
+            preservation_error=data.get("preservation_error"),
+        )
+
+
+@dataclass(frozen=True)
+class MorphismResult:
+    child: Architecture
+    record: MorphismRecord
+
+
+class Morphism(abc.ABC):
+    """One way to grow an architecture.
+
+    Subclasses set ``name``, ``preserves_function`` and ``needs_batch``, and implement
+    :meth:`sites` and :meth:`transform`. Keyword-only parameters of ``transform`` after
+    ``generator`` are the morphism's parameters; their defaults are the defaults.
+    """
+
+    name: ClassVar[str]
+    preserves_function: ClassVar[bool] = True
+    needs_batch: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def sites(self, arch: Architecture) -> list[str]:
+        """Where this morphism applies, in a deterministic order."""
+
+    @abc.abstractmethod
+    def transform(
+        self,
+        parent: Architecture,
+        site: str,
+        *,
+        batch: Batch | None,
+        generator: torch.Generator,
+        **params: Any,
+    ) -> Architecture:
+        """Build the child. Must not modify ``parent``."""
+
+    def param_defaults(self) -> dict[str, Any]:
+        signature = inspect.signature(self.transform)
+        return {
+            name: p.default
+            for name, p in signature.parameters.items()
+            if p.kind is p.KEYWORD_ONLY and name not in ("batch", "generator")
+        }
+
+
+_REGISTRY: dict[str, Morphism] = {}
+
+
+def register(cls: type[Morphism]) -> type[Morphism]:
+    """Class decorator: register a morphism under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"morphism {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def list_morphisms() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Morphism:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownMorphism(
+            f"unknown morphism {name!r}; valid morphisms: {', '.join(list_morphisms())}"
+        ) from None
+
+
+def sites(name: str, arch: Architecture) -> list[str]:
+    """Where morphism ``name`` applies in ``arch`` (empty if nowhere)."""
+    return list(get(name).sites(arch))
+
+
+def apply(
+    name: str,
+    parent: Architecture,
+    site: str | None = None,
+    *,
+    batch: Batch | None = None,
+    seed: int = 0,
+    **params: Any,
+) -> MorphismResult:
+    """Apply morphism ``name`` to ``parent`` at ``site`` (default: its first site).
+
+    Args:
+        name: a registered morphism (see :func:`list_morphisms`).
+        parent: the architecture to grow; it is not modified.
+        site: a node from ``sites(name, parent)``.
+        batch: ``(inputs, targets)``; required by gradient-based morphisms, and used as
+            the probe batch for measuring function preservation.
+        seed: seeds every random choice; the same seed gives the same child.
+        **params: the morphism's parameters (see ``get(name).param_defaults()``).
+
+    Raises:
+        UnknownMorphism: no such morphism (lists the valid ones).
+        MorphismNotApplicable: the site, a parameter or a missing batch does not fit
+            (lists the valid sites or parameters).
+    """
+    morphism = get(name)
+    site = _checked_site(morphism, parent, site)
+    full_params = _checked_params(morphism, params)
+    if morphism.needs_batch and batch is None:
+        raise MorphismNotApplicable(
+            f"{name} needs a data batch: pass batch=(inputs, targets)"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    child = morphism.transform(parent, site, batch=batch, generator=generator, **full_params)
+    probe = batch[0] if batch is not None else _random_probe(parent, seed)
+    error = preservation_error(parent, child, probe)
+    record = MorphismRecord(name, site, full_params, seed, error)
+    return MorphismResult(child, record)
+
+
+def replay(
+    record: MorphismRecord | Mapping[str, Any],
+    parent: Architecture,
+    *,
+    batch: Batch | None = None,
+) -> MorphismResult:
+    """Re-apply a recorded morphism; with the same parent and batch, the same child."""
+    if not isinstance(record, MorphismRecord):
+        record = MorphismRecord.from_json(record)
+    return apply(record.name, parent, record.site, batch=batch, seed=record.seed, **record.params)
+
+
+def preservation_error(
+    parent: Architecture, child: Architecture, inputs: torch.Tensor
+) -> float:
+    """Max absolute difference of parent and child outputs (eval mode) on ``inputs``."""
+    dtype = parent.dtype
+    with torch.no_grad():
+        a = parent.to_module(dtype=dtype).eval()(inputs.to(dtype))
+        b = child.to_module(dtype=dtype).eval()(inputs.to(dtype))
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a - b).abs().max())
+
+
+def _random_probe(arch: Architecture, seed: int, n: int = 16) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed + 7919)
+    return torch.randn((n, *arch.input_shape), generator=generator, dtype=arch.dtype)
+
+
+def _checked_site(morphism: Morphism, parent: Architecture, site: str | None) -> str:
+    valid = morphism.sites(parent)
+    if not valid:
+        raise MorphismNotApplicable(
+            f"{morphism.name} does not apply anywhere in this architecture"
+        )
+    if site is None:
+        return valid[0]
+    if site not in valid:
+        raise MorphismNotApplicable(
+            f"{morphism.name} does not apply at {site!r}; valid sites: {', '.join(valid)}"
+        )
+    return site
+
+
+def _checked_params(morphism: Morphism, params: Mapping[str, Any]) -> dict[str, Any]:
+    defaults = morphism.param_defaults()
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise MorphismNotApplicable(
+            f"{morphism.name} has no parameter {unknown[0]!r}; "
+            f"valid parameters: {', '.join(sorted(defaults)) or 'none'}"
+        )
+    return {**defaults, **params}
+
+
+def describe(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Name, description, defaults and flags of each morphism (for docs and the CLI)."""
+    out = []
+    for name in names or list_morphisms():
+        m = get(name)
+        out.append({
+            "name": name,
+            "description": m.description,
+            "preserves_function": m.preserves_function,
+            "needs_batch": m.needs_batch,
+            "params": m.param_defaults(),
+        })
+    return out
