@@ -66,7 +66,7 @@ def safe_url(url: str | URL) -> str:
         try:
             url = make_url(url)
         except ArgumentError:
-            return redact(url)
+            return redact(str(url))
     return url.render_as_string(hide_password=True)
 
 
@@ -167,7 +167,9 @@ class Database:
         if self.url.password:
             reason = reason.replace(str(self.url.password), "***")
         if isinstance(exc, OperationalError) and _is_connect_failure(reason):
-            return DatabaseUnreachable(f"cannot reach the lineage database {self.display_url}: {reason}")
+            return DatabaseUnreachable(
+                f"cannot reach the lineage database {self.display_url}: {reason}"
+            )
         return DatabaseError(f"lineage database {self.display_url} failed: {reason}")
 
     def dispose(self) -> None:

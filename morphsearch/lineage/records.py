@@ -92,7 +92,8 @@ class ArchNode:
     """An architecture as a node of the lineage forest (no graph JSON: cheap to list).
 
     ``morphisms`` is the chain of morphism records on the edge from ``parent_id``
-    (empty for a seed); ``kind`` is ``"seed"``, ``"trial"`` or ``"growth"``.
+    (empty for a seed); ``kind`` is ``"seed"``, ``"trial"`` or ``"growth"``;
+    ``trial_id`` is the Ray trial that made the edge.
     """
 
     arch_id: str
@@ -102,6 +103,7 @@ class ArchNode:
     flops: int
     kind: str
     morphisms: tuple[JSONDict, ...] = ()
+    trial_id: str | None = None
 
 
 @dataclass(frozen=True)

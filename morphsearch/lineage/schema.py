@@ -18,7 +18,14 @@ from morphsearch.lineage.database import Database
 if TYPE_CHECKING:  # pragma: no cover
     from alembic.config import Config
 
-__all__ = ["HEAD_REVISION", "MIGRATIONS_DIR", "REVISIONS", "alembic_config", "check_schema", "upgrade"]
+__all__ = [
+    "HEAD_REVISION",
+    "MIGRATIONS_DIR",
+    "REVISIONS",
+    "alembic_config",
+    "check_schema",
+    "upgrade",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # oldest first; the last one is what this code reads and writes
@@ -125,7 +132,9 @@ def upgrade(db: Database, revision: str = "head") -> str:
     try:
         with db.engine.begin() as connection:
             if db.backend == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
             _refuse_foreign(db, connection)
             command.upgrade(alembic_config(connection), revision)
             return str(read_revision(connection))

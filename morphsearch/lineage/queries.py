@@ -1,0 +1,308 @@
+"""Read queries over the lineage forest, each a function of one open session.
+
+Walks up and down the forest are recursive CTEs over the indexed ``edges`` table
+(one index probe per level), rankings read the ``metrics`` indexes in order, and
+the Pareto front is one window query (a running best ordered by cost).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sqlalchemy import Integer, Select, func, literal, select
+from sqlalchemy.orm import Session, aliased
+
+from morphsearch.lineage._sql import arch_pk, as_utc, search_pk
+from morphsearch.lineage.models import Architecture, Edge, Metric, Search, Trial
+from morphsearch.lineage.records import (
+    ArchitectureRecord,
+    ArchNode,
+    BestResult,
+    EdgeStep,
+    LineageDiff,
+    ParetoPoint,
+    SearchRecord,
+    SearchSummary,
+)
+
+__all__ = [
+    "ancestors",
+    "architecture",
+    "best",
+    "descendants",
+    "diff",
+    "list_searches",
+    "pareto",
+    "roots",
+    "summary",
+]
+
+Mode = Literal["max", "min"]
+Cost = Literal["params", "flops"]
+MAX_DEPTH = 100_000  # a guard: the forest has no cycles, but a walk must end regardless
+
+
+def list_searches(session: Session) -> list[SearchRecord]:
+    rows = session.scalars(select(Search).order_by(Search.id)).all()
+    return [SearchRecord(r.name, r.config, r.status, as_utc(r.created)) for r in rows]
+
+
+def _node_select(walk: Any) -> Select[Any]:
+    """Architectures on a walk (``id``, ``lvl``) with their incoming edge, as ArchNode columns."""
+    parent = aliased(Architecture)
+    return (
+        select(
+            Architecture.arch_id,
+            parent.arch_id,
+            Architecture.depth,
+            Architecture.params,
+            Architecture.flops,
+            Edge.kind,
+            Edge.morphisms,
+            Trial.trial_id,
+        )
+        .join(walk, walk.c.id == Architecture.id)
+        .outerjoin(Edge, Edge.child_id == Architecture.id)
+        .outerjoin(parent, parent.id == Edge.parent_id)
+        .outerjoin(Trial, Trial.id == Edge.trial_id)
+    )
+
+
+def _to_node(row: Any) -> ArchNode:
+    arch_id, parent_id, depth, params, flops, kind, morphisms, trial_id = row
+    return ArchNode(
+        arch_id, parent_id, depth, params, flops, kind or "seed", tuple(morphisms or ()), trial_id
+    )
+
+
+def ancestors(session: Session, arch_id: str) -> list[ArchNode]:
+    """The path from ``arch_id`` (first) up to its seed (last).
+
+    Raises:
+        NotFound: no such architecture.
+    """
+    start = arch_pk(session, arch_id)
+    walk = select(literal(start, Integer).label("id"), literal(0, Integer).label("lvl")).cte(
+        "ancestors", recursive=True
+    )
+    step = select(Edge.parent_id, walk.c.lvl + 1).join(walk, Edge.child_id == walk.c.id)
+    walk = walk.union_all(step.where(walk.c.lvl < MAX_DEPTH))
+    rows = session.execute(_node_select(walk).order_by(walk.c.lvl)).all()
+    return [_to_node(row) for row in rows]
+
+
+def descendants(session: Session, arch_id: str, max_depth: int | None = None) -> list[ArchNode]:
+    """The subtree under ``arch_id``, the root first, then level by level.
+
+    Args:
+        max_depth: stop this many edges below ``arch_id`` (``None``: the whole subtree).
+
+    Raises:
+        NotFound: no such architecture.
+    """
+    start = arch_pk(session, arch_id)
+    limit = MAX_DEPTH if max_depth is None else max_depth
+    walk = select(literal(start, Integer).label("id"), literal(0, Integer).label("lvl")).cte(
+        "descendants", recursive=True
+    )
+    step = select(Edge.child_id, walk.c.lvl + 1).join(walk, Edge.parent_id == walk.c.id)
+    walk = walk.union_all(step.where(walk.c.lvl < limit))
+    rows = session.execute(_node_select(walk).order_by(walk.c.lvl, Architecture.id)).all()
+    return [_to_node(row) for row in rows]
+
+
+def architecture(session: Session, arch_id: str) -> ArchitectureRecord:
+    """One architecture with its graph JSON and the edge that produced it.
+
+    Raises:
+        NotFound: no such architecture.
+    """
+    node = ancestors(session, arch_id)[0]
+    row = session.scalars(select(Architecture).where(Architecture.arch_id == arch_id)).one()
+    search = session.scalars(select(Search.name).where(Search.id == row.search_id)).one()
+    return ArchitectureRecord(
+        row.arch_id,
+        search,
+        row.graph,
+        row.structure_hash,
+        row.weights_hash,
+        row.params,
+        row.flops,
+        row.weights_uri,
+        row.weights_sha256,
+        node.parent_id,
+        row.depth,
+        node.morphisms,
+        as_utc(row.created),
+    )
+
+
+def best(
+    session: Session,
+    search: str,
+    metric: str,
+    mode: Mode = "max",
+    budget: int | None = None,
+    k: int = 1,
+) -> list[BestResult]:
+    """The ``k`` architectures with the best value of ``metric`` in ``search``.
+
+    Each architecture counts once, at its best value over every reported budget,
+    or over ``budget`` only when given. Ties go to the earlier architecture.
+
+    Raises:
+        NotFound: no such search.
+    """
+    key = search_pk(session, search)
+    order = Metric.value.desc() if mode == "max" else Metric.value.asc()
+    query = (
+        select(
+            Architecture.arch_id,
+            Trial.trial_id,
+            Metric.value,
+            Metric.budget,
+            Architecture.params,
+            Architecture.flops,
+        )
+        .join(Architecture, Architecture.id == Metric.arch_id)
+        .join(Trial, Trial.id == Metric.trial_id)
+        .where(Metric.search_id == key, Metric.name == metric)
+        .order_by(order, Metric.arch_id, Metric.budget)
+    )
+    if budget is not None:
+        query = query.where(Metric.budget == budget)
+    # Read rows in index order and keep each architecture's first (best) one; widen
+    # the window only when many rows belong to the same few architectures.
+    limit = 4 * k
+    while True:
+        rows = session.execute(query.limit(limit)).all()
+        found: dict[str, BestResult] = {}
+        for arch_id, trial_id, value, at, params, flops in rows:
+            if arch_id not in found:
+                found[arch_id] = BestResult(arch_id, trial_id, metric, value, at, params, flops)
+        if len(found) >= k or len(rows) < limit:
+            return list(found.values())[:k]
+        limit *= 4
+
+
+def pareto(
+    session: Session,
+    search: str,
+    metric: str,
+    mode: Mode = "max",
+    cost: Cost = "params",
+    budget: int | None = None,
+) -> list[ParetoPoint]:
+    """Architectures of ``search`` not dominated in (``cost`` lower, ``metric`` better).
+
+    An architecture's value is its best over every budget (or at ``budget``). Sorted
+    by cost, a point is on the front when it beats the best value of every cheaper
+    point: a running max (min) over a window, computed in SQL.
+
+    Raises:
+        NotFound: no such search.
+    """
+    key = search_pk(session, search)
+    agg = func.max if mode == "max" else func.min
+    per_arch = select(Metric.arch_id, agg(Metric.value).label("value")).where(
+        Metric.search_id == key, Metric.name == metric
+    )
+    if budget is not None:
+        per_arch = per_arch.where(Metric.budget == budget)
+    scored = per_arch.group_by(Metric.arch_id).subquery("scored")
+    cost_column = Architecture.params if cost == "params" else Architecture.flops
+    better_first = scored.c.value.desc() if mode == "max" else scored.c.value.asc()
+    running = agg(scored.c.value).over(
+        order_by=(cost_column, better_first, Architecture.id), rows=(None, -1)
+    )
+    ranked = (
+        select(
+            Architecture.arch_id, cost_column.label("cost"), scored.c.value, running.label("prev")
+        )
+        .join(scored, scored.c.arch_id == Architecture.id)
+        .subquery("ranked")
+    )
+    beats = ranked.c.value > ranked.c.prev if mode == "max" else ranked.c.value < ranked.c.prev
+    query = (
+        select(ranked.c.arch_id, ranked.c.cost, ranked.c.value)
+        .where(ranked.c.prev.is_(None) | beats)
+        .order_by(ranked.c.cost)
+    )
+    return [ParetoPoint(a, int(c), float(v)) for a, c, v in session.execute(query).all()]
+
+
+def diff(session: Session, a: str, b: str) -> LineageDiff:
+    """The morphism script between ``a`` and ``b``: edges down from their common ancestor.
+
+    Raises:
+        NotFound: either architecture does not exist.
+    """
+    up_a, up_b = ancestors(session, a), ancestors(session, b)
+    on_b = {node.arch_id for node in up_b}
+    common = next((node.arch_id for node in up_a if node.arch_id in on_b), None)
+
+    def down_to(path: list[ArchNode]) -> tuple[EdgeStep, ...]:
+        steps = []
+        for node in path:
+            if node.arch_id == common or node.parent_id is None:
+                break
+            steps.append(
+                EdgeStep(node.parent_id, node.arch_id, node.kind, node.morphisms, node.trial_id)
+            )
+        return tuple(reversed(steps))
+
+    return LineageDiff(a, b, common, down_to(up_a), down_to(up_b))
+
+
+def roots(session: Session, search: str) -> list[str]:
+    """Where the lineage of ``search`` starts: its seeds, and parents from other searches.
+
+    Raises:
+        NotFound: no such search.
+    """
+    key = search_pk(session, search)
+    parent, child = aliased(Architecture), aliased(Architecture)
+    seeds = select(Architecture.arch_id, Architecture.id).where(
+        Architecture.search_id == key, Architecture.depth == 0
+    )
+    borrowed = (
+        select(parent.arch_id, parent.id)
+        .join(Edge, Edge.parent_id == parent.id)
+        .join(child, child.id == Edge.child_id)
+        .where(child.search_id == key, parent.search_id != key)
+    )
+    rows = session.execute(seeds.union(borrowed).order_by("id")).all()
+    return [row[0] for row in rows]
+
+
+def summary(
+    session: Session, search: str, metric: str | None = None, mode: Mode | None = None
+) -> SearchSummary:
+    """Trials by status, architecture count and best result of ``search``.
+
+    Args:
+        metric, mode: what "best" means; default: ``metric``/``mode`` in the search config.
+
+    Raises:
+        NotFound: no such search.
+    """
+    key = search_pk(session, search)
+    row = session.get_one(Search, key)
+    by_status = dict(
+        session.execute(
+            select(Trial.status, func.count()).where(Trial.search_id == key).group_by(Trial.status)
+        ).all()
+    )
+    n_archs = session.scalar(select(func.count()).where(Architecture.search_id == key)) or 0
+    metric = metric or row.config.get("metric")
+    chosen: Any = mode or row.config.get("mode") or "max"
+    top = best(session, search, metric, chosen) if metric else []
+    return SearchSummary(
+        row.name,
+        row.status,
+        as_utc(row.created),
+        int(n_archs),
+        sum(by_status.values()),
+        {str(s): int(n) for s, n in by_status.items()},
+        top[0] if top else None,
+    )

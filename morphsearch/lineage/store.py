@@ -1,0 +1,358 @@
+"""The lineage store: the one object callers use to write and query lineage.
+
+Thread safety:
+    A store may be shared by threads; each call runs in its own session and
+    transaction. Processes open their own store (engines do not survive a fork).
+
+Atomicity:
+    Each write method is one transaction: a trial's child architecture, its edge
+    from the parent and its trial row commit together or not at all (a writer
+    killed mid-call leaves nothing behind).
+
+Idempotence:
+    Writes are keyed by the caller's ids, so a Ray Tune callback replaying
+    results after a resume records no duplicate rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from morphsearch.errors import DatabaseError, DatabaseUnreachable
+from morphsearch.lineage import queries, writes
+from morphsearch.lineage._sql import as_utc
+from morphsearch.lineage.database import Database, resolve_url, sqlite_path
+from morphsearch.lineage.queries import Cost, Mode
+from morphsearch.lineage.records import (
+    ArchitectureIn,
+    ArchitectureRecord,
+    ArchNode,
+    BestResult,
+    GrowthEventRecord,
+    LineageDiff,
+    ParetoPoint,
+    SearchRecord,
+    SearchSummary,
+    TrialRecord,
+)
+from morphsearch.lineage.schema import check_schema, upgrade_command
+
+__all__ = ["LineageStore"]
+
+T = TypeVar("T")
+
+
+class LineageStore:
+    """Lineage of searches in a SQL database (SQLite file or PostgreSQL).
+
+    Args:
+        url: database URL; ``None`` means ``$MORPHSEARCH_DB`` or ``sqlite:///morphsearch.db``.
+        write: open for writing. An empty database opened for writing gets the
+            schema (Alembic upgrade); read-only opens never create or change anything.
+
+    Raises:
+        DatabaseUnreachable: the URL is malformed, the server cannot be reached, or
+            (read-only) the SQLite file does not exist.
+        SchemaOutdated: the schema is older than the code (the message names the
+            ``morphsearch db upgrade`` command), or missing on a read-only open.
+        DatabaseError: the database is newer than the code or not a lineage database.
+    """
+
+    def __init__(self, url: str | URL | None = None, *, write: bool = False) -> None:
+        self._db = Database(resolve_url(url) if not isinstance(url, URL) else url, write=write)
+        path = sqlite_path(self._db.url)
+        if path is not None and not write and not path.exists():
+            raise DatabaseUnreachable(
+                f"lineage database {path} does not exist; a search creates it, or create "
+                f"an empty one with: {upgrade_command(self._db)}"
+            )
+        try:
+            check_schema(self._db)
+        except SQLAlchemyError as exc:
+            self._db.dispose()
+            raise self._db.translate(exc) from exc
+        except BaseException:
+            self._db.dispose()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The database URL, password hidden."""
+        return self._db.display_url
+
+    def close(self) -> None:
+        """Release every connection (the store must not be used afterwards)."""
+        self._db.dispose()
+
+    def __enter__(self) -> LineageStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, action: Callable[[Session], T], *, write: bool = False) -> T:
+        if write and not self._db.write:
+            raise DatabaseError(
+                f"lineage database {self.url} is open read-only; open it with write=True"
+            )
+        with self._db.session() as session:
+            return action(session)
+
+    # -- writes -------------------------------------------------------------------
+
+    def create_search(
+        self, name: str, config: Mapping[str, Any] | None = None, status: str = "running"
+    ) -> SearchRecord:
+        """Create search ``name``, or return it unchanged when it exists (resume).
+
+        Raises:
+            DatabaseError: the store is read-only or the write failed.
+        """
+
+        def action(session: Session) -> SearchRecord:
+            row = writes.add_search(session, name, dict(config or {}), status)
+            return SearchRecord(row.name, row.config, row.status, as_utc(row.created))
+
+        return self._run(action, write=True)
+
+    def set_search_status(self, name: str, status: str) -> SearchRecord:
+        """Set the status of search ``name`` (e.g. ``"finished"``).
+
+        Raises:
+            NotFound: no such search.
+        """
+
+        def action(session: Session) -> SearchRecord:
+            row = writes.set_search_status(session, name, status)
+            return SearchRecord(row.name, row.config, row.status, as_utc(row.created))
+
+        return self._run(action, write=True)
+
+    def record_seed(self, search: str, arch: ArchitectureIn) -> ArchNode:
+        """Record a seed architecture (no parent) of ``search``; a no-op if already there.
+
+        Raises:
+            NotFound: no such search.
+            DatabaseError: ``arch.arch_id`` exists with another structure hash or parent.
+        """
+
+        def action(session: Session) -> ArchNode:
+            writes.add_architecture(session, writes.search_pk(session, search), arch, None)
+            return queries.ancestors(session, arch.arch_id)[0]
+
+        return self._run(action, write=True)
+
+    def record_trial(
+        self,
+        search: str,
+        trial_id: str,
+        parent_id: str | None,
+        child: ArchitectureIn,
+        morphisms: Sequence[Mapping[str, Any]] = (),
+        *,
+        node: str | None = None,
+        status: str = "RUNNING",
+        config: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        started: datetime | None = None,
+        ended: datetime | None = None,
+    ) -> TrialRecord:
+        """Record a trial with its child architecture and parent -> child edge, atomically.
+
+        Args:
+            search: the search name (created by :meth:`create_search`).
+            trial_id: the Ray Tune trial id; recording it again (resume) updates the
+                status, node, config, error and times given and adds no row.
+            parent_id: the architecture the child was grown from (``None``: the trial
+                trains ``child`` itself, a seed).
+            child: the architecture the trial trains.
+            morphisms: the chain of morphism records applied to the parent, in order.
+            node: the Ray node that ran it; status: e.g. RUNNING, TERMINATED, ERROR.
+
+        Returns:
+            The trial as stored.
+
+        Raises:
+            NotFound: no such search or parent architecture.
+            DatabaseError: the trial or child id is already recorded differently.
+        """
+        fields = {
+            "node": node,
+            "status": status,
+            "config": dict(config or {}),
+            "error": error,
+            "started": started,
+            "ended": ended,
+        }
+
+        def action(session: Session) -> TrialRecord:
+            row = writes.add_trial(session, search, trial_id, parent_id, child, morphisms, fields)
+            return _trial_record(session, row)
+
+        return self._run(action, write=True)
+
+    def update_trial(
+        self, trial_id: str, status: str, *, error: str | None = None, ended: datetime | None = None
+    ) -> TrialRecord:
+        """Set a trial's status (and its error and end time when given).
+
+        Raises:
+            NotFound: no such trial.
+        """
+
+        def action(session: Session) -> TrialRecord:
+            return _trial_record(
+                session, writes.set_trial_status(session, trial_id, status, error, ended)
+            )
+
+        return self._run(action, write=True)
+
+    def record_metrics(
+        self, trial_id: str, budget: int, values: Mapping[str, float], *, arch_id: str | None = None
+    ) -> int:
+        """Record metric values a trial reported at ``budget`` (step or epoch).
+
+        Args:
+            arch_id: the architecture measured (default: the trial's child; after
+                in-training growth pass the grown one).
+
+        Returns:
+            How many values were stored (NaN values are skipped).
+
+        Raises:
+            NotFound: no such trial or architecture.
+        """
+        return self._run(
+            lambda s: writes.add_metrics(s, trial_id, budget, values, arch_id), write=True
+        )
+
+    def record_growth(
+        self,
+        trial_id: str,
+        pre_id: str,
+        post: ArchitectureIn,
+        morphisms: Sequence[Mapping[str, Any]],
+        *,
+        step: int,
+        trigger: str,
+        scores: Mapping[str, Any] | None = None,
+        loss_before: float | None = None,
+        loss_after: float | None = None,
+    ) -> GrowthEventRecord:
+        """Record growth inside a trial: edge ``pre_id -> post`` and the event, atomically.
+
+        Raises:
+            NotFound: no such trial or pre-growth architecture.
+            DatabaseError: ``post.arch_id`` is already recorded differently.
+        """
+        event: dict[str, Any] = {
+            "step": int(step),
+            "trigger": trigger,
+            "scores": dict(scores or {}),
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+        }
+
+        def action(session: Session) -> GrowthEventRecord:
+            writes.add_growth(session, trial_id, pre_id, post, morphisms, event)
+            return GrowthEventRecord(
+                trial_id,
+                pre_id,
+                post.arch_id,
+                event["step"],
+                trigger,
+                event["scores"],
+                loss_before,
+                loss_after,
+                tuple(dict(m) for m in morphisms),
+            )
+
+        return self._run(action, write=True)
+
+    # -- queries ------------------------------------------------------------------
+
+    def searches(self) -> list[SearchRecord]:
+        """Every search, oldest first."""
+        return self._run(queries.list_searches)
+
+    def summary(
+        self, search: str, metric: str | None = None, mode: Mode | None = None
+    ) -> SearchSummary:
+        """Trials by status, architecture count and the best result of ``search``."""
+        return self._run(lambda s: queries.summary(s, search, metric, mode))
+
+    def architecture(self, arch_id: str) -> ArchitectureRecord:
+        """One architecture with its graph JSON. Raises NotFound."""
+        return self._run(lambda s: queries.architecture(s, arch_id))
+
+    def ancestors(self, arch_id: str) -> list[ArchNode]:
+        """The path from ``arch_id`` (first) up to its seed (last). Raises NotFound."""
+        return self._run(lambda s: queries.ancestors(s, arch_id))
+
+    def descendants(self, arch_id: str, max_depth: int | None = None) -> list[ArchNode]:
+        """The subtree under ``arch_id``, root first, level by level. Raises NotFound."""
+        return self._run(lambda s: queries.descendants(s, arch_id, max_depth))
+
+    def best(
+        self, search: str, metric: str, mode: Mode = "max", budget: int | None = None, k: int = 1
+    ) -> list[BestResult]:
+        """The ``k`` best architectures of ``search`` by ``metric``. Raises NotFound."""
+        return self._run(lambda s: queries.best(s, search, metric, mode, budget, k))
+
+    def pareto(
+        self,
+        search: str,
+        metric: str,
+        mode: Mode = "max",
+        cost: Cost = "params",
+        budget: int | None = None,
+    ) -> list[ParetoPoint]:
+        """The front of ``metric`` against ``cost``, cheapest first. Raises NotFound."""
+        return self._run(lambda s: queries.pareto(s, search, metric, mode, cost, budget))
+
+    def diff(self, a: str, b: str) -> LineageDiff:
+        """The morphism script from the common ancestor of ``a`` and ``b``. Raises NotFound."""
+        return self._run(lambda s: queries.diff(s, a, b))
+
+    def roots(self, search: str) -> list[str]:
+        """Where the lineage of ``search`` starts (its seeds). Raises NotFound."""
+        return self._run(lambda s: queries.roots(s, search))
+
+
+def _trial_record(session: Session, row: Any) -> TrialRecord:
+    from sqlalchemy import select
+
+    from morphsearch.lineage.models import Architecture, Search
+
+    names = dict(
+        session.execute(
+            select(Architecture.id, Architecture.arch_id).where(
+                Architecture.id.in_([row.child_id, row.parent_id or row.child_id])
+            )
+        ).all()
+    )
+    search = session.scalars(select(Search.name).where(Search.id == row.search_id)).one()
+    return TrialRecord(
+        row.trial_id,
+        search,
+        names.get(row.parent_id),
+        names[row.child_id],
+        row.node,
+        row.status,
+        row.config,
+        row.error,
+        as_utc(row.started),
+        as_utc(row.ended),
+    )
