@@ -160,13 +160,17 @@ class Database:
         finally:
             session.close()
 
-    def translate(self, exc: SQLAlchemyError) -> DatabaseError:
-        """A one-line domain error for a SQLAlchemy error, password hidden."""
+    def translate(self, exc: SQLAlchemyError, *, connecting: bool = False) -> DatabaseError:
+        """A one-line domain error for a SQLAlchemy error, password hidden.
+
+        Args:
+            connecting: the error came from opening a connection (so: unreachable).
+        """
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         reason = redact(detail[0] if detail else type(exc).__name__)
         if self.url.password:
             reason = reason.replace(str(self.url.password), "***")
-        if isinstance(exc, OperationalError) and _is_connect_failure(reason):
+        if isinstance(exc, OperationalError) and (connecting or _is_connect_failure(reason)):
             return DatabaseUnreachable(
                 f"cannot reach the lineage database {self.display_url}: {reason}"
             )
@@ -182,6 +186,7 @@ _CONNECT_FAILURES = (
     "could not connect",
     "unable to open database",
     "could not translate host",
+    "resolve host",
     "timeout expired",
     "password authentication failed",
     "does not exist",

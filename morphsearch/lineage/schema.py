@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from morphsearch.errors import DatabaseError, SchemaOutdated
 from morphsearch.lineage.database import Database
@@ -65,7 +66,11 @@ def check_schema(db: Database) -> None:
         DatabaseError: the schema is newer than the code, or the database is not a
             morphsearch lineage database.
     """
-    with db.engine.connect() as connection:
+    try:
+        connection = db.engine.connect()
+    except SQLAlchemyError as exc:
+        raise db.translate(exc, connecting=True) from exc
+    with connection:
         revision = read_revision(connection)
         connection.rollback()
     if revision == HEAD_REVISION:
@@ -140,12 +145,8 @@ def upgrade(db: Database, revision: str = "head") -> str:
             return str(read_revision(connection))
     except DatabaseError:
         raise
-    except Exception as exc:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        if isinstance(exc, SQLAlchemyError):
-            raise db.translate(exc) from exc
-        raise
+    except SQLAlchemyError as exc:
+        raise db.translate(exc) from exc
 
 
 def _refuse_foreign(db: Database, connection: Connection) -> None:

@@ -1,0 +1,214 @@
+"""Storage contract tests: every case runs on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import pytest
+from _lineage_data import MORPHISMS, arch, build
+from sqlalchemy import create_engine, text
+
+from morphsearch.errors import DatabaseError, NotFound
+from morphsearch.lineage import ArchitectureIn, LineageStore, open_store
+
+TABLES = ("searches", "architectures", "edges", "trials", "metrics", "growth_events")
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[LineageStore]:
+    with open_store(db_url, write=True) as opened:
+        build(opened)
+        yield opened
+
+
+def row_counts(url: str) -> dict[str, int]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        counts = {
+            t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES
+        }
+    engine.dispose()
+    return counts
+
+
+def test_ancestors_walk_from_node_to_seed(store: LineageStore) -> None:
+    path = store.ancestors("E2")
+    assert [n.arch_id for n in path] == ["E2", "E", "C", "A", "S"]
+    assert [n.depth for n in path] == [4, 3, 2, 1, 0]
+    assert [n.kind for n in path] == ["growth", "trial", "trial", "trial", "seed"]
+    assert path[0].parent_id == "E" and path[-1].parent_id is None
+    assert path[3].morphisms == tuple(MORPHISMS["A"]) and path[3].trial_id == "t1"
+
+
+def test_descendants_are_the_subtree_level_by_level(store: LineageStore) -> None:
+    assert [n.arch_id for n in store.descendants("A")] == ["A", "C", "D", "E", "E2"]
+    assert [n.arch_id for n in store.descendants("A", max_depth=1)] == ["A", "C", "D"]
+    assert [n.arch_id for n in store.descendants("B")] == ["B"]
+    assert {n.arch_id for n in store.descendants("S")} == {"S", "A", "B", "C", "D", "E", "E2"}
+
+
+def test_best_by_metric_mode_budget_and_k(store: LineageStore) -> None:
+    top = store.best("alpha", "val_acc", k=3)
+    assert [(b.arch_id, b.value, b.budget) for b in top] == [
+        ("E2", 0.9, 3),
+        ("C", 0.85, 2),
+        ("E", 0.75, 2),
+    ]
+    assert top[0].trial_id == "t5" and top[0].params == 450
+    assert [b.arch_id for b in store.best("alpha", "val_acc", budget=1, k=2)] == ["C", "E"]
+    lowest = store.best("alpha", "val_acc", mode="min")[0]
+    assert (lowest.arch_id, lowest.value) == ("B", 0.40)
+    assert store.best("alpha", "loss", mode="min")[0].arch_id == "C"  # 1 - 0.85
+    assert store.best("alpha", "no-such-metric") == []
+    assert [b.arch_id for b in store.best("beta", "val_acc")] == ["F"]  # searches do not mix
+
+
+def test_pareto_front_against_params_and_flops(store: LineageStore) -> None:
+    front = store.pareto("alpha", "val_acc")
+    # E (400 params, 0.75) is dominated by C (300 params, 0.85)
+    assert [(p.arch_id, p.cost, p.value) for p in front] == [
+        ("B", 120, 0.55), ("A", 150, 0.60), ("D", 200, 0.70), ("C", 300, 0.85), ("E2", 450, 0.90),
+    ]  # fmt: skip
+    assert [p.arch_id for p in store.pareto("alpha", "val_acc", cost="flops")] == [
+        "B",
+        "A",
+        "D",
+        "C",
+        "E2",
+    ]
+    assert store.pareto("alpha", "val_acc", cost="flops")[3].cost == 607
+    # at budget 2 B drops to 0.40 and is dominated by nothing cheaper: still first
+    assert [p.arch_id for p in store.pareto("alpha", "val_acc", budget=2)] == ["B", "A", "D", "C"]
+    assert [p.arch_id for p in store.pareto("alpha", "loss", mode="min")] == ["B", "A", "D", "C"]
+
+
+def test_diff_is_the_morphism_script_from_the_common_ancestor(store: LineageStore) -> None:
+    diff = store.diff("D", "E")
+    assert diff.common_ancestor == "A"
+    assert [(s.parent_id, s.child_id) for s in diff.to_a] == [("A", "D")]
+    assert [(s.parent_id, s.child_id) for s in diff.to_b] == [("A", "C"), ("C", "E")]
+    assert diff.to_a[0].morphisms == tuple(MORPHISMS["D"])
+    assert store.diff("C", "E2").to_a == () and [s.kind for s in store.diff("C", "E2").to_b] == [
+        "trial",
+        "growth",
+    ]
+    assert store.diff("E", "E") == type(diff)("E", "E", "E", (), ())
+    apart = store.diff("B", "F")  # different seeds: whole paths
+    assert apart.common_ancestor is None
+    assert [s.child_id for s in apart.to_a] == ["B"] and [s.child_id for s in apart.to_b] == ["F"]
+
+
+def test_summary_counts_and_best(store: LineageStore) -> None:
+    summary = store.summary("alpha")
+    assert summary.trials_by_status == {"TERMINATED": 4, "ERROR": 1}
+    assert summary.n_trials == 5 and summary.n_architectures == 7
+    assert summary.best is not None and summary.best.arch_id == "E2"
+    assert store.summary("alpha", "loss", "min").best.arch_id == "C"  # type: ignore[union-attr]
+    assert store.summary("beta").n_architectures == 2
+
+
+def test_searches_architecture_and_roots(store: LineageStore) -> None:
+    assert [s.name for s in store.searches()] == ["alpha", "beta"]
+    assert (
+        store.searches()[0].config["lr"] == 0.1 and store.searches()[0].created.tzinfo is not None
+    )
+    record = store.architecture("C")
+    assert (record.parent_id, record.depth, record.search, record.params) == ("A", 2, "alpha", 300)
+    assert record.graph["nodes"][1]["features"] == 300 and record.weights_sha256 == "0" * 64
+    assert store.roots("alpha") == ["S"] and store.roots("beta") == ["T"]
+
+
+def test_records_are_frozen(store: LineageStore) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        store.best("alpha", "val_acc")[0].value = 1.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        store.ancestors("A")[0].arch_id = "Z"  # type: ignore[misc]
+
+
+def test_recording_everything_twice_adds_no_rows(db_url: str, store: LineageStore) -> None:
+    before = row_counts(db_url)
+    assert before == {
+        "searches": 2,
+        "architectures": 9,
+        "edges": 7,
+        "trials": 6,
+        "metrics": 22,
+        "growth_events": 1,
+    }
+    build(store)  # a resumed search replays every write
+    assert row_counts(db_url) == before
+
+
+def test_rerecorded_trial_updates_its_status(db_url: str, store: LineageStore) -> None:
+    trial = store.record_trial("alpha", "t4", "A", arch("D"), MORPHISMS["D"], status="RUNNING")
+    assert trial.status == "RUNNING" and trial.error is None and trial.node == "node-1"
+    done = store.update_trial("t4", "TERMINATED")
+    assert (done.status, done.parent_id, done.child_id, done.search) == (
+        "TERMINATED",
+        "A",
+        "D",
+        "alpha",
+    )
+    store.record_metrics("t4", 2, {"val_acc": 0.99})  # a re-reported value replaces the old one
+    assert store.best("alpha", "val_acc")[0].arch_id == "D"
+    assert row_counts(db_url)["metrics"] == 22
+
+
+def test_failed_trial_write_leaves_nothing(db_url: str, store: LineageStore) -> None:
+    before = row_counts(db_url)
+    # t1 already trained A: the same trial id with a new child must fail as a whole,
+    # and the new architecture inserted before the clash must be rolled back
+    new_child = dataclasses.replace(arch("D"), arch_id="NEW", structure_hash="h-new")
+    with pytest.raises(DatabaseError, match="t1"):
+        store.record_trial("alpha", "t1", "S", new_child, MORPHISMS["A"])
+    assert row_counts(db_url) == before
+    with pytest.raises(NotFound):
+        store.ancestors("NEW")
+
+
+def test_same_id_with_another_structure_or_parent_is_refused(store: LineageStore) -> None:
+    clash = dataclasses.replace(arch("C"), structure_hash="h-other")
+    with pytest.raises(DatabaseError, match="structure hash"):
+        store.record_trial("alpha", "t9", "A", clash, [])
+    with pytest.raises(DatabaseError, match="C"):
+        store.record_trial("alpha", "t9", "B", arch("C"), [])
+    with pytest.raises(NotFound):
+        store.update_trial("t9", "TERMINATED")
+
+
+def test_unknown_ids_raise_not_found(store: LineageStore) -> None:
+    for call in (
+        lambda: store.ancestors("nope"),
+        lambda: store.descendants("nope"),
+        lambda: store.diff("A", "nope"),
+        lambda: store.best("no-search", "val_acc"),
+        lambda: store.summary("no-search"),
+        lambda: store.record_trial("alpha", "t9", "nope", arch("D"), []),
+        lambda: store.record_trial("no-search", "t9", "S", arch("D"), []),
+        lambda: store.record_metrics("no-trial", 1, {"val_acc": 1.0}),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    with pytest.raises(NotFound, match="alpha"):  # the message lists known searches
+        store.summary("no-search")
+
+
+def test_nan_metrics_are_skipped_and_inf_kept(store: LineageStore) -> None:
+    assert store.record_metrics("t1", 5, {"val_acc": math.nan, "loss": math.inf}) == 1
+    assert store.best("alpha", "loss")[0].value == math.inf
+
+
+def test_read_only_store_refuses_writes(db_url: str, store: LineageStore) -> None:
+    with open_store(db_url) as reader:
+        assert [n.arch_id for n in reader.ancestors("C")] == ["C", "A", "S"]
+        with pytest.raises(DatabaseError, match="read-only"):
+            reader.create_search("gamma")
+
+
+def test_seed_trial_without_parent(store: LineageStore) -> None:
+    trial = store.record_trial("beta", "t-seed", None, arch("T"), status="TERMINATED")
+    assert trial.parent_id is None and trial.child_id == "T"
+    seed = ArchitectureIn("T", {}, "h-T", 50, 100)
+    assert store.record_seed("beta", seed).depth == 0
