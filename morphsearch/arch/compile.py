@@ -179,6 +179,9 @@ def compile_module(
     root = nn.Module()
     root.layers = _build_layers(arch)
     module = fx.GraphModule(root, _build_graph(arch), class_name="CompiledArchitecture")
+    # Cast before loading: load_state_dict copies into the existing (float32) parameters,
+    # which would round float64 weights.
+    module.to(dtype=arch.dtype)
     _load_weights(module, arch)
     return module.to(device=device, dtype=dtype or arch.dtype)
 

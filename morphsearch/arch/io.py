@@ -156,7 +156,7 @@ def load(source: Any, weights: Any = None, *, seed: int = 0) -> Architecture:
     try:
         return skeleton.with_weights(weights)
     except InvalidArchitecture as exc:
-        raise WeightsError(f"{where}: {exc}") from None
+        raise WeightsError(f"{where}: {exc} (in the weights file beside it)") from None
 
 
 def save(arch: Architecture, path: str | os.PathLike[str]) -> None:

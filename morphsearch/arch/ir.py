@@ -423,7 +423,9 @@ def _checked_tensor(node: str, pname: str, pspec: ParamSpec, value: Any) -> torc
         raise InvalidArchitecture(f"{where} must be a float tensor, got {value.dtype}")
     tensor = value.detach().to("cpu").clone()
     if not bool(torch.isfinite(tensor).all()):
-        raise InvalidArchitecture(f"{where} contains NaN or infinite values")
+        raise InvalidArchitecture(
+            f"{where} contains NaN or infinite values; re-export the weights from a healthy model"
+        )
     return tensor
 
 

@@ -131,7 +131,10 @@ def _flatten(attrs: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
 
 def _add(attrs: Mapping[str, Any], ins: Sequence[Shape]) -> Shape:
     if any(shape != ins[0] for shape in ins):
-        raise OpError(f"add needs inputs of one shape, got {[list(s) for s in ins]}")
+        raise OpError(
+            f"add needs inputs of one shape, got {[list(s) for s in ins]}; "
+            "make the branches' widths match"
+        )
     return ins[0]
 
 

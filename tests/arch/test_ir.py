@@ -1,0 +1,176 @@
+"""Architecture construction, validation, immutability, params/FLOPs and hashes."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+import torch
+
+from morphsearch import builders
+from morphsearch.arch import Architecture, NodeSpec
+from morphsearch.builders import GraphBuilder
+from morphsearch.errors import InvalidArchitecture
+
+
+def test_nodespec_fills_defaults_and_compares_by_value() -> None:
+    assert NodeSpec("linear", {"out_features": 8}) == NodeSpec("linear", out_features=8, bias=True)
+    assert NodeSpec("linear", out_features=8) != NodeSpec("linear", out_features=9)
+    assert NodeSpec("conv2d", out_channels=4, kernel_size=3)["padding"] == 0
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "fragment"),
+    [
+        ("linearr", {}, "unknown op 'linearr'; valid ops:"),
+        ("linear", {}, "missing attribute 'out_features'"),
+        ("linear", {"out_features": 0}, "invalid value 0"),
+        ("linear", {"out_features": True}, "invalid value True"),
+        ("linear", {"out_features": 3, "kernel": 2}, "no attribute 'kernel'; valid attributes: bias"),
+        ("dropout", {"p": 1.0}, "invalid value 1.0"),
+    ],
+)
+def test_nodespec_rejects_bad_attributes(op: str, attrs: dict, fragment: str) -> None:
+    with pytest.raises(InvalidArchitecture, match=fragment.replace("(", r"\(")):
+        NodeSpec(op, attrs)
+
+
+def test_mlp_params_and_flops_match_hand_count() -> None:
+    arch = builders.mlp([64, 16, 10])
+    assert arch.num_params == 64 * 16 + 16 + 16 * 10 + 10
+    # 2 FLOPs per multiply-add, one per bias add, one per ReLU.
+    assert arch.flops == (2 * 64 * 16 + 16) + 16 + (2 * 16 * 10 + 10)
+    assert arch.shape("fc1") == (16,) and arch.output_shape == (10,)
+
+
+def test_params_match_pytorch_count() -> None:
+    for arch in (builders.cnn(batchnorm=True), builders.resnet(), builders.mlp([5, 7, 3])):
+        module = arch.to_module()
+        assert arch.num_params == sum(p.numel() for p in module.parameters())
+
+
+def test_conv_flops_and_shapes() -> None:
+    b = GraphBuilder((3, 10, 10))
+    h = b.add("conv2d", b.input, out_channels=4, kernel_size=3, stride=2, padding=1, name="c")
+    arch = b.build(b.add("flatten", h))
+    assert arch.shape("c") == (4, 5, 5)
+    assert arch.node_flops("c") == (2 * 3 * 9 + 1) * 4 * 5 * 5
+
+
+def test_graph_is_frozen_and_weights_are_private_copies() -> None:
+    arch = builders.mlp([4, 3, 2])
+    with pytest.raises(nx.NetworkXError, match="Frozen"):
+        arch.graph.add_node("extra")
+    before = arch.weights_hash
+    copy = arch.weights_copy()
+    copy["fc1"]["weight"].add_(1.0)
+    assert Architecture(arch.graph, arch.weights).weights_hash == before
+    assert arch.weights_hash == before
+    with pytest.raises(TypeError):
+        arch.weights["fc1"]["weight"] = torch.zeros(3, 4)  # type: ignore[index]
+
+
+def test_given_weights_are_copied_not_aliased() -> None:
+    arch = builders.mlp([4, 3, 2])
+    weights = arch.weights_copy()
+    child = arch.with_weights(weights)
+    weights["fc1"]["weight"].zero_()
+    assert child.weights_hash == arch.weights_hash
+
+
+def test_structure_hash_ignores_names_and_weights_but_not_structure() -> None:
+    a = builders.mlp([4, 3, 2], seed=0)
+    b = builders.mlp([4, 3, 2], seed=1)
+    assert a.structure_hash == b.structure_hash
+    assert a.weights_hash != b.weights_hash
+    renamed = nx.relabel_nodes(nx.DiGraph(a.graph), {"fc1": "hidden", "relu1": "act"})
+    c = Architecture(renamed, {("hidden" if n == "fc1" else n): w for n, w in a.weights.items()})
+    assert c.structure_hash == a.structure_hash
+    assert c.weights_hash == a.weights_hash
+    assert builders.mlp([4, 5, 2]).structure_hash != a.structure_hash
+    assert builders.mlp([4, 3, 2], activation="tanh").structure_hash != a.structure_hash
+
+
+def test_shared_node_and_duplicated_node_hash_differently() -> None:
+    shared = GraphBuilder((4,))
+    h = shared.add("linear", shared.input, out_features=4, name="a")
+    s1 = shared.build(shared.add("add", h, shared.add("relu", h)))
+    dup = GraphBuilder((4,))
+    h1 = dup.add("linear", dup.input, out_features=4, name="a1")
+    h2 = dup.add("linear", dup.input, out_features=4, name="a2")
+    s2 = dup.build(dup.add("add", h1, dup.add("relu", h2)))
+    assert s1.structure_hash != s2.structure_hash
+
+
+def test_same_seed_same_weights() -> None:
+    assert builders.cnn(seed=3).weights_hash == builders.cnn(seed=3).weights_hash
+    assert builders.cnn(seed=3).weights_hash != builders.cnn(seed=4).weights_hash
+
+
+def test_dtype_float64_and_cast() -> None:
+    arch = builders.mlp([4, 3, 2], dtype=torch.float64)
+    assert arch.dtype == torch.float64
+    assert arch.to(torch.float32).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda g: g.add_edge("fc2", "fc1", port=1), "cycle through nodes"),
+        (lambda g: g.remove_node("out"), "exactly one output node, found 0"),
+        (lambda g: (g.add_node("y", spec=NodeSpec("input", shape=[4])), g.add_edge("y", "fc1", port=1)),
+         "exactly one input node, found 2"),
+        (lambda g: (g.add_node("z", spec=NodeSpec("relu")), g.add_edge("fc1", "z")), "node 'z' is dangling"),
+        (lambda g: g.add_node("island", spec=NodeSpec("relu")), "node 'island'"),
+        (lambda g: g.add_node("bad name", spec=NodeSpec("relu")), "node name 'bad name' is not valid"),
+        (lambda g: g.add_edge("x", "fc2", port=1), "node 'fc2' (linear) takes 1 input(s), got 2"),
+    ],
+)
+def test_invalid_graphs_name_the_problem(mutate, fragment: str) -> None:
+    graph = builders.mlp([4, 3, 2]).editable_graph()
+    mutate(graph)
+    with pytest.raises(InvalidArchitecture) as info:
+        Architecture(graph)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_linear_after_image_says_insert_flatten() -> None:
+    b = GraphBuilder((1, 8, 8))
+    h = b.add("conv2d", b.input, out_channels=2, kernel_size=3, name="c")
+    with pytest.raises(InvalidArchitecture, match="node 'fc' .*insert a flatten node"):
+        b.build(b.add("linear", h, out_features=3, name="fc"))
+
+
+@pytest.mark.parametrize(
+    ("weights_edit", "fragment"),
+    [
+        (lambda w: w["fc1"].update(weight=torch.zeros(2, 2)), "has shape [2, 2], expected [3, 4]"),
+        (lambda w: w["fc1"].pop("bias"), "node 'fc1' weight 'bias' is missing"),
+        (lambda w: w["fc1"].update(gamma=torch.zeros(3)), "has no parameter 'gamma'"),
+        (lambda w: w.update(ghost={}), "'ghost', which is not a node"),
+        (lambda w: w["fc2"]["bias"].fill_(float("nan")), "contains NaN"),
+        (lambda w: w["fc2"].update(bias=torch.zeros(2, dtype=torch.float64)), "use Architecture.to"),
+    ],
+)
+def test_bad_weights_are_refused(weights_edit, fragment: str) -> None:
+    arch = builders.mlp([4, 3, 2])
+    weights = arch.weights_copy()
+    weights_edit(weights)
+    with pytest.raises(InvalidArchitecture) as info:
+        arch.with_weights(weights)
+    assert fragment in str(info.value)
+
+
+def test_concat_and_ports_keep_order() -> None:
+    b = GraphBuilder((2, 4, 4))
+    a = b.add("conv2d", b.input, out_channels=3, kernel_size=1, name="a")
+    c = b.add("conv2d", b.input, out_channels=5, kernel_size=1, name="c")
+    cat = b.add("concat", c, a, name="cat")
+    arch = b.build(b.add("global_avgpool", cat))
+    assert arch.inputs("cat") == ("c", "a")
+    assert arch.shape("cat") == (8, 4, 4)
+    x = torch.randn(2, 2, 4, 4)
+    out = arch.to_module()(x)
+    m = arch.to_module()
+    expected = torch.cat([m.layers.c(x), m.layers.a(x)], dim=1).mean((2, 3))
+    torch.testing.assert_close(out, expected)
