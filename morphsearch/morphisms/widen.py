@@ -1,1 +1,328 @@
-"""Placeholder: operators are being written."""
+"""Widening morphisms: append ``k`` units (channels) to a ``linear``/``conv2d`` layer.
+
+Sites (all three operators): every ``linear``/``conv2d`` node whose units flow only
+through per-unit ops (activations, batchnorm, dropout, pooling, global average
+pooling, at most one ``flatten``) into other ``linear``/``conv2d`` layers. A layer
+whose units reach ``add`` or ``concat`` (residual or concatenated widths are tied),
+``layernorm`` or the network output is not offered: widening it alone could not keep
+the function. Inside a residual block of :func:`morphsearch.builders.resnet`, the first
+conv of each block is a site; the second (which feeds the ``add``) is not.
+
+New units are appended at the end of the site's output axis; existing units keep their
+indices, so optimizer state carries over by zero-padding. Every operator here
+preserves the function exactly (train and eval mode):
+
+* zero incoming weights and zero bias give a zero pre-activation; every IR activation
+  has f(0) = 0; new batchnorm channels (weight 1, bias 0, mean 0, var 1) map a zero
+  channel to zero in eval mode and, because the batch mean is 0 too, in train mode;
+  dropout and pooling keep zeros; so the new units send exact zeros downstream;
+* or zero outgoing weights, whatever the new units compute;
+* or duplicated units whose outgoing weights are divided among the copies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from morphsearch.arch import Architecture
+from morphsearch.errors import MorphismNotApplicable
+from morphsearch.morphisms._registry import Batch, Morphism, register
+from morphsearch.morphisms._surgery import (
+    WidenPath,
+    batch_loss,
+    consumer_unit_slice,
+    mean_outgoing_norm,
+    outgoing_shapes,
+    path_params_copy,
+    site_rows_shape,
+    unit_outgoing,
+    widen_path,
+    widen_sites,
+    widened,
+)
+
+__all__ = ["GradMaxWiden", "RandomWiden", "SplitWiden", "gradmax_matrix",
+           "gradmax_singular_values"]
+
+_SCALE_MODES = ("mean", "fixed")
+
+
+def _check_k(name: str, k: int, limit: int | None = None) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise MorphismNotApplicable(f"{name}: k={k!r} must be a positive int")
+    if limit is not None and k > limit:
+        raise MorphismNotApplicable(f"{name}: k={k} is more than the {limit} available directions")
+
+
+def _target_norm(name: str, scale: float, scale_mode: str, reference: float) -> float:
+    """``scale`` itself ("fixed") or ``scale`` times the existing units' mean norm ("mean")."""
+    if scale_mode not in _SCALE_MODES:
+        raise MorphismNotApplicable(
+            f"{name}: scale_mode={scale_mode!r} is not one of {', '.join(_SCALE_MODES)}"
+        )
+    return float(scale) * (reference if scale_mode == "mean" else 1.0)
+
+
+def _split_rows(vectors: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """``[k, d_out]`` flat outgoing vectors -> per consumer ``[k, *shape]``."""
+    out, start = [], 0
+    for shape in shapes:
+        n = int(torch.tensor(shape).prod())
+        out.append(vectors[:, start : start + n].reshape(len(vectors), *shape))
+        start += n
+    return out
+
+
+def _mean_incoming_norm(arch: Architecture, site: str) -> float:
+    weight = arch.weights[site]["weight"]
+    return float(weight.reshape(weight.shape[0], -1).norm(dim=1).mean())
+
+
+@register
+class RandomWiden(Morphism):
+    """Add ``k`` units with one side zero and the other random (exactly preserving).
+
+    Params:
+        k: number of new units (channels).
+        zero: ``"incoming"`` (default; new units output zero, outgoing weights random) or
+            ``"outgoing"`` (incoming weights random, outgoing zero).
+        scale, scale_mode: each new unit's random weights get norm ``scale`` ("fixed")
+            or ``scale`` times the mean norm of the existing units' weights on the same
+            side ("mean", the default, as in GradMax's comparisons).
+    """
+
+    name = "widen.random"
+    description = "append k units, zero on one side and random on the other"
+
+    def sites(self, arch: Architecture) -> list[str]:
+        return widen_sites(arch)
+
+    def transform(  # type: ignore[override]  # params are keyword-only by contract
+        self,
+        parent: Architecture,
+        site: str,
+        *,
+        batch: Batch | None,
+        generator: torch.Generator,
+        k: int = 1,
+        zero: str = "incoming",
+        scale: float = 1.0,
+        scale_mode: str = "mean",
+    ) -> Architecture:
+        _check_k(self.name, k)
+        wp = widen_path(parent, site)
+        dtype = parent.dtype
+        rows = site_rows_shape(parent, site)
+        shapes = outgoing_shapes(parent, wp)
+        d_out = sum(int(torch.tensor(s).prod()) for s in shapes)
+        if zero == "incoming":
+            c = _target_norm(self.name, scale, scale_mode, mean_outgoing_norm(parent, wp))
+            out = _random_directions(k, d_out, generator, dtype) * c
+            return widened(parent, wp, torch.zeros(k, *rows, dtype=dtype), None,
+                           _split_rows(out, shapes))
+        if zero == "outgoing":
+            c = _target_norm(self.name, scale, scale_mode, _mean_incoming_norm(parent, site))
+            d_in = int(torch.tensor(rows).prod())
+            incoming = (_random_directions(k, d_in, generator, dtype) * c).reshape(k, *rows)
+            zeros = torch.zeros(k, d_out, dtype=dtype)
+            return widened(parent, wp, incoming, None, _split_rows(zeros, shapes))
+        raise MorphismNotApplicable(
+            f"{self.name}: zero={zero!r} must be 'incoming' or 'outgoing'"
+        )
+
+
+def _random_directions(
+    k: int, dim: int, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
+    """``k`` independent unit vectors, uniform on the sphere."""
+    vecs = torch.randn(k, dim, generator=generator, dtype=torch.float64)
+    return (vecs / vecs.norm(dim=1, keepdim=True)).to(dtype)
+
+
+@register
+class SplitWiden(Morphism):
+    """Net2Wider: duplicate existing units and share their outgoing weights.
+
+    Params:
+        k: number of new units; each duplicates a unit drawn uniformly (with
+            replacement) by the seed, unless ``units`` is given.
+        units: explicit list of unit indices to duplicate (overrides ``k``).
+        noise: symmetry breaking that keeps the function: each copy's outgoing weights
+            get ``noise * w/n * N(0, 1)`` added and the original the opposite sum, so the
+            copies (which compute identical activations) still sum to ``w``.
+    """
+
+    name = "widen.split"
+    description = "Net2Wider: duplicate units, divide their outgoing weights"
+
+    def sites(self, arch: Architecture) -> list[str]:
+        return widen_sites(arch)
+
+    def transform(  # type: ignore[override]  # params are keyword-only by contract
+        self,
+        parent: Architecture,
+        site: str,
+        *,
+        batch: Batch | None,
+        generator: torch.Generator,
+        k: int = 1,
+        units: list[int] | None = None,
+        noise: float = 0.0,
+    ) -> Architecture:
+        wp = widen_path(parent, site)
+        chosen = _chosen_units(self.name, wp, k, units, generator)
+        counts = Counter(chosen)
+        weights = parent.weights_copy()
+        copies: dict[int, list[list[torch.Tensor]]] = {}
+        for unit, n_copies in sorted(counts.items()):
+            shares = _shares(parent, wp, unit, n_copies + 1, noise, generator)
+            for c, share in zip(wp.consumers, shares[0], strict=True):
+                _set_outgoing(weights[c.node]["weight"], c, unit, share)
+            copies[unit] = shares[1:]
+        by_position = [copies[u].pop(0) for u in chosen]
+        scaled = parent.with_weights(weights)
+        site_w = parent.weights[site]
+        idx = torch.tensor(chosen, dtype=torch.long)
+        outgoing = [torch.stack([c[j] for c in by_position]) for j in range(len(wp.consumers))]
+        bias = site_w["bias"].index_select(0, idx) if "bias" in site_w else None
+        return widened(scaled, wp, site_w["weight"].index_select(0, idx), bias, outgoing,
+                       path_params_copy(parent, wp, chosen))
+
+
+def _chosen_units(
+    name: str, wp: WidenPath, k: int, units: list[int] | None, generator: torch.Generator
+) -> list[int]:
+    if units is None:
+        _check_k(name, k)
+        return [int(u) for u in torch.randint(wp.width, (k,), generator=generator)]
+    bad = [u for u in units if not isinstance(u, int) or not 0 <= u < wp.width]
+    if not units or bad:
+        raise MorphismNotApplicable(
+            f"{name}: units={units!r} must be a non-empty list of ints in [0, {wp.width})"
+        )
+    return list(units)
+
+
+def _shares(
+    parent: Architecture, wp: WidenPath, unit: int, n: int, noise: float,
+    generator: torch.Generator,
+) -> list[list[torch.Tensor]]:
+    """Outgoing weights of the original (first) and its ``n - 1`` copies; they sum to w."""
+    base = [w / n for w in unit_outgoing(parent, wp, unit)]
+    shares = [[b.clone() for b in base] for _ in range(n)]
+    for j in range(1, n):
+        for i, b in enumerate(base):
+            delta = noise * b * torch.randn(b.shape, generator=generator, dtype=b.dtype)
+            shares[j][i] += delta
+            shares[0][i] -= delta
+    return shares
+
+
+def _set_outgoing(weight: torch.Tensor, consumer: Any, unit: int, value: torch.Tensor) -> None:
+    if weight.dim() == 2:
+        weight[:, consumer_unit_slice(consumer, unit)] = value
+    else:
+        weight[:, unit] = value
+
+
+# ----------------------------------------------------------------------- GradMax
+
+
+def gradmax_matrix(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
+    """The matrix ``M = E[dL/dz_{l+1} h_{l-1}^T]`` of GradMax (eq. 11), generalised.
+
+    Row ``j`` is the gradient of the batch loss w.r.t. the incoming weights of one new
+    unit with zero incoming weights whose outgoing weights are the ``j``-th basis
+    vector: the auxiliary-matrix trick (appendix A) done with ``d_out`` new units in one
+    backward pass. Because autograd runs through the real path, activations with
+    f'(0) != 1, batchnorm in train mode (the ``1/sqrt(eps)`` scale and the centring of
+    appendix C), pooling and the flatten boundary are all exact; for a conv site the
+    rows are im2col-flattened filters (appendix B).
+
+    Args:
+        arch: the network; unchanged.
+        site: a widen site.
+        batch: ``(inputs, targets)``; the loss is the batch mean (train mode).
+
+    Returns:
+        ``[d_out, d_in]`` with ``d_out`` the size of one unit's outgoing weights and
+        ``d_in`` of its incoming weights.
+    """
+    wp = widen_path(arch, site)
+    dtype = arch.dtype
+    shapes = outgoing_shapes(arch, wp)
+    d_out = sum(int(torch.tensor(s).prod()) for s in shapes)
+    rows = site_rows_shape(arch, site)
+    aux = widened(arch, wp, torch.zeros(d_out, *rows, dtype=dtype), None,
+                  _split_rows(torch.eye(d_out, dtype=dtype), shapes))
+    module = aux.to_module().train()
+    weight = module.get_submodule(f"layers.{site}").weight
+    assert isinstance(weight, torch.Tensor)
+    inputs, targets = batch
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # dropout on the path: a fixed mask, for reproducibility
+        loss = batch_loss(module(inputs.to(dtype)), targets)
+    (grad,) = torch.autograd.grad(loss, weight)
+    return grad[wp.width :].reshape(d_out, -1).detach()
+
+
+def gradmax_singular_values(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
+    """Singular values of :func:`gradmax_matrix`, descending: a "where to grow" score.
+
+    A new unit whose outgoing weights are the ``j``-th left singular vector scaled to
+    norm ``c`` gets an incoming-weight gradient of norm ``c * s[j]``.
+    """
+    return torch.linalg.svdvals(gradmax_matrix(arch, site, batch))
+
+
+@register
+class GradMaxWiden(Morphism):
+    """GradMax (Evci et al., 2022): zero incoming weights, outgoing weights along the
+    top-``k`` left singular vectors of :func:`gradmax_matrix`, which maximises the
+    gradient norm of the new incoming weights (eq. 11). Exactly preserving.
+
+    Params:
+        k: number of new units.
+        scale, scale_mode: each new unit's outgoing weights get norm ``scale`` ("fixed")
+            or ``scale`` times the mean outgoing norm of existing units ("mean", default).
+    """
+
+    name = "widen.gradmax"
+    needs_batch = True
+    description = "GradMax: zero incoming, outgoing = top singular vectors of dL/dz h^T"
+
+    def sites(self, arch: Architecture) -> list[str]:
+        return widen_sites(arch)
+
+    def transform(  # type: ignore[override]  # params are keyword-only by contract
+        self,
+        parent: Architecture,
+        site: str,
+        *,
+        batch: Batch | None,
+        generator: torch.Generator,
+        k: int = 1,
+        scale: float = 1.0,
+        scale_mode: str = "mean",
+    ) -> Architecture:
+        if batch is None:
+            raise MorphismNotApplicable(f"{self.name} needs a batch=(inputs, targets)")
+        matrix = gradmax_matrix(parent, site, batch)
+        _check_k(self.name, k, matrix.shape[0])
+        wp = widen_path(parent, site)
+        c = _target_norm(self.name, scale, scale_mode, mean_outgoing_norm(parent, wp))
+        u, _, _ = torch.linalg.svd(matrix, full_matrices=True)
+        directions = _fixed_signs(u[:, :k].T)
+        rows = site_rows_shape(parent, site)
+        zeros = torch.zeros(k, *rows, dtype=parent.dtype)
+        return widened(parent, wp, zeros, None,
+                       _split_rows(directions * c, outgoing_shapes(parent, wp)))
+
+
+def _fixed_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Flip each row so its largest-magnitude entry is positive (SVD signs are arbitrary)."""
+    pivot = vectors.gather(1, vectors.abs().argmax(dim=1, keepdim=True))
+    return vectors * torch.where(pivot < 0, -1.0, 1.0).to(vectors.dtype)

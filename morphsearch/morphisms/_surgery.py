@@ -1,0 +1,248 @@
+"""Graph and weight surgery shared by the widening and splitting morphisms.
+
+Widening a ``linear``/``conv2d`` *site* appends ``k`` units (channels) at the end of its
+output axis. Its output travels through a *path* of per-unit ops (activations,
+batchnorm, dropout, pooling, global average pooling, at most one ``flatten``) to the
+*consumer* layers (``linear``/``conv2d``), whose input axis grows too. After a
+``flatten`` every channel owns ``H*W`` consecutive features (its *multiplicity*), so
+the new channels own the features appended at the end.
+
+A site is refused (:class:`MorphismNotApplicable`, with the reason) when its output
+reaches ``add`` or ``concat`` (tied widths), ``layernorm`` (normalises across units, so
+a new unit would change the others) or the network output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from morphsearch.arch import Architecture, NodeSpec
+from morphsearch.arch.ops import OPS
+from morphsearch.errors import MorphismNotApplicable
+
+__all__ = [
+    "Consumer",
+    "WidenPath",
+    "batch_loss",
+    "consumer_unit_slice",
+    "path_params_copy",
+    "unit_outgoing",
+    "widen_path",
+    "widen_sites",
+    "widened",
+]
+
+_LAYERS = frozenset({"linear", "conv2d"})
+_WIDTH_ATTR = {"linear": "out_features", "conv2d": "out_channels"}
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer fed by the site's units; each unit owns ``multiplicity`` input slots."""
+
+    node: str
+    multiplicity: int
+
+
+@dataclass(frozen=True)
+class WidenPath:
+    """Where a site's units go: per-unit ops (with multiplicities) and consumer layers."""
+
+    site: str
+    width: int
+    path: tuple[tuple[str, int], ...]
+    consumers: tuple[Consumer, ...]
+
+    @property
+    def path_ops(self) -> tuple[str, ...]:
+        return tuple(node for node, _ in self.path)
+
+
+def widen_path(arch: Architecture, site: str) -> WidenPath:
+    """Trace where the units of ``site`` flow.
+
+    Raises:
+        MorphismNotApplicable: ``site`` is not a widenable layer; the message says why.
+    """
+    if site not in arch or arch.op(site) not in _LAYERS:
+        raise MorphismNotApplicable(f"node {site!r} is not a linear or conv2d layer")
+    path: list[tuple[str, int]] = []
+    consumers: list[Consumer] = []
+    frontier = [(node, 1, False) for node in arch.consumers(site)]
+    while frontier:
+        node, mult, flattened = frontier.pop(0)
+        op = arch.op(node)
+        if op in _LAYERS:
+            consumers.append(Consumer(node, mult))
+            continue
+        if op == "flatten":
+            if flattened:
+                raise MorphismNotApplicable(f"{site!r} reaches a second flatten at {node!r}")
+            shape = arch.shape(arch.inputs(node)[0])
+            mult, flattened = mult * _spatial(shape), True
+        elif not OPS[op].elementwise:
+            raise MorphismNotApplicable(
+                f"{site!r} cannot be widened: its units reach {op} node {node!r} "
+                "(tied widths, cross-unit normalisation or the output); widen another layer"
+            )
+        path.append((node, mult))
+        frontier.extend((nxt, mult, flattened) for nxt in arch.consumers(node))
+    width = arch.spec(site)[_WIDTH_ATTR[arch.op(site)]]
+    return WidenPath(site, width, tuple(path), tuple(consumers))
+
+
+def widen_sites(arch: Architecture) -> list[str]:
+    """Every ``linear``/``conv2d`` node that :func:`widen_path` accepts, in graph order."""
+    out = []
+    for node in arch.nodes:
+        if arch.op(node) in _LAYERS:
+            try:
+                widen_path(arch, node)
+            except MorphismNotApplicable:
+                continue
+            out.append(node)
+    return out
+
+
+def _spatial(shape: tuple[int, ...]) -> int:
+    return int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
+
+
+def consumer_unit_slice(consumer: Consumer, unit: int) -> slice:
+    """The consumer's input-axis slots owned by ``unit`` of the site."""
+    m = consumer.multiplicity
+    return slice(unit * m, (unit + 1) * m)
+
+
+def unit_outgoing(arch: Architecture, wp: WidenPath, unit: int) -> list[torch.Tensor]:
+    """Outgoing weights of ``unit``: one tensor per consumer, unit axis first removed.
+
+    Shapes: linear consumer ``[out, m]``, conv consumer ``[out, kh, kw]``.
+    """
+    out = []
+    for c in wp.consumers:
+        weight = arch.weights[c.node]["weight"]
+        if weight.dim() == 2:
+            out.append(weight[:, consumer_unit_slice(c, unit)])
+        else:
+            out.append(weight[:, unit])
+    return out
+
+
+def _grow_outgoing(weight: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Append ``new`` along the input axis; ``new`` is ``[k, out, ...]`` per new unit."""
+    if weight.dim() == 2:  # linear: [out, k*m], unit-major columns
+        cols = new.permute(1, 0, 2).reshape(weight.shape[0], -1)
+        return torch.cat([weight, cols.to(weight.dtype)], dim=1)
+    return torch.cat([weight, new.transpose(0, 1).to(weight.dtype)], dim=1)
+
+
+def _bn_identity(count: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    # weight 1, bias 0, running mean 0, var 1: maps an all-zero channel to zero in
+    # eval mode (0 - 0) * 1 + 0, and in train mode (batch mean 0, centred input 0) too.
+    return {
+        "weight": torch.ones(count, dtype=dtype),
+        "bias": torch.zeros(count, dtype=dtype),
+        "running_mean": torch.zeros(count, dtype=dtype),
+        "running_var": torch.ones(count, dtype=dtype),
+    }
+
+
+def path_params_copy(
+    arch: Architecture, wp: WidenPath, units: list[int]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-unit parameters (batchnorm) of the path copied from ``units``, in order."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for node, mult in wp.path:
+        params = arch.weights.get(node, {})
+        idx = torch.tensor([u * mult + r for u in units for r in range(mult)], dtype=torch.long)
+        out[node] = {
+            name: t.index_select(0, idx) for name, t in params.items() if t.dim() == 1
+        }
+    return out
+
+
+def widened(
+    parent: Architecture,
+    wp: WidenPath,
+    in_weight: torch.Tensor,
+    in_bias: torch.Tensor | None,
+    outgoing: list[torch.Tensor],
+    path_params: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> Architecture:
+    """The parent with ``k`` units appended to the site.
+
+    Args:
+        parent: unchanged.
+        wp: the site's :func:`widen_path`.
+        in_weight: ``[k, ...]`` new rows of the site's weight.
+        in_bias: ``[k]`` new bias entries (ignored when the site has no bias).
+        outgoing: per consumer, ``[k, out, m]`` (linear) or ``[k, out, kh, kw]`` (conv).
+        path_params: new per-unit entries of path nodes (batchnorm) of length ``k*m``;
+            default: the identity that maps a zero unit to zero.
+
+    Returns:
+        The child, in the parent's dtype.
+    """
+    k = in_weight.shape[0]
+    dtype = parent.dtype
+    graph = parent.editable_graph()
+    spec: NodeSpec = graph.nodes[wp.site]["spec"]
+    attr = _WIDTH_ATTR[spec.op]
+    graph.nodes[wp.site]["spec"] = spec.replace(**{attr: spec[attr] + k})
+    weights = parent.weights_copy()
+    site_w = weights[wp.site]
+    site_w["weight"] = torch.cat([site_w["weight"], in_weight.to(dtype)])
+    if "bias" in site_w:
+        bias = in_bias if in_bias is not None else torch.zeros(k, dtype=dtype)
+        site_w["bias"] = torch.cat([site_w["bias"], bias.to(dtype)])
+    for node, mult in wp.path:
+        if node not in weights:
+            continue
+        given = (path_params or {}).get(node) or _bn_identity(k * mult, dtype)
+        for name, tensor in weights[node].items():
+            if tensor.dim() == 1:
+                weights[node][name] = torch.cat([tensor, given[name].to(dtype)])
+    for c, new in zip(wp.consumers, outgoing, strict=True):
+        weights[c.node]["weight"] = _grow_outgoing(weights[c.node]["weight"], new)
+    return Architecture(graph, weights)
+
+
+def site_rows_shape(arch: Architecture, site: str) -> tuple[int, ...]:
+    """Shape of one output unit's incoming weights (a row of the site's weight)."""
+    return tuple(arch.weights[site]["weight"].shape[1:])
+
+
+def outgoing_shapes(arch: Architecture, wp: WidenPath) -> list[tuple[int, ...]]:
+    """Per consumer, the shape of one unit's outgoing weights."""
+    return [tuple(t.shape) for t in unit_outgoing(arch, wp, 0)]
+
+
+def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
+    """Mean over the site's units of the norm of each unit's outgoing weights."""
+    norms = []
+    for unit in range(wp.width):
+        parts = unit_outgoing(arch, wp, unit)
+        norms.append(float(torch.sqrt(sum((p**2).sum() for p in parts))))  # type: ignore[arg-type]
+    return sum(norms) / len(norms)
+
+
+def split_vector(vec: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Cut a flat outgoing vector into per-consumer tensors of ``shapes``."""
+    out, start = [], 0
+    for shape in shapes:
+        n = int(torch.tensor(shape).prod())
+        out.append(vec[start : start + n].reshape(shape))
+        start += n
+    return out
+
+
+def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss of a batch: cross-entropy for integer targets, else mean squared error."""
+    if targets.is_floating_point():
+        return F.mse_loss(outputs, targets.to(outputs.dtype).reshape(outputs.shape))
+    return F.cross_entropy(outputs, targets)
