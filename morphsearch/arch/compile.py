@@ -179,6 +179,9 @@ def compile_module(
     root = nn.Module()
     root.layers = _build_layers(arch)
     module = fx.GraphModule(root, _build_graph(arch), class_name="CompiledArchitecture")
+    # fx copies submodules into plain Modules; keep the ModuleDict so module.layers[node]
+    # and iteration work (the generated code uses attribute access, which both support).
+    module.layers = root.layers
     # Cast before loading: load_state_dict copies into the existing (float32) parameters,
     # which would round float64 weights.
     module.to(dtype=arch.dtype)
