@@ -1,0 +1,198 @@
+"""Operator-specific checks of widen.random, widen.split and widen.gradmax."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from morphsearch import builders, morphisms
+from morphsearch.arch import Architecture
+from morphsearch.builders import GraphBuilder
+from morphsearch.errors import MorphismNotApplicable
+from morphsearch.morphisms import widen
+from morphsearch.morphisms._surgery import batch_loss, widen_path
+
+F64 = torch.float64
+OPERATORS = ["widen.random", "widen.split", "widen.gradmax"]
+
+
+def _arch(kind: str, dtype: torch.dtype = F64) -> Architecture:
+    if kind == "mlp":
+        return builders.mlp([6, 5, 4], dtype=dtype, seed=1)
+    if kind == "mlp_bn_tanh":
+        return builders.mlp([6, 5, 4], activation="tanh", batchnorm=True, dtype=dtype, seed=1)
+    if kind == "cnn":
+        return builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3,
+                            dtype=dtype, seed=1)
+    if kind == "cnn_bn":
+        return builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3,
+                            batchnorm=True, dtype=dtype, seed=1)
+    return builders.resnet((1, 6, 6), width=3, blocks=1, num_classes=3, dtype=dtype, seed=1)
+
+
+# (architecture, site): dense, dense+BN, conv->conv, the conv->pool->flatten->dense
+# boundary (with and without BN), and the first conv inside a residual block.
+CASES = [
+    ("mlp", "fc1"),
+    ("mlp_bn_tanh", "fc1"),
+    ("cnn", "conv1"),
+    ("cnn", "conv2"),
+    ("cnn_bn", "conv2"),
+    ("cnn_bn", "conv1"),
+    ("resnet", "b1_conv1"),
+]
+
+
+def _batch(arch: Architecture, n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *arch.input_shape, generator=g, dtype=arch.dtype)
+    return x, torch.randint(0, arch.output_shape[0], (n,), generator=g)
+
+
+def _max_diff(a: Architecture, b: Architecture, x: torch.Tensor, train: bool) -> float:
+    ma, mb = a.to_module().train(train), b.to_module().train(train)
+    with torch.no_grad():
+        return float((ma(x) - mb(x)).abs().max())
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@pytest.mark.parametrize(("kind", "site"), CASES)
+def test_preserves_function_float64_train_and_eval(name: str, kind: str, site: str) -> None:
+    parent = _arch(kind)
+    before = (parent.structure_hash, parent.weights_hash)
+    batch = _batch(parent)
+    child = morphisms.apply(name, parent, site, batch=batch, seed=3, k=2).child
+    assert child.shape(site)[0] == parent.shape(site)[0] + 2
+    probe = _batch(parent, seed=1)[0]
+    assert _max_diff(parent, child, probe, train=False) <= 1e-10
+    assert _max_diff(parent, child, probe, train=True) <= 1e-10
+    assert (parent.structure_hash, parent.weights_hash) == before
+    again = morphisms.apply(name, parent, site, batch=batch, seed=3, k=2).child
+    assert again.weights_hash == child.weights_hash
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@pytest.mark.parametrize(("kind", "site"), [("mlp", "fc1"), ("cnn_bn", "conv2")])
+def test_preserves_function_float32(name: str, kind: str, site: str) -> None:
+    parent = _arch(kind, torch.float32)
+    child = morphisms.apply(name, parent, site, batch=_batch(parent), k=2).child
+    assert child.dtype == torch.float32
+    probe = _batch(parent, seed=1)[0]
+    assert _max_diff(parent, child, probe, train=False) <= 1e-5
+    assert _max_diff(parent, child, probe, train=True) <= 1e-5
+
+
+def test_existing_units_keep_their_weights_and_new_ones_are_appended() -> None:
+    parent = _arch("cnn")
+    child = morphisms.apply("widen.random", parent, "conv2", k=2).child
+    torch.testing.assert_close(child.weights["conv2"]["weight"][:4],
+                               parent.weights["conv2"]["weight"])
+    # conv2 -> pool (3x3 map) -> flatten: each channel owns 9 consecutive features
+    old = parent.weights["fc1"]["weight"]
+    torch.testing.assert_close(child.weights["fc1"]["weight"][:, : old.shape[1]], old)
+    assert child.weights["fc1"]["weight"].shape[1] == old.shape[1] + 2 * 9
+
+
+@pytest.mark.parametrize(("kind", "site"), [("mlp", "fc1"), ("cnn_bn", "conv2"),
+                                            ("resnet", "b1_conv1")])
+def test_gradmax_new_units_output_zeros(kind: str, site: str) -> None:
+    parent = _arch(kind)
+    child = morphisms.apply("widen.gradmax", parent, site, batch=_batch(parent), k=2).child
+    module = child.to_module().train()
+    seen: list[torch.Tensor] = []
+    module.get_submodule(f"layers.{site}").register_forward_hook(
+        lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        module(_batch(parent, seed=2)[0])
+    width = parent.shape(site)[0]
+    assert float(seen[0][:, width:].abs().max()) == 0.0
+    assert float(seen[0][:, :width].abs().max()) > 0.0
+
+
+def test_sites_exclude_tied_normalised_and_output_layers() -> None:
+    assert morphisms.sites("widen.gradmax", _arch("resnet")) == ["b1_conv1"]
+    assert morphisms.sites("widen.split", _arch("mlp")) == ["fc1"]  # fc2 feeds the output
+    b = GraphBuilder((4,))
+    h = b.add("layernorm", b.add("linear", b.input, out_features=3, name="fc1"))
+    arch = b.build(b.add("linear", h, out_features=2, name="fc2"))
+    assert morphisms.sites("widen.random", arch) == []
+    with pytest.raises(MorphismNotApplicable, match="layernorm node 'ln1'"):
+        widen_path(arch, "fc1")
+    with pytest.raises(MorphismNotApplicable, match="add node 'b1_add'"):
+        widen_path(_arch("resnet"), "b1_conv2")
+
+
+def _new_incoming_grad(child: Architecture, site: str, width: int,
+                       batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    module = child.to_module().train()
+    loss = batch_loss(module(batch[0]), batch[1])
+    weight = module.get_submodule(f"layers.{site}").weight
+    (grad,) = torch.autograd.grad(loss, weight)
+    return grad[width:].reshape(grad.shape[0] - width, -1)
+
+
+@pytest.mark.parametrize(("kind", "site"), CASES)
+def test_gradmax_gradient_norm_matches_singular_values(kind: str, site: str) -> None:
+    parent = _arch(kind)
+    batch = _batch(parent, n=16)
+    sv = widen.gradmax_singular_values(parent, site, batch)
+    assert bool((sv[:-1] >= sv[1:]).all())
+    k, c = 2, 0.7
+    child = morphisms.apply("widen.gradmax", parent, site, batch=batch, k=k, scale=c,
+                            scale_mode="fixed").child
+    norms = _new_incoming_grad(child, site, parent.shape(site)[0], batch).norm(dim=1)
+    torch.testing.assert_close(norms, c * sv[:k], rtol=1e-4, atol=0.0)
+
+
+def test_gradmax_matrix_is_dz_h_outer_product_for_dense_relu() -> None:
+    # Closed form of eq. 11 with f'(0) = 1: M = sum_n dL/dz2[n] x[n]^T (mean loss).
+    parent = _arch("mlp")
+    x, y = _batch(parent, n=16)
+    module = parent.to_module()
+    z2: list[torch.Tensor] = []
+    module.get_submodule("layers.fc2").register_forward_hook(lambda m, a, out: z2.append(out))
+    (dz2,) = torch.autograd.grad(batch_loss(module(x), y), z2)
+    torch.testing.assert_close(widen.gradmax_matrix(parent, "fc1", (x, y)), dz2.T @ x,
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("kind", "site"), [("mlp", "fc1"), ("cnn", "conv2")])
+def test_gradmax_beats_random_growth_of_the_same_norm(kind: str, site: str) -> None:
+    parent = _arch(kind)
+    batch = _batch(parent, n=16)
+    width = parent.shape(site)[0]
+    opts = {"k": 1, "scale": 1.0, "scale_mode": "fixed"}
+    best = _new_incoming_grad(morphisms.apply("widen.gradmax", parent, site, batch=batch,
+                                              **opts).child, site, width, batch).norm()
+    for seed in range(5):
+        rand = morphisms.apply("widen.random", parent, site, seed=seed, **opts).child
+        assert _new_incoming_grad(rand, site, width, batch).norm() < best
+
+
+def test_split_noise_keeps_function_and_duplicates_given_units() -> None:
+    parent = _arch("cnn")
+    child = morphisms.apply("widen.split", parent, "conv2", units=[1, 1, 3], noise=0.5).child
+    torch.testing.assert_close(child.weights["conv2"]["weight"][4:],
+                               parent.weights["conv2"]["weight"][[1, 1, 3]])
+    probe = _batch(parent)[0]
+    assert _max_diff(parent, child, probe, train=True) <= 1e-10
+    with pytest.raises(MorphismNotApplicable, match=r"units=\[9\] must be .* in \[0, 4\)"):
+        morphisms.apply("widen.split", parent, "conv2", units=[9])
+
+
+def test_random_zero_outgoing_preserves_and_bad_option_is_named() -> None:
+    parent = _arch("cnn_bn")
+    child = morphisms.apply("widen.random", parent, "conv1", zero="outgoing", k=3).child
+    assert float(child.weights["conv1"]["weight"][3:].abs().min()) > 0.0
+    assert float(child.weights["conv2"]["weight"][:, 3:].abs().max()) == 0.0
+    assert _max_diff(parent, child, _batch(parent)[0], train=True) <= 1e-10
+    with pytest.raises(MorphismNotApplicable, match="zero='both' must be"):
+        morphisms.apply("widen.random", parent, "conv1", zero="both")
+
+
+def test_gradmax_refuses_more_units_than_directions() -> None:
+    parent = builders.mlp([3, 2, 1], dtype=F64)
+    x = torch.randn(4, 3, dtype=F64)
+    with pytest.raises(MorphismNotApplicable, match="k=2 is more than the 1 available"):
+        morphisms.apply("widen.gradmax", parent, "fc1", batch=(x, torch.randn(4, 1, dtype=F64)),
+                        k=2)
