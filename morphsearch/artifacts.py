@@ -1,0 +1,208 @@
+"""Weights as safetensors files on a filesystem URI, with sha256 integrity.
+
+A URI is a local path (``./runs``, ``/shared/nfs/runs``, ``file:///...``) or, when
+``pyarrow`` is installed, any URI ``pyarrow.fs`` understands (``s3://bucket/prefix``,
+``gs://...``). Writes are atomic (a reader never sees half a file: local writes go
+through a temporary file and ``os.replace``; object stores publish a PUT whole), and
+every write returns the sha256 of the bytes, which the reader verifies.
+
+Architectures are stored as two files with one stem: ``<stem>.json`` (the graph) and
+``<stem>.safetensors`` (the weights, structure hash in the metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from morphsearch.errors import WeightsError
+
+__all__ = [
+    "ArtifactRef",
+    "graph_uri_for",
+    "join",
+    "load_architecture",
+    "read_bytes",
+    "save_architecture",
+    "sha256_of",
+    "write_bytes",
+]
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """Where an artifact was written and the sha256 of its bytes."""
+
+    uri: str
+    sha256: str
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _is_local(uri: str) -> bool:
+    scheme = urlparse(uri).scheme
+    # one-letter schemes are Windows drive letters
+    return scheme in ("", "file") or len(scheme) == 1
+
+
+def _local_path(uri: str) -> Path:
+    return Path(urlparse(uri).path) if uri.startswith("file://") else Path(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a base URI (local path or ``scheme://``)."""
+    if _is_local(base):
+        return str(_local_path(base).joinpath(*parts))
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _remote_fs(uri: str) -> tuple[Any, str]:
+    try:
+        from pyarrow import fs as pafs
+    except ImportError:  # pragma: no cover - pyarrow ships with ray
+        raise WeightsError(
+            f"{uri}: remote storage needs pyarrow; install it with: pip install pyarrow"
+        ) from None
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses
+        raise WeightsError(f"{uri}: cannot open this storage URI ({exc})") from None
+
+
+def write_bytes(uri: str, data: bytes) -> ArtifactRef:
+    """Write ``data`` to ``uri`` atomically, creating parent folders.
+
+    Returns:
+        The URI and the sha256 of ``data``.
+
+    Raises:
+        WeightsError: the storage cannot be written (names the URI).
+    """
+    digest = sha256_of(data)
+    try:
+        if _is_local(uri):
+            _write_local(_local_path(uri), data)
+        else:
+            filesystem, path = _remote_fs(uri)
+            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with filesystem.open_output_stream(path) as stream:
+                stream.write(data)
+    except OSError as exc:
+        raise WeightsError(f"{uri}: cannot write ({exc}); check the storage path") from None
+    return ArtifactRef(uri, digest)
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            # NFS and crashes: the bytes must be on disk before the rename publishes them
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_bytes(uri: str, sha256: str | None = None) -> bytes:
+    """Read ``uri``; with ``sha256``, verify the bytes.
+
+    Raises:
+        WeightsError: missing, unreadable, or the sha256 does not match.
+    """
+    try:
+        if _is_local(uri):
+            data = _local_path(uri).read_bytes()
+        else:
+            filesystem, path = _remote_fs(uri)
+            with filesystem.open_input_stream(path) as stream:
+                data = stream.read()
+    except FileNotFoundError:
+        raise WeightsError(f"{uri}: no such artifact; check the storage path") from None
+    except OSError as exc:
+        raise WeightsError(f"{uri}: cannot read ({exc})") from None
+    if sha256 is not None and sha256_of(data) != sha256:
+        raise WeightsError(
+            f"{uri}: sha256 {sha256_of(data)[:12]} does not match the recorded "
+            f"{sha256[:12]}; the file was changed or truncated, re-run the trial that wrote it"
+        )
+    return data
+
+
+def graph_uri_for(weights_uri: str) -> str:
+    """The graph JSON that sits beside a weights file."""
+    stem = (
+        weights_uri[: -len(".safetensors")] if weights_uri.endswith(".safetensors") else weights_uri
+    )
+    return stem + ".json"
+
+
+def save_architecture(arch: Any, base: str, name: str) -> ArtifactRef:
+    """Write ``arch`` as ``<base>/<name>.json`` and ``<base>/<name>.safetensors``.
+
+    Args:
+        arch: a :class:`morphsearch.arch.Architecture`.
+        base: the folder URI.
+        name: the file stem (e.g. the architecture id).
+
+    Returns:
+        The weights URI and its sha256 (what lineage records).
+    """
+    from safetensors.torch import save as st_save
+
+    weights_uri = join(base, f"{name}.safetensors")
+    graph = json.dumps(arch.to_json(), sort_keys=True).encode()
+    write_bytes(graph_uri_for(weights_uri), graph)
+    tensors = {
+        f"{node}.{pname}": tensor.detach().cpu().contiguous()
+        for node, params in arch.weights.items()
+        for pname, tensor in params.items()
+    }
+    meta = {"format": "morphsearch.weights/1", "structure_hash": arch.structure_hash}
+    return write_bytes(weights_uri, st_save(tensors, metadata=meta))
+
+
+def load_architecture(weights_uri: str, sha256: str | None = None) -> Any:
+    """Read an architecture written by :func:`save_architecture`, verifying the weights.
+
+    Returns:
+        The :class:`morphsearch.arch.Architecture` with its stored weights.
+
+    Raises:
+        WeightsError: missing files, sha256 mismatch, or weights for another structure.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    from morphsearch.arch import Architecture
+
+    graph = json.loads(read_bytes(graph_uri_for(weights_uri)))
+    raw = read_bytes(weights_uri, sha256)
+    try:
+        tensors = st_load(raw)
+        header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    except (SafetensorError, ValueError) as exc:
+        raise WeightsError(f"{weights_uri}: not a valid safetensors file ({exc})") from None
+    arch = Architecture.from_json(graph)
+    saved_for = (header.get("__metadata__") or {}).get("structure_hash")
+    if saved_for and saved_for != arch.structure_hash:
+        raise WeightsError(
+            f"{weights_uri}: weights belong to structure {saved_for[:12]}, not the graph "
+            f"beside them ({arch.structure_hash[:12]}); re-save the architecture"
+        )
+    weights: dict[str, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        node, _, pname = key.rpartition(".")
+        weights.setdefault(node, {})[pname] = tensor
+    return arch.with_weights(weights)

@@ -1,0 +1,286 @@
+"""Run a search: Ray Tune ``Tuner`` with ``OptunaSearch``, optional ASHA, lineage callback.
+
+Local Ray by default; an existing cluster with ``address``. ``resume=True`` restores the
+Tuner (trials, searcher and callback state) from ``<storage>/<name>`` after the driver
+was killed; lineage writes are idempotent by trial id, so nothing is recorded twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from morphsearch import artifacts, builders, morphisms
+from morphsearch.arch import Architecture
+from morphsearch.data import Dataset, load_dataset
+from morphsearch.errors import ConfigError, SearchError
+from morphsearch.lineage import ArchitectureIn, LineageStore
+from morphsearch.search.callback import LineageCallback
+from morphsearch.search.config import SearchConfig
+from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
+from morphsearch.search.trainable import TrialSetup, probe_batch, train_child
+
+__all__ = ["SearchResult", "build_seed", "optuna_storage_url", "run_search"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished search reports."""
+
+    name: str
+    best_arch_id: str | None
+    metric: str
+    best_value: float | None
+    seed_value: float | None
+    trials: int
+    experiment_path: str
+
+
+def build_seed(config: SearchConfig, data: Dataset) -> Architecture:
+    """The seed architecture: a graph file, or a builder fitted to the dataset's shapes.
+
+    Raises:
+        ConfigError: the graph does not fit the dataset.
+    """
+    spec = config.seed_graph
+    if spec.path is not None:
+        arch = Architecture.from_json(_graph_path(spec.path, config.source))
+    elif spec.builder == "mlp":
+        width = int(torch.tensor(data.input_shape).prod())
+        arch = builders.mlp([width, *spec.hidden, data.num_outputs], seed=config.seed, **spec.args)
+    elif spec.builder == "cnn":
+        arch = builders.cnn(
+            data.input_shape, num_classes=data.num_outputs, seed=config.seed, **spec.args
+        )
+    else:
+        arch = builders.resnet(
+            data.input_shape, num_classes=data.num_outputs, seed=config.seed, **spec.args
+        )
+    if tuple(arch.input_shape) != tuple(data.input_shape):
+        raise ConfigError(
+            f"seed_graph: input shape {tuple(arch.input_shape)} does not fit dataset "
+            f"{data.name} {tuple(data.input_shape)}; use a graph with that input shape"
+        )
+    return arch
+
+
+def _graph_path(path: str, source: str | None) -> str:
+    """A seed graph path as given, else relative to the config file or its parent folder."""
+    candidates = [Path(path)]
+    if source is not None:
+        candidates += [Path(source).parent / path, Path(source).parent.parent / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    return path  # let the graph loader raise its own one-line error
+
+
+def optuna_storage_url(config: SearchConfig, db_url: str) -> str | None:
+    """Where the Optuna study lives.
+
+    Optuna's RDB schema cannot share a database with lineage (both own tables named
+    ``trials`` and ``alembic_version``), so a SQLite lineage file ``x.db`` gets its
+    study in ``x.optuna.db`` beside it; other databases keep the study in the searcher's
+    checkpoint unless ``optuna_storage`` names one.
+    """
+    if config.optuna_storage:
+        return config.optuna_storage
+    if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
+        path = Path(db_url.removeprefix("sqlite:///"))
+        return "sqlite:///" + str(path.with_name(path.stem + ".optuna.db"))
+    return None
+
+
+def _check_morphisms(config: SearchConfig) -> None:
+    valid = morphisms.list_morphisms()
+    for name in config.morphisms:
+        if name not in valid:
+            raise ConfigError(
+                f"{config.source or 'config'}: field 'morphisms.{name}': unknown morphism; "
+                f"valid morphisms: {', '.join(valid) or 'none registered'}"
+            )
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup, MorphismSpace]:
+    options = dict(config.dataset.options)
+    if config.dataset.path:
+        options["path"] = config.dataset.path
+    data = load_dataset(config.dataset.name, seed=config.seed, **options)
+    seed = build_seed(config, data)
+    art = artifacts.join(storage, name, "architectures")
+    ref = artifacts.save_architecture(seed, art, "seed")
+    with LineageStore(config.database, write=True) as store:
+        store.create_search(name, config.model_dump(mode="json"))
+        store.record_seed(
+            name,
+            ArchitectureIn(
+                seed_arch_id(name),
+                seed.to_json(),
+                seed.structure_hash,
+                seed.num_params,
+                seed.flops,
+                seed.weights_hash,
+                ref.uri,
+                ref.sha256,
+            ),
+        )
+    setup = TrialSetup(
+        search=name,
+        artifacts_uri=art,
+        dataset=config.dataset.name,
+        dataset_options=tuple(sorted(options.items())),
+        data_seed=config.seed,
+        epochs=config.budget.epochs_per_trial,
+        batch_size=config.budget.batch_size,
+        cpus=config.resources.cpus,
+        growth=config.growth.model_dump(),
+    )
+    info = ParentInfo(seed_arch_id(name), ref.uri, ref.sha256, seed.to_json())
+    probe = probe_batch(data, min(32, config.budget.batch_size))
+    return setup, MorphismSpace(config, name, config.database, probe, info)
+
+
+def _searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    url = optuna_storage_url(config, config.database)
+    storage = optuna.storages.RDBStorage(url) if url else None
+    metrics = [o.metric for o in config.objectives]
+    modes: list[str] = [o.mode for o in config.objectives]
+    single = len(metrics) == 1
+    return OptunaSearch(
+        space=space,
+        metric=metrics[0] if single else metrics,
+        mode=modes[0] if single else modes,
+        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=4),
+        study_name=name,
+        storage=storage,
+        seed=config.seed,
+    )
+
+
+def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    setup, space = _prepare(config, name, storage)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_child, setup=setup),
+        {"cpu": config.resources.cpus, "gpu": config.resources.gpus},
+    )
+    scheduler = None
+    if config.scheduler.asha:
+        scheduler = ASHAScheduler(
+            metric=config.metric,
+            mode=config.mode,
+            time_attr="epoch",
+            max_t=config.budget.epochs_per_trial,
+            grace_period=config.scheduler.grace_period,
+            reduction_factor=config.scheduler.reduction_factor,
+        )
+    tune_config = tune.TuneConfig(
+        search_alg=_searcher(config, name, space),
+        scheduler=scheduler,
+        num_samples=config.budget.trials,
+        max_concurrent_trials=config.budget.max_concurrent,
+        time_budget_s=config.budget.time_s,
+        reuse_actors=config.reuse_actors,
+    )
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        callbacks=[LineageCallback(config.database, name)],
+        failure_config=tune.FailureConfig(max_failures=config.retries),
+        # num_to_keep would force an experiment snapshot after every epoch's checkpoint
+        verbose=0,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _restore(config: SearchConfig, name: str, storage: str) -> Any:
+    from ray import tune
+
+    path = artifacts.join(storage, name)
+    if not tune.Tuner.can_restore(path):
+        raise SearchError(
+            f"nothing to resume at {path}: no Tune experiment there; run without --resume"
+        )
+    setup, _ = _prepare(config, name, storage)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_child, setup=setup),
+        {"cpu": config.resources.cpus, "gpu": config.resources.gpus},
+    )
+    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+
+
+def run_search(
+    config: SearchConfig, *, address: str | None = None, resume: bool = False
+) -> SearchResult:
+    """Run (or resume) the search ``config`` describes and summarise it from lineage.
+
+    Args:
+        config: the validated config (``name``, ``database``, ``storage`` included).
+        address: a Ray cluster address (``auto``, ``ray://host:10001``); ``None`` starts
+            a local Ray.
+        resume: restore the Tuner from ``<storage>/<name>`` instead of starting anew.
+
+    Raises:
+        ConfigError: unknown morphism, or a seed graph that does not fit the dataset.
+        SearchError: nothing to resume, or Ray failed.
+    """
+    import ray
+
+    _check_morphisms(config)
+    name = config.name or "search"
+    storage = _absolute(config.storage)
+    if not ray.is_initialized():
+        # the driver's own torch must not fight the trials for the cores
+        torch.set_num_threads(1)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            ignore_reinit_error=True,
+        )
+    tuner = _restore(config, name, storage) if resume else _tuner(config, name, storage)
+    grid = tuner.fit()
+    with LineageStore(config.database, write=True) as store:
+        errors = sum(1 for r in grid if r.error is not None)
+        store.set_search_status(name, "finished" if errors == 0 else "finished_with_errors")
+        return _summary(store, config, name, len(grid), artifacts.join(storage, name))
+
+
+def _summary(
+    store: LineageStore, config: SearchConfig, name: str, trials: int, path: str
+) -> SearchResult:
+    best = store.best(name, config.metric, config.mode, k=1)
+    seed_value = None
+    for node in store.descendants(seed_arch_id(name), max_depth=1)[1:]:
+        if not node.morphisms:  # the trial that trained the seed as it is
+            found = [
+                b
+                for b in store.best(name, config.metric, config.mode, k=10_000)
+                if b.arch_id == node.arch_id
+            ]
+            seed_value = found[0].value if found else None
+    return SearchResult(
+        name,
+        best[0].arch_id if best else None,
+        config.metric,
+        best[0].value if best else None,
+        seed_value,
+        trials,
+        path,
+    )

@@ -1,0 +1,198 @@
+"""The Optuna define-by-run space of a search: which parent, which morphism, where, how much.
+
+:class:`MorphismSpace` is called by Ray Tune's ``OptunaSearch`` on the driver each time
+a trial is suggested. It reads the parent pool (the best trained architectures so far)
+from lineage, lets Optuna choose a parent rank, a morphism, a site position, an amount
+``k`` and a learning rate, and resolves them into a concrete, novel child: if the chosen
+child has the same structure as one already grown from the same parent (or exceeds
+``max_params``), it walks to the next site and morphism instead. The resolved values are
+returned as constants, which Ray merges into the trial's config.
+
+The object is pickled with the searcher's state (Tune experiment checkpoints), so it
+holds only plain values; the lineage store is reopened lazily after unpickling.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from morphsearch import morphisms
+from morphsearch.arch import Architecture
+from morphsearch.errors import MorphSearchError, SearchError
+from morphsearch.lineage import LineageStore
+from morphsearch.search.config import SearchConfig
+
+__all__ = ["MorphismSpace", "ParentInfo", "seed_arch_id"]
+
+log = logging.getLogger(__name__)
+
+
+def seed_arch_id(search: str) -> str:
+    return f"{search}/seed"
+
+
+@dataclass(frozen=True)
+class ParentInfo:
+    arch_id: str
+    weights_uri: str
+    weights_sha256: str | None
+    graph: dict[str, Any]
+
+
+class MorphismSpace:
+    """Define-by-run space for ``OptunaSearch(space=MorphismSpace(...))``.
+
+    Args:
+        config: the search config (morphisms, ranges, pool size, budget).
+        search: the search name in lineage.
+        db_url: the lineage database URL (read only here).
+        probe: a small ``(inputs, targets)`` batch, to build candidate children on the
+            driver and compare their structure hashes.
+        seed_info: the recorded seed architecture.
+    """
+
+    def __init__(
+        self,
+        config: SearchConfig,
+        search: str,
+        db_url: str,
+        probe: tuple[torch.Tensor, torch.Tensor],
+        seed_info: ParentInfo,
+    ) -> None:
+        self.config = config
+        self.search = search
+        self.db_url = db_url
+        self.probe = probe
+        self.seed_info = seed_info
+        # (parent id, child structure hash) of every child suggested so far
+        self.suggested: set[tuple[str, str]] = set()
+        self._store: LineageStore | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_store"] = None  # engines do not pickle; reopened on first use
+        return state
+
+    @property
+    def store(self) -> LineageStore:
+        if self._store is None:
+            self._store = LineageStore(self.db_url)
+        return self._store
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        """Suggest one trial; returns the resolved constants Ray adds to its config."""
+        lr = trial.suggest_float("lr", *self.config.selection.lr, log=True)
+        base = {"lr": lr, "trial_seed": self.config.seed * 100_003 + int(trial.number)}
+        pool = self.pool()
+        seed_key = (self.seed_info.arch_id, "train")
+        if not pool and seed_key not in self.suggested:
+            # First trial: train the seed as it is, so children have a trained parent
+            # and the search has a baseline to beat.
+            self.suggested.add(seed_key)
+            return {
+                **base,
+                **self._parent_fields(self.seed_info),
+                "morphism": None,
+                "site": None,
+                "params": {},
+            }
+        pool = pool or [self.seed_info]
+        rank = trial.suggest_int("parent_rank", 0, self.config.selection.pool_size - 1)
+        name = trial.suggest_categorical("morphism", sorted(self.config.morphisms))
+        position = trial.suggest_float("site_position", 0.0, 1.0)
+        k = trial.suggest_int(f"k.{name}", *self.config.morphisms[name].k)
+        start = min(rank, len(pool) - 1)
+        ordered_pool = pool[start:] + pool[:start]
+        for parent in ordered_pool:
+            choice = self._resolve(parent, name, position, k)
+            if choice is not None:
+                return {**base, **self._parent_fields(parent), **choice}
+        raise SearchError(
+            f"search {self.search!r}: every enabled morphism at every site of the parent pool "
+            "gives a duplicate or too large child; enable more morphisms, widen their 'k' "
+            "ranges or raise budget.max_params"
+        )
+
+    def pool(self) -> list[ParentInfo]:
+        """The best trained architectures (with weights), best first."""
+        k = self.config.selection.pool_size
+        found = self.store.best(self.search, self.config.metric, self.config.mode, k=4 * k)
+        out: list[ParentInfo] = []
+        for result in found:
+            record = self.store.architecture(result.arch_id)
+            if record.weights_uri is None:  # stopped early: nothing to inherit
+                continue
+            out.append(
+                ParentInfo(record.arch_id, record.weights_uri, record.weights_sha256, record.graph)
+            )
+            if len(out) == k:
+                break
+        return out
+
+    @staticmethod
+    def _parent_fields(parent: ParentInfo) -> dict[str, Any]:
+        return {
+            "parent_id": parent.arch_id,
+            "parent_uri": parent.weights_uri,
+            "parent_sha256": parent.weights_sha256,
+        }
+
+    def _resolve(
+        self, parent: ParentInfo, name: str, position: float, k: int
+    ) -> dict[str, Any] | None:
+        arch = Architecture.from_json(parent.graph)
+        grown = self._grown_from(parent.arch_id)
+        for morphism, site, params in self._candidates(arch, name, position, k):
+            try:
+                child = morphisms.apply(morphism, arch, site, batch=self.probe, seed=0, **params)
+            except MorphSearchError as exc:
+                log.debug("skipping %s at %s: %s", morphism, site, exc)
+                continue
+            limit = self.config.budget.max_params
+            if limit is not None and child.child.num_params > limit:
+                continue
+            key = (parent.arch_id, child.child.structure_hash)
+            if key in self.suggested or key in grown:
+                continue
+            self.suggested.add(key)
+            return {
+                "morphism": morphism,
+                "site": site,
+                "params": params,
+                "child_structure_hash": key[1],
+            }
+        return None
+
+    def _candidates(
+        self, arch: Architecture, name: str, position: float, k: int
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """The chosen (morphism, site, k) first, then its other sites, then other morphisms."""
+        names = [name] + [n for n in sorted(self.config.morphisms) if n != name]
+        for morphism in names:
+            spec = self.config.morphisms[morphism]
+            takes_k = "k" in morphisms.get(morphism).param_defaults()
+            amounts = [k] if morphism == name else [spec.k[0]]
+            if takes_k:
+                amounts += [a for a in range(spec.k[0], spec.k[1] + 1) if a not in amounts]
+            places = morphisms.sites(morphism, arch)
+            if not places:
+                continue
+            first = min(int(position * len(places)), len(places) - 1)
+            for amount in amounts if takes_k else [None]:
+                for i in range(len(places)):
+                    params = dict(spec.params)
+                    if amount is not None:
+                        params["k"] = amount
+                    yield morphism, places[(first + i) % len(places)], params
+
+    def _grown_from(self, parent_id: str) -> set[tuple[str, str]]:
+        """(parent, structure hash) of the children lineage already holds for ``parent_id``."""
+        out = set()
+        for node in self.store.descendants(parent_id, max_depth=1)[1:]:
+            out.add((parent_id, self.store.architecture(node.arch_id).structure_hash))
+        return out

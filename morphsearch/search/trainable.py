@@ -1,0 +1,225 @@
+"""The Ray Tune function trainable: grow a child from its parent, train it, report.
+
+One trial, on any Ray worker: load the parent (graph + safetensors weights) from the
+shared artifact store, apply the chosen morphism with a data batch (the child inherits
+the parent's function and weights), train for the trial's epochs, report metrics and a
+checkpoint every epoch, and save the child to the artifact store at the end. Workers
+never touch the lineage database; the driver's callback records what they report.
+
+Inheritance is measured, not assumed: ``first_batch_loss`` is the child's loss on the
+fixed probe batch before any update, ``final_loss`` the loss on the same batch after
+training. A child's ``first_batch_loss`` equals its parent's ``final_loss``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from morphsearch import artifacts, morphisms
+from morphsearch.arch import Architecture
+from morphsearch.data import Dataset, load_dataset
+
+__all__ = ["TrialSetup", "child_arch_id", "train_child"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of one search shares (passed with ``tune.with_parameters``)."""
+
+    search: str
+    artifacts_uri: str
+    dataset: str
+    dataset_options: tuple[tuple[str, Any], ...]
+    data_seed: int
+    epochs: int
+    batch_size: int
+    cpus: float
+    growth: dict[str, Any]
+
+
+def child_arch_id(search: str, trial_id: str) -> str:
+    return f"{search}/{trial_id}"
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, options: tuple[tuple[str, Any], ...], seed: int) -> Dataset:
+    # cached per worker process: with reuse_actors, later trials skip the load
+    return load_dataset(name, seed=seed, **dict(options))
+
+
+def probe_batch(data: Dataset, batch_size: int) -> Batch:
+    """The fixed batch every trial measures inheritance on (first training samples)."""
+    return data.x_train[:batch_size], data.y_train[:batch_size]
+
+
+def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if targets.dtype.is_floating_point:
+        return torch.nn.functional.mse_loss(outputs, targets)
+    return torch.nn.functional.cross_entropy(outputs, targets)
+
+
+def _evaluate(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Loss and accuracy (NaN for regression) in eval mode."""
+    module.eval()
+    with torch.no_grad():
+        out = module(x)
+        loss = float(_loss(out, y))
+        acc = (
+            float((out.argmax(1) == y).float().mean())
+            if not y.dtype.is_floating_point
+            else math.nan
+        )
+    return loss, acc
+
+
+def _grow_child(config: dict[str, Any], probe: Batch) -> tuple[Architecture, list[dict[str, Any]]]:
+    parent = artifacts.load_architecture(config["parent_uri"], config.get("parent_sha256"))
+    if not config.get("morphism"):
+        return parent, []
+    result = morphisms.apply(
+        config["morphism"],
+        parent,
+        config["site"],
+        batch=probe,
+        seed=int(config.get("trial_seed", 0)),
+        **dict(config.get("params") or {}),
+    )
+    return result.child, [result.record.to_json()]
+
+
+def _restore(checkpoint: tune.Checkpoint) -> tuple[Architecture, dict[str, Any], dict[str, Any]]:
+    with checkpoint.as_directory() as folder:
+        state = json.loads((Path(folder) / "state.json").read_text())
+        arch = artifacts.load_architecture(str(Path(folder) / "child.safetensors"))
+        optim = torch.load(Path(folder) / "optimizer.pt", weights_only=True)
+    return arch, state, optim
+
+
+def _epoch(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> float:
+    module.train()
+    order = torch.randperm(len(data.x_train), generator=generator)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = _loss(module(x), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+def _node_id() -> str | None:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # outside Ray (unit tests call the function directly)
+        return None
+
+
+def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
+    """The function trainable (use through ``tune.with_parameters(train_child, setup=...)``).
+
+    Args:
+        config: the trial's config from :class:`~morphsearch.search.space.MorphismSpace`:
+            ``parent_id``, ``parent_uri``, ``parent_sha256``, ``morphism``, ``site``,
+            ``params``, ``lr``, ``trial_seed``.
+        setup: what all trials share.
+    """
+    started = time.perf_counter()
+    # one torch thread per allocated CPU: oversubscribed cores make trials several times slower
+    torch.set_num_threads(max(1, int(setup.cpus)))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = _dataset(setup.dataset, setup.dataset_options, setup.data_seed)
+    probe = probe_batch(data, setup.batch_size)
+    trial_id = tune.get_context().get_trial_id() or "local"
+    arch_id = child_arch_id(setup.search, trial_id)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        child, state, optim_state = _restore(checkpoint)
+    else:
+        child, records = _grow_child(config, probe)
+        state = {"epoch": 0, "morphisms": records, "first_batch_loss": None}
+        optim_state = None
+    name = arch_id.replace("/", "__")
+    child_uri = artifacts.join(setup.artifacts_uri, f"{name}.safetensors")
+    # the graph goes out first, so a trial stopped early (ASHA) is still in lineage
+    graph = json.dumps(child.to_json(), sort_keys=True).encode()
+    artifacts.write_bytes(artifacts.graph_uri_for(child_uri), graph)
+    module = child.to_module(device=device)
+    probe_dev = (probe[0].to(device), probe[1].to(device))
+    if state["first_batch_loss"] is None:
+        state["first_batch_loss"] = _evaluate(module, *probe_dev)[0]
+    optimizer = torch.optim.Adam(module.parameters(), lr=float(config["lr"]))
+    if optim_state is not None:
+        optimizer.load_state_dict(optim_state)
+    setup_s = time.perf_counter() - started
+    val = (data.x_val.to(device), data.y_val.to(device))
+    for epoch in range(int(state["epoch"]) + 1, setup.epochs + 1):
+        tick = time.perf_counter()
+        generator = torch.Generator().manual_seed(int(config.get("trial_seed", 0)) * 1009 + epoch)
+        train_loss = _epoch(module, optimizer, data, setup.batch_size, generator, device)
+        val_loss, val_acc = _evaluate(module, *val)
+        final_loss = _evaluate(module, *probe_dev)[0]
+        state["epoch"] = epoch
+        trained = child.with_weights_from(module.cpu())
+        module.to(device)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "final_loss": final_loss,
+            "first_batch_loss": state["first_batch_loss"],
+            "params": child.num_params,
+            "flops": child.flops,
+            "arch_id": arch_id,
+            "parent_id": config.get("parent_id"),
+            "node_id": _node_id(),
+            "train_time_s": time.perf_counter() - tick,
+            "setup_time_s": setup_s,
+            "morphisms": json.dumps(state["morphisms"]),
+            "child_uri": child_uri,
+            "structure_hash": child.structure_hash,
+        }
+        if epoch == setup.epochs:
+            ref = artifacts.save_architecture(trained, setup.artifacts_uri, name)
+            metrics.update(
+                weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
+            )
+        _report(metrics, trained, state, optimizer)
+
+
+def _report(
+    metrics: dict[str, Any],
+    arch: Architecture,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        artifacts.save_architecture(arch, folder, "child")
+        (Path(folder) / "state.json").write_text(json.dumps(state))
+        torch.save(optimizer.state_dict(), Path(folder) / "optimizer.pt")
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

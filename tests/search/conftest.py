@@ -1,0 +1,38 @@
+"""Shared pieces of the search tests: a tiny digits config and a local Ray."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from morphsearch.search.config import SearchConfig
+
+TINY = {
+    "seed": 0,
+    "seed_graph": {"builder": "mlp", "hidden": [6]},
+    "dataset": {"name": "digits"},
+    "objectives": [{"metric": "val_accuracy", "mode": "max"}],
+    "budget": {"trials": 5, "max_concurrent": 2, "epochs_per_trial": 2, "batch_size": 64},
+    "morphisms": {"widen.random": {"k": [2, 8]}, "widen.split": {"k": [2, 8]},
+                  "deepen.identity": {}},
+    "selection": {"pool_size": 2, "lr": [0.005, 0.02]},
+    "resources": {"cpus": 1},
+}
+
+
+def tiny_config(tmp_path: Path, name: str = "tiny", **budget: int) -> SearchConfig:
+    data = {**TINY, "name": name, "database": f"sqlite:///{tmp_path}/lineage.db",
+            "storage": str(tmp_path / "runs")}
+    data["budget"] = {**TINY["budget"], **budget}
+    return SearchConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -1,0 +1,70 @@
+"""End to end on digits: a small search writes the lineage a user would query."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from morphsearch import artifacts
+from morphsearch.lineage import LineageStore
+from morphsearch.search.runner import run_search
+from tests.search.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _metrics(db: Path) -> dict[str, dict[tuple[str, int], float]]:
+    out: dict[str, dict[tuple[str, int], float]] = {}
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "select t.trial_id, m.name, m.budget, m.value from metrics m "
+            "join trials t on t.id = m.trial_id"
+        )
+        for trial, name, budget, value in rows:
+            out.setdefault(trial, {})[(name, budget)] = value
+    return out
+
+
+def test_search_on_digits(tmp_path: Path, local_ray: None) -> None:
+    config = tiny_config(tmp_path, trials=5)
+    result = run_search(config)
+    assert result.trials == 5
+    store = LineageStore(config.database)
+    summary = store.summary("tiny")
+    assert summary.n_trials == 5 and summary.trials_by_status == {"TERMINATED": 5}
+    assert summary.n_architectures == 6  # the seed and one child per trial
+
+    # every child descends from the seed through recorded morphisms
+    tree = store.descendants("tiny/seed")
+    assert len(tree) == 6
+    grown = [n for n in tree[1:] if n.morphisms]
+    assert len(grown) == 4  # all but the trial that trained the seed as it is
+    assert all(m["name"] in config.morphisms for n in grown for m in n.morphisms)
+
+    # inheritance: a child's loss before training = its parent's loss after training
+    metrics = _metrics(tmp_path / "lineage.db")
+    by_arch = {n.arch_id: n for n in tree}
+    checked = 0
+    for node in tree[1:]:
+        parent = by_arch[node.parent_id] if node.parent_id else None
+        if parent is None or parent.trial_id is None:
+            continue  # grown from the untrained seed
+        child_first = metrics[node.trial_id][("first_batch_loss", 1)]
+        parent_final = metrics[parent.trial_id][("final_loss", 2)]
+        assert child_first == pytest.approx(parent_final, rel=1e-4, abs=1e-5)
+        checked += 1
+    assert checked >= 2
+
+    # the search improved on the seed trained alone
+    assert result.seed_value is not None and result.best_value is not None
+    assert result.best_value > result.seed_value
+
+    # the best child's weights are on storage and verify
+    best = store.architecture(result.best_arch_id or "")
+    arch = artifacts.load_architecture(best.weights_uri or "", best.weights_sha256)
+    assert arch.structure_hash == best.structure_hash
+    trials = [store_trial for store_trial in metrics]
+    assert len(trials) == 5
+    store.close()
