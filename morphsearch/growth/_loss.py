@@ -1,0 +1,28 @@
+"""The training loss implied by the targets' dtype (the :data:`morphisms.Batch` convention)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["accuracy", "per_sample_loss", "task_loss"]
+
+
+def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Loss of each sample: cross-entropy for integer targets, mean squared error otherwise."""
+    if not targets.is_floating_point():
+        return F.cross_entropy(outputs, targets, reduction="none")
+    diff = (outputs - targets.reshape(outputs.shape)).pow(2)
+    return diff.reshape(len(diff), -1).mean(dim=1)
+
+
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of :func:`per_sample_loss` over the batch."""
+    return per_sample_loss(outputs, targets).mean()
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Fraction of correct argmax predictions; None for regression targets."""
+    if targets.is_floating_point():
+        return None
+    return float((outputs.argmax(dim=1) == targets).float().mean())

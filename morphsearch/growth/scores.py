@@ -1,0 +1,222 @@
+"""Where to grow: score candidate growth steps (a morphism at a site) on a data batch.
+
+Scorers share one interface: ``scorer.score(arch, batch, candidates, seed=...)`` returns
+one :class:`Score` per candidate it can judge, best first; larger is better. The trainer
+applies the best candidate; a :class:`~morphsearch.growth.triggers.ScoreThreshold` trigger
+compares the best value with its threshold.
+
+* :class:`GradMaxScore`: the largest singular values of GradMax's eq. 11 matrix at the
+  site (how much gradient norm new neurons there can get; seed 001).
+* :class:`SplittingScore`: minus the smallest splitting eigenvalue at the site (negative
+  eigenvalues mean splitting a neuron there lowers the loss; splitting steepest descent).
+* :class:`NaturalExpansionScore`: Self-Expanding Neural Networks (seed 003): the natural
+  expansion score eta = g^T F^-1 g of the network, with a diagonal or Kronecker-factored
+  empirical Fisher, compared between the current network and each candidate child; the
+  value is the increase of eta per added parameter. Width and depth candidates are scored
+  on the same scale, which makes the width-vs-depth decision (:func:`growth_kind`).
+* :class:`RoundRobin`: no measurement; cycles through the candidates (a baseline).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from morphsearch import morphisms
+from morphsearch.arch import Architecture
+from morphsearch.errors import ConfigError, MorphismNotApplicable
+from morphsearch.growth.fisher import natural_expansion_eta
+from morphsearch.morphisms import Batch, MorphismResult
+
+__all__ = [
+    "Candidate",
+    "GradMaxScore",
+    "NaturalExpansionScore",
+    "RoundRobin",
+    "Score",
+    "Scorer",
+    "SplittingScore",
+    "candidates",
+    "growth_kind",
+]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One possible growth step: morphism ``morphism`` at ``site`` with ``params``."""
+
+    morphism: str
+    site: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``morphism@site``: the key of this candidate in a growth event's scores."""
+        return f"{self.morphism}@{self.site}"
+
+
+@dataclass(frozen=True)
+class Score:
+    """A scored candidate; ``result`` holds the child when scoring had to build it."""
+
+    candidate: Candidate
+    value: float
+    detail: Mapping[str, float] = field(default_factory=dict)
+    result: MorphismResult | None = field(default=None, repr=False, compare=False)
+
+
+def candidates(
+    arch: Architecture,
+    allowed: Sequence[str],
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Candidate]:
+    """Every (morphism, site) pair among ``allowed`` morphisms that applies to ``arch``.
+
+    Raises:
+        UnknownMorphism: a name in ``allowed`` is not registered.
+    """
+    params = params or {}
+    return [
+        Candidate(name, site, dict(params.get(name, {})))
+        for name in allowed
+        for site in morphisms.sites(name, arch)
+    ]
+
+
+def growth_kind(morphism: str) -> Literal["width", "depth"]:
+    """Whether a morphism adds depth (``deepen.*``) or width (everything else)."""
+    return "depth" if morphism.startswith("deepen.") else "width"
+
+
+class Scorer(abc.ABC):
+    """Scores candidate growth steps; larger is better (see the module docstring)."""
+
+    @abc.abstractmethod
+    def score(
+        self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
+    ) -> list[Score]:
+        """Score ``candidates`` of ``arch`` on ``batch``.
+
+        Args:
+            arch: the current network, with its current weights.
+            batch: ``(inputs, targets)`` the scores are measured on.
+            candidates: what may be grown (see :func:`candidates`).
+            seed: seeds any morphism applied while scoring.
+
+        Returns:
+            Scores of the candidates this scorer can judge, best first.
+        """
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+def _ranked(scores: list[Score]) -> list[Score]:
+    return sorted(scores, key=lambda s: -s.value)
+
+
+@dataclass
+class GradMaxScore(Scorer):
+    """Sum of the ``k`` largest GradMax singular values at each candidate's site."""
+
+    k: int = 1
+
+    def score(
+        self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
+    ) -> list[Score]:
+        from morphsearch.morphisms.widen import gradmax_singular_values
+
+        by_site: dict[str, torch.Tensor] = {}
+        out = []
+        for cand in candidates:
+            if growth_kind(cand.morphism) != "width":
+                continue
+            if cand.site not in by_site:
+                try:
+                    values = torch.as_tensor(gradmax_singular_values(arch, cand.site, batch))
+                except MorphismNotApplicable:
+                    continue
+                by_site[cand.site] = values.flatten().sort(descending=True).values
+            top = by_site[cand.site][: self.k]
+            out.append(Score(cand, float(top.sum()), {"sigma_1": float(top[0])}))
+        return _ranked(out)
+
+
+@dataclass
+class SplittingScore(Scorer):
+    """Minus the smallest splitting eigenvalue at each candidate's site (> 0: split helps)."""
+
+    def score(
+        self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
+    ) -> list[Score]:
+        from morphsearch.morphisms.splitting import splitting_eigenvalues
+
+        by_site: dict[str, float] = {}
+        out = []
+        for cand in candidates:
+            if growth_kind(cand.morphism) != "width":
+                continue
+            if cand.site not in by_site:
+                try:
+                    values, _vectors = splitting_eigenvalues(arch, cand.site, batch)
+                except MorphismNotApplicable:
+                    continue
+                by_site[cand.site] = float(values.min())
+            lam = by_site[cand.site]
+            out.append(Score(cand, -lam, {"min_eigenvalue": lam}))
+        return _ranked(out)
+
+
+@dataclass
+class NaturalExpansionScore(Scorer):
+    """SENN's natural expansion score: eta increase per added parameter.
+
+    For each candidate the child is built (``morphisms.apply``) and
+    ``value = (eta(child) - eta(arch)) / (child.num_params - arch.num_params)``, where
+    ``eta = g^T F^-1 g`` on the batch (:func:`~morphsearch.growth.fisher.natural_expansion_eta`).
+    """
+
+    fisher: Literal["diagonal", "kfac"] = "kfac"
+    damping: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.fisher not in ("diagonal", "kfac"):
+            raise ConfigError(f"fisher {self.fisher!r} must be 'diagonal' or 'kfac'")
+
+    def score(
+        self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
+    ) -> list[Score]:
+        eta = natural_expansion_eta(arch, batch, fisher=self.fisher, damping=self.damping)
+        out = []
+        for cand in candidates:
+            result = morphisms.apply(
+                cand.morphism, arch, cand.site, batch=batch, seed=seed, **cand.params
+            )
+            added = max(result.child.num_params - arch.num_params, 1)
+            child_eta = natural_expansion_eta(
+                result.child, batch, fisher=self.fisher, damping=self.damping
+            )
+            detail = {"eta": eta, "eta_child": child_eta, "added_params": float(added)}
+            out.append(Score(cand, (child_eta - eta) / added, detail, result))
+        return _ranked(out)
+
+
+@dataclass
+class RoundRobin(Scorer):
+    """Cycles through the candidates in order: 1 for the next one, 0 for the others."""
+
+    _turn: int = field(default=0, init=False, repr=False)
+
+    def score(
+        self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
+    ) -> list[Score]:
+        if not candidates:
+            return []
+        chosen = self._turn % len(candidates)
+        self._turn += 1
+        return _ranked([Score(c, float(i == chosen)) for i, c in enumerate(candidates)])
