@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 from typing import Any, overload
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from morphsearch.errors import NotFound
@@ -42,10 +41,15 @@ def insert_on_conflict(
     The database decides, not a prior ``SELECT``: two writers recording the same
     trial at once cannot both insert it, on SQLite or PostgreSQL.
     """
+    # dialect modules imported here: read-only CLI queries never pay for them
     statement: Any
     if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         statement = postgresql.insert(table).values(**values)
     else:
+        from sqlalchemy.dialects import sqlite
+
         statement = sqlite.insert(table).values(**values)
     if update:
         statement = statement.on_conflict_do_update(

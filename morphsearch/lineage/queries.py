@@ -34,6 +34,7 @@ __all__ = [
     "list_searches",
     "pareto",
     "roots",
+    "search",
     "summary",
 ]
 
@@ -45,6 +46,16 @@ MAX_DEPTH = 100_000  # a guard: the forest has no cycles, but a walk must end re
 def list_searches(session: Session) -> list[SearchRecord]:
     rows = session.scalars(select(Search).order_by(Search.id)).all()
     return [SearchRecord(r.name, r.config, r.status, as_utc(r.created)) for r in rows]
+
+
+def search(session: Session, name: str) -> SearchRecord:
+    """Search ``name``.
+
+    Raises:
+        NotFound: no such search.
+    """
+    row = session.get_one(Search, search_pk(session, name))
+    return SearchRecord(row.name, row.config, row.status, as_utc(row.created))
 
 
 def _node_select(walk: Any) -> Select[Any]:

@@ -287,6 +287,10 @@ class LineageStore:
         """Every search, oldest first."""
         return self._run(queries.list_searches)
 
+    def search(self, name: str) -> SearchRecord:
+        """Search ``name``. Raises NotFound."""
+        return self._run(lambda s: queries.search(s, name))
+
     def summary(
         self, search: str, metric: str | None = None, mode: Mode | None = None
     ) -> SearchSummary:

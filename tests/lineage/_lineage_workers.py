@@ -30,11 +30,15 @@ def write_trials(url: str, worker: int, own: int, shared: int) -> None:
     parent = "seed"
     for i in range(own):
         child = f"w{worker}-a{i}"
-        store.record_trial(SEARCH, f"w{worker}-t{i}", parent, architecture(child, 10 + i), [{"name": "widen"}])
+        store.record_trial(
+            SEARCH, f"w{worker}-t{i}", parent, architecture(child, 10 + i), [{"name": "widen"}]
+        )
         store.record_metrics(f"w{worker}-t{i}", 1, {name: float(i) for name in METRICS})
         parent = child
     for i in range(shared):
-        store.record_trial(SEARCH, f"shared-t{i}", "seed", architecture(f"shared-a{i}"), [{"name": "deepen"}])
+        store.record_trial(
+            SEARCH, f"shared-t{i}", "seed", architecture(f"shared-a{i}"), [{"name": "deepen"}]
+        )
         store.record_metrics(f"shared-t{i}", 1, {name: float(worker) for name in METRICS})
     store.close()
 

@@ -30,7 +30,9 @@ def count(url: str, table: str) -> int:
 def test_eight_writer_processes_lose_and_duplicate_nothing(db_url: str) -> None:
     # The database starts empty: the workers also race to create the schema.
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=write_trials, args=(db_url, w, OWN, SHARED)) for w in range(WORKERS)]
+    workers = [
+        ctx.Process(target=write_trials, args=(db_url, w, OWN, SHARED)) for w in range(WORKERS)
+    ]
     for process in workers:
         process.start()
     for process in workers:
@@ -68,10 +70,16 @@ def test_writer_killed_mid_transaction_leaves_no_partial_rows(db_url: str, tmp_p
     process.join(timeout=30)
     assert process.exitcode == -signal.SIGKILL
 
-    assert (count(db_url, "trials"), count(db_url, "edges"), count(db_url, "architectures")) == (0, 0, 1)
+    assert (count(db_url, "trials"), count(db_url, "edges"), count(db_url, "architectures")) == (
+        0,
+        0,
+        1,
+    )
     with open_store(db_url, write=True) as store:
         with pytest.raises(NotFound):
             store.ancestors("doomed")
         # the dead writer's locks are gone: the same trial can be recorded (a resume)
-        trial = store.record_trial("killed", "doomed", "seed", architecture("doomed"), [{"name": "widen"}])
+        trial = store.record_trial(
+            "killed", "doomed", "seed", architecture("doomed"), [{"name": "widen"}]
+        )
         assert trial.child_id == "doomed" and count(db_url, "edges") == 1
