@@ -1,0 +1,89 @@
+"""Kill -9 the driver mid-search, resume it, and find every trial in lineage once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from morphsearch.lineage import LineageStore
+from tests.search.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _write_config(tmp_path: Path) -> Path:
+    data = {**TINY, "name": "resumable", "database": f"sqlite:///{tmp_path}/lineage.db",
+            "storage": str(tmp_path / "runs"),
+            "budget": {**TINY["budget"], "trials": 4, "epochs_per_trial": 2}}
+    path = tmp_path / "resumable.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _recorded(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            return int(con.execute("select count(*) from trials").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _driver(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "morphsearch", "search", str(config), *extra]
+    # own session: the local Ray it starts is ours to clean up afterwards
+    return subprocess.Popen(cmd, cwd=config.parent, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stop_session(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_kill_and_resume(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    db = tmp_path / "lineage.db"
+    first = _driver(config)
+    try:
+        deadline = time.monotonic() + 180
+        while _recorded(db) < 1 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert first.poll() is None, "the search finished before it could be killed"
+        assert _recorded(db) >= 1
+        os.kill(first.pid, signal.SIGKILL)  # the driver only, as a crash would
+        first.wait(10)
+    finally:
+        _stop_session(first)
+    killed_at = _recorded(db)
+    assert killed_at < 4
+    time.sleep(2)  # let the orphaned local Ray notice its driver is gone
+
+    second = _driver(config, "--resume")
+    try:
+        _, err = second.communicate(timeout=240)
+    finally:
+        _stop_session(second)
+    assert second.returncode == 0, err.decode()[-2000:]
+
+    with LineageStore(f"sqlite:///{db}") as store:
+        summary = store.summary("resumable")
+        assert summary.n_trials == 4
+        assert summary.trials_by_status == {"TERMINATED": 4}
+        nodes = store.descendants("resumable/seed")
+        assert len(nodes) == 5 and len({n.arch_id for n in nodes}) == 5
+    with sqlite3.connect(db) as con:
+        per_trial = con.execute(
+            "select count(*) from metrics where name = 'val_accuracy' group by trial_id"
+        ).fetchall()
+    assert sorted(c for (c,) in per_trial) == [2] * 4  # every epoch once, none twice
