@@ -1,0 +1,134 @@
+"""Hypothesis strategies and helpers for tests that need random valid architectures.
+
+``architectures()`` draws small MLPs (widths, depths, activations, batch norm, dropout),
+CNNs, residual nets and branchy graphs (concat and add joins) from ``morphsearch.builders``
+and ``GraphBuilder``. They are kept tiny so that many can be drawn within the test budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from hypothesis import strategies as st
+
+from morphsearch import builders
+from morphsearch.arch import Architecture
+from morphsearch.builders import GraphBuilder
+
+# The tensors here are tiny: extra intra-op threads only add synchronisation, and on a
+# shared CI machine that costs ~30 ms per conv call (measured), 100x the work itself.
+torch.set_num_threads(1)
+
+ACTIVATION_NAMES = ("relu", "tanh", "gelu", "selu")
+
+
+@st.composite
+def mlps(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    depth = draw(st.integers(1, 3))
+    hidden = draw(st.lists(st.integers(1, 6), min_size=depth, max_size=depth))
+    sizes = [draw(st.integers(2, 6)), *hidden, draw(st.integers(2, 4))]
+    return builders.mlp(
+        sizes,
+        activation=draw(st.sampled_from(ACTIVATION_NAMES)),
+        batchnorm=draw(st.booleans()),
+        dropout=draw(st.sampled_from((0.0, 0.25))),
+        seed=draw(st.integers(0, 2**16)),
+        dtype=dtype,
+    )
+
+
+@st.composite
+def cnns(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    size = draw(st.integers(4, 6))
+    return builders.cnn(
+        (draw(st.integers(1, 2)), size, size),
+        channels=draw(st.lists(st.integers(1, 4), min_size=1, max_size=2)),
+        hidden=draw(st.lists(st.integers(1, 5), min_size=0, max_size=1)),
+        num_classes=draw(st.integers(2, 4)),
+        kernel_size=draw(st.sampled_from((1, 3))),
+        activation=draw(st.sampled_from(("relu", "tanh"))),
+        batchnorm=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+        dtype=dtype,
+    )
+
+
+@st.composite
+def resnets(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    return builders.resnet(
+        (1, 4, 4),
+        width=draw(st.integers(2, 4)),
+        blocks=draw(st.integers(1, 2)),
+        num_classes=draw(st.integers(2, 3)),
+        seed=draw(st.integers(0, 2**16)),
+        dtype=dtype,
+    )
+
+
+@st.composite
+def branchy(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    """Two dense branches joined by concat (or add, with equal widths), then a head."""
+    join = draw(st.sampled_from(("concat", "add")))
+    wa = draw(st.integers(1, 5))
+    wb = wa if join == "add" else draw(st.integers(1, 5))
+    b = GraphBuilder((draw(st.integers(2, 5)),))
+    a = b.add("relu", b.add("linear", b.input, out_features=wa, name="fa"), name="ra")
+    c = b.add("tanh", b.add("linear", b.input, out_features=wb, name="fb"), name="tb")
+    h = b.add(join, a, c, name="join")
+    h = b.add("relu", b.add("linear", h, out_features=draw(st.integers(1, 4)), name="fc"),
+              name="rc")
+    out = b.add("linear", h, out_features=3, name="head")
+    return b.build(out, seed=draw(st.integers(0, 2**16)), dtype=dtype)
+
+
+def architectures(dtype: torch.dtype = torch.float64) -> st.SearchStrategy[Architecture]:
+    """Any of the families above, in ``dtype``."""
+    return st.one_of(mlps(dtype), cnns(dtype), resnets(dtype), branchy(dtype))
+
+
+def fixed_architectures(dtype: torch.dtype = torch.float64) -> dict[str, Architecture]:
+    """One of each family with fixed sizes, for example-based tests."""
+    return {
+        "mlp": builders.mlp([6, 5, 4, 3], dtype=dtype),
+        "mlp_gelu": builders.mlp([5, 4, 3], activation="gelu", dtype=dtype),
+        "mlp_bn_tanh": builders.mlp([6, 5, 3], activation="tanh", batchnorm=True,
+                                    dropout=0.25, dtype=dtype),
+        "cnn": builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3,
+                            batchnorm=True, dtype=dtype),
+        "resnet": builders.resnet((1, 4, 4), width=3, blocks=1, num_classes=3, dtype=dtype),
+    }
+
+
+def batch_for(arch: Architecture, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and integer class labels (one per output unit) for ``arch``."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn((n, *arch.input_shape), generator=g, dtype=arch.dtype)
+    labels = torch.randint(0, arch.output_shape[0], (n,), generator=g)
+    return inputs, labels
+
+
+@contextmanager
+def train_mode_without_dropout(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Train mode (batch norm uses batch statistics) with dropout off.
+
+    Dropout masks are random draws, not part of the function, and a wider child draws a
+    different mask, so comparisons of parent and child in train mode switch them off.
+    """
+    module.train()
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Dropout):
+            sub.eval()
+    yield module
+    module.eval()
+
+
+def outputs(arch: Architecture, inputs: torch.Tensor, *, train: bool) -> torch.Tensor:
+    """``arch``'s output on ``inputs`` in train mode (no dropout) or eval mode."""
+    module = arch.to_module()
+    with torch.no_grad():
+        if not train:
+            return module.eval()(inputs)  # type: ignore[no-any-return]
+        with train_mode_without_dropout(module) as m:
+            return m(inputs)  # type: ignore[no-any-return]

@@ -1,0 +1,152 @@
+"""The shared contract suite: every registered morphism, every site, random architectures.
+
+Parametrised over ``morphisms.list_morphisms()``, so registering a morphism puts it under
+test. For each architecture drawn (MLPs, CNNs, residual and branchy nets) and each site
+the operator offers, the child must validate, survive a graph-file round trip, compile,
+run forward, backward and one SGD step; preserve the parent's function in train and eval
+mode (float64: 1e-10, float32: 1e-5) when the operator claims to; leave the parent's
+hashes unchanged; be identical under the same seed; and be reproduced exactly by
+replaying its JSON record.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from morphsearch import morphisms
+from morphsearch.arch import Architecture
+from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
+from morphsearch.morphisms import MorphismResult
+from tests.morphisms.strategies import architectures, batch_for, fixed_architectures, outputs
+
+MORPHISMS = morphisms.list_morphisms()
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+SETTINGS = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _apply(name: str, arch: Architecture, site: str | None, seed: int = 0) -> MorphismResult:
+    batch = batch_for(arch, seed=seed) if morphisms.get(name).needs_batch else None
+    return morphisms.apply(name, arch, site, batch=batch, seed=seed)
+
+
+def _check_preserved(name: str, parent: Architecture, child: Architecture, site: str) -> None:
+    inputs, _ = batch_for(parent, n=6, seed=123)  # several samples: batch norm in train mode
+    tol = TOLERANCE[parent.dtype]
+    for train in (False, True):
+        expected = outputs(parent, inputs, train=train)
+        got = outputs(child, inputs, train=train)
+        assert got.shape == expected.shape
+        err = float((got - expected).abs().max())
+        mode = "train" if train else "eval"
+        assert err <= tol, f"{name} at {site}: {mode}-mode error {err:.3g} > {tol:g}"
+
+
+def _check_trains(child: Architecture) -> None:
+    module = child.to_module().train()
+    inputs, labels = batch_for(child, seed=7)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(module(inputs), labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, param in module.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), pname
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def _check_site(name: str, parent: Architecture, site: str, *, full: bool) -> None:
+    hashes = (parent.structure_hash, parent.weights_hash)
+    result = _apply(name, parent, site, seed=3)
+    child = result.child
+    assert isinstance(child, Architecture)
+    assert (parent.structure_hash, parent.weights_hash) == hashes, f"{name} changed its parent"
+    if morphisms.get(name).preserves_function:
+        _check_preserved(name, parent, child, site)
+    if not full:
+        return
+    reloaded = Architecture.from_json(child.to_json(), weights=child.weights_copy())
+    assert reloaded.weights_hash == child.weights_hash
+    _check_trains(child)
+    again = _apply(name, parent, site, seed=3).child
+    assert (again.structure_hash, again.weights_hash) == (child.structure_hash, child.weights_hash)
+    record = json.loads(json.dumps(result.record.to_json()))
+    assert record["name"] == name and record["site"] == site and record["seed"] == 3
+    batch = batch_for(parent, seed=3) if morphisms.get(name).needs_batch else None
+    replayed = morphisms.replay(record, parent, batch=batch).child
+    assert replayed.weights_hash == child.weights_hash
+    assert replayed.structure_hash == child.structure_hash
+
+
+def _check_all_sites(name: str, arch: Architecture, *, full: bool = True) -> None:
+    for site in morphisms.sites(name, arch):
+        _check_site(name, arch, site, full=full)
+
+
+@pytest.mark.parametrize("name", MORPHISMS)
+@SETTINGS
+@given(arch=architectures(torch.float64))
+def test_contract_float64_random_architectures(name: str, arch: Architecture) -> None:
+    _check_all_sites(name, arch)
+
+
+@pytest.mark.parametrize("name", MORPHISMS)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures(torch.float32))
+def test_contract_float32_preserves_function(name: str, arch: Architecture) -> None:
+    _check_all_sites(name, arch, full=False)
+
+
+@pytest.mark.parametrize("family", sorted(fixed_architectures()))
+@pytest.mark.parametrize("name", MORPHISMS)
+def test_contract_fixed_architectures(name: str, family: str) -> None:
+    arch = fixed_architectures()[family]
+    _check_all_sites(name, arch)
+    _check_all_sites(name, arch.to(torch.float32), full=False)
+
+
+def _arch_with_sites(name: str) -> Architecture:
+    """The first fixed architecture where ``name`` applies somewhere."""
+    for arch in fixed_architectures().values():
+        if morphisms.sites(name, arch):
+            return arch
+    raise AssertionError(f"{name} applies to none of the fixed architectures; add one")
+
+
+def test_unknown_morphism_lists_the_valid_ones() -> None:
+    arch = fixed_architectures()["mlp"]
+    with pytest.raises(UnknownMorphism) as info:
+        morphisms.apply("deepen.sideways", arch)
+    message = str(info.value)
+    assert "deepen.sideways" in message
+    assert all(name in message for name in MORPHISMS)
+
+
+@pytest.mark.parametrize("name", MORPHISMS)
+def test_bad_site_lists_the_valid_sites(name: str) -> None:
+    arch = _arch_with_sites(name)
+    with pytest.raises(MorphismNotApplicable) as info:
+        _apply(name, arch, "no_such_node")
+    message = str(info.value)
+    assert "no_such_node" in message
+    assert all(site in message for site in morphisms.sites(name, arch))
+
+
+@pytest.mark.parametrize("name", MORPHISMS)
+def test_unknown_parameter_is_refused(name: str) -> None:
+    arch = _arch_with_sites(name)
+    with pytest.raises(MorphismNotApplicable, match="learning_rat"):
+        morphisms.apply(name, arch, batch=batch_for(arch), learning_rat=0.1)
+
+
+@pytest.mark.parametrize("name", MORPHISMS)
+def test_gradient_morphisms_refuse_a_missing_batch(name: str) -> None:
+    if not morphisms.get(name).needs_batch:
+        pytest.skip(f"{name} needs no batch")
+    with pytest.raises(MorphismNotApplicable, match="batch"):
+        morphisms.apply(name, _arch_with_sites(name))
