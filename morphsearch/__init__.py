@@ -27,7 +27,21 @@ _LAZY = {
     "UnknownMorphism": "morphsearch.errors",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "Architecture",
+    "InvalidArchitecture",
+    "MorphSearchError",
+    "MorphismNotApplicable",
+    "NodeSpec",
+    "UnknownMorphism",
+    "__version__",
+    "builders",
+    "errors",
+    "growth",
+    "lineage",
+    "load",
+    "morphisms",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from morphsearch import builders, errors, growth, lineage, morphisms

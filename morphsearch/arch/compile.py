@@ -185,7 +185,7 @@ def compile_module(
     module.layers = root.layers
     # GraphModule wraps __call__ only to decorate tracebacks; the plain Module call is
     # measurably cheaper per step for small networks (bench/compile_overhead.py).
-    type(module).__call__ = nn.Module.__call__
+    type(module).__call__ = nn.Module.__call__  # type: ignore[method-assign]
     # Cast before loading: load_state_dict copies into the existing (float32) parameters,
     # which would round float64 weights.
     module.to(dtype=arch.dtype)

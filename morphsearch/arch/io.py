@@ -116,7 +116,7 @@ def read_graph_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             "graph files; weights belong in a .safetensors file beside it"
         )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GraphFileError(f"{path}: not valid JSON ({exc}); fix or re-export the file") from None
 

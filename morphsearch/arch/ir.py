@@ -137,7 +137,7 @@ class Architecture:
 
     def spec(self, node: str) -> NodeSpec:
         try:
-            return self._graph.nodes[node]["spec"]  # type: ignore[no-any-return]
+            return self._graph.nodes[node]["spec"]
         except KeyError:
             raise InvalidArchitecture(
                 f"no node {node!r}; nodes: {', '.join(self._order)}"

@@ -21,7 +21,7 @@ from morphsearch.morphisms._registry import (
 )
 
 # Importing the operator modules registers them.
-from morphsearch.morphisms import deepen, splitting, widen  # noqa: E402,F401  isort: skip
+from morphsearch.morphisms import deepen, splitting, widen  # noqa: F401  isort: skip
 
 __all__ = [
     "Batch",

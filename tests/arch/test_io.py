@@ -127,7 +127,7 @@ def test_show_json_lists_layers_params_and_flops(capsys) -> None:
     assert doc["params"] == sum(layer["params"] for layer in doc["layers"])
     assert doc["flops"] == sum(layer["flops"] for layer in doc["layers"])
     assert doc["input_shape"] == [1, 8, 8] and doc["output_shape"] == [10]
-    assert [layer["id"] for layer in doc["layers"]][0] == "x"
+    assert doc["layers"][0]["id"] == "x"
 
 
 def test_show_table_and_draw_png(tmp_path: Path, capsys) -> None:

@@ -137,7 +137,7 @@ def test_invalid_graphs_name_the_problem(mutate, fragment: str) -> None:
 def test_linear_after_image_says_insert_flatten() -> None:
     b = GraphBuilder((1, 8, 8))
     h = b.add("conv2d", b.input, out_channels=2, kernel_size=3, name="c")
-    with pytest.raises(InvalidArchitecture, match="node 'fc' .*insert a flatten node"):
+    with pytest.raises(InvalidArchitecture, match=r"node 'fc' .*insert a flatten node"):
         b.build(b.add("linear", h, out_features=3, name="fc"))
 
 
