@@ -19,6 +19,7 @@ from morphsearch.morphisms._registry import (
     replay,
     sites,
 )
+from morphsearch.morphisms.optim import transfer_optimizer, unit_positions
 
 # Importing the operator modules registers them.
 from morphsearch.morphisms import deepen, splitting, widen  # noqa: F401  isort: skip
@@ -36,4 +37,6 @@ __all__ = [
     "register",
     "replay",
     "sites",
+    "transfer_optimizer",
+    "unit_positions",
 ]
