@@ -231,16 +231,6 @@ def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
     return sum(norms) / len(norms)
 
 
-def split_vector(vec: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    """Cut a flat outgoing vector into per-consumer tensors of ``shapes``."""
-    out, start = [], 0
-    for shape in shapes:
-        n = int(torch.tensor(shape).prod())
-        out.append(vec[start : start + n].reshape(shape))
-        start += n
-    return out
-
-
 def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean loss of a batch: cross-entropy for integer targets, else mean squared error."""
     if targets.is_floating_point():
