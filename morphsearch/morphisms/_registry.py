@@ -111,6 +111,10 @@ class Morphism(abc.ABC):
     ) -> Architecture:
         """Build the child. Must not modify ``parent``."""
 
+    def why_not(self, arch: Architecture, site: str) -> str | None:
+        """Why ``site`` is not one of ``sites(arch)``, for the error message (None: unknown)."""
+        return None
+
     def param_defaults(self) -> dict[str, Any]:
         signature = inspect.signature(self.transform)
         return {
@@ -222,14 +226,19 @@ def _random_probe(arch: Architecture, seed: int, n: int = 16) -> torch.Tensor:
 def _checked_site(morphism: Morphism, parent: Architecture, site: str | None) -> str:
     valid = morphism.sites(parent)
     if not valid:
+        reason = morphism.why_not(parent, site) if site in parent else None
         raise MorphismNotApplicable(
             f"{morphism.name} does not apply anywhere in this architecture"
+            + (f" ({reason})" if site is not None and reason else "")
         )
     if site is None:
         return valid[0]
     if site not in valid:
+        reason = morphism.why_not(parent, site) if site in parent else f"there is no node {site!r}"
         raise MorphismNotApplicable(
-            f"{morphism.name} does not apply at {site!r}; valid sites: {', '.join(valid)}"
+            f"{morphism.name} does not apply at {site!r}"
+            + (f" ({reason})" if reason else "")
+            + f"; valid sites: {', '.join(valid)}"
         )
     return site
 

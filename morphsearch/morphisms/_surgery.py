@@ -108,6 +108,15 @@ def widen_sites(arch: Architecture) -> list[str]:
     return out
 
 
+def why_not_widen(arch: Architecture, site: str) -> str | None:
+    """The reason :func:`widen_path` refuses ``site``, or None if it accepts it."""
+    try:
+        widen_path(arch, site)
+    except MorphismNotApplicable as exc:
+        return str(exc)
+    return None
+
+
 def _spatial(shape: tuple[int, ...]) -> int:
     return int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
 

@@ -252,6 +252,13 @@ class SteepestSplit(Morphism):
             out.append(node)
         return out
 
+    def why_not(self, arch: Architecture, site: str) -> str | None:
+        try:
+            _split_path(arch, site)
+        except MorphismNotApplicable as exc:
+            return str(exc)
+        return None
+
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
         parent: Architecture,

@@ -39,6 +39,7 @@ from morphsearch.morphisms._surgery import (
     path_params_copy,
     site_rows_shape,
     unit_outgoing,
+    why_not_widen,
     widen_path,
     widen_sites,
     widened,
@@ -100,6 +101,9 @@ class RandomWiden(Morphism):
     def sites(self, arch: Architecture) -> list[str]:
         return widen_sites(arch)
 
+    def why_not(self, arch: Architecture, site: str) -> str | None:
+        return why_not_widen(arch, site)
+
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
         parent: Architecture,
@@ -160,6 +164,9 @@ class SplitWiden(Morphism):
 
     def sites(self, arch: Architecture) -> list[str]:
         return widen_sites(arch)
+
+    def why_not(self, arch: Architecture, site: str) -> str | None:
+        return why_not_widen(arch, site)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
@@ -296,6 +303,9 @@ class GradMaxWiden(Morphism):
 
     def sites(self, arch: Architecture) -> list[str]:
         return widen_sites(arch)
+
+    def why_not(self, arch: Architecture, site: str) -> str | None:
+        return why_not_widen(arch, site)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
