@@ -226,10 +226,10 @@ def _random_probe(arch: Architecture, seed: int, n: int = 16) -> torch.Tensor:
 def _checked_site(morphism: Morphism, parent: Architecture, site: str | None) -> str:
     valid = morphism.sites(parent)
     if not valid:
-        reason = morphism.why_not(parent, site) if site in parent else None
+        reason = morphism.why_not(parent, site) if site is not None and site in parent else None
         raise MorphismNotApplicable(
             f"{morphism.name} does not apply anywhere in this architecture"
-            + (f" ({reason})" if site is not None and reason else "")
+            + (f" ({reason})" if reason else "")
         )
     if site is None:
         return valid[0]
