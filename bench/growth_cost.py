@@ -1,0 +1,156 @@
+"""Growth cost: each registered morphism's ``apply`` vs one training step on the same batch.
+
+Workloads: the teacher-student MLP (20:5:10, MSE, batch 1000), the digits MLP (64:8:10,
+the digits training split as one batch) and the digits CNN (``builders.cnn()``). For
+each operator, at its first site: ``apply`` (with its probe-batch preservation check)
+and ``transform`` alone (no check), each as a ratio to one training step (forward,
+backward, SGD step on the compiled module). GradMax is also run with GroMo, a peer
+library, on the same MLPs (growing the same hidden layer by the same k).
+
+Run: ``.venv/bin/python bench/growth_cost.py [--repeats 15]`` (one thread, medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from morphsearch import builders, morphisms
+from morphsearch.arch import Architecture
+from morphsearch.data import load_dataset
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int,
+                   setup: Callable[[], Any] | None = None) -> float:
+    """Median wall time of ``fn()`` (or ``fn(setup())``, setup untimed) after a warm-up."""
+    times = []
+    for i in range(repeats + 1):  # run 0 is the warm-up: lazy imports, allocator growth
+        arg = setup() if setup else None
+        start = time.perf_counter()
+        fn(arg) if setup else fn()
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _loss(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if targets.is_floating_point():
+        return nn.functional.mse_loss(out, targets)
+    return nn.functional.cross_entropy(out, targets)
+
+
+def train_step_seconds(arch: Architecture, batch: Batch, repeats: int) -> float:
+    module = arch.to_module().train()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        _loss(module(batch[0]), batch[1]).backward()
+        optimizer.step()
+
+    return median_seconds(step, repeats)
+
+
+def morphism_seconds(name: str, arch: Architecture, site: str, batch: Batch,
+                     repeats: int) -> tuple[float, float]:
+    """(apply with its preservation check, transform alone)."""
+    morphism = morphisms.get(name)
+    params = morphism.param_defaults()
+
+    def with_check() -> None:
+        morphisms.apply(name, arch, site, batch=batch, seed=0)
+
+    def without_check() -> None:
+        morphism.transform(arch, site, batch=batch, generator=torch.Generator().manual_seed(0),
+                           **params)
+
+    return median_seconds(with_check, repeats), median_seconds(without_check, repeats)
+
+
+def gromo_gradmax_seconds(sizes: tuple[int, int, int], batch: Batch, k: int,
+                          repeats: int) -> float | str:
+    """GroMo's GradMax growth of the hidden layer (statistics pass + solve + apply)."""
+    try:
+        from gromo.containers.growing_mlp import GrowingMLP
+    except ImportError as exc:
+        return f"not installed ({exc})"
+
+    def fresh_model() -> Any:  # growth mutates the model: a new one each time, untimed
+        torch.manual_seed(0)
+        return GrowingMLP(sizes[0], sizes[2], sizes[1], number_hidden_layers=1,
+                          activation=nn.ReLU())
+
+    model = fresh_model()
+    _gromo_grow(model, batch, k)
+    grown = model.layers[0].out_features
+    if grown != sizes[1] + k:  # make sure the timed call really grows the layer
+        return f"GroMo grew the hidden layer to {grown}, expected {sizes[1] + k}"
+    return median_seconds(lambda model: _gromo_grow(model, batch, k), repeats, fresh_model)
+
+
+def _gromo_grow(model: Any, batch: Batch, k: int) -> None:
+    model.init_computation()
+    _loss(model(batch[0]), batch[1]).backward()
+    model.update_computation()
+    # GroMo's documented GradMax setting (compute_optimal_updates docstring).
+    model.compute_optimal_updates(
+        maximum_added_neurons=k, compute_delta=False, use_covariance=False,
+        alpha_zero=True, omega_zero=False, use_projection=False, ignore_singular_values=True,
+    )
+    model.reset_computation()
+    model.select_best_update()
+    model.set_scaling_factor(1.0)
+    model.apply_change()
+
+
+def workloads() -> dict[str, tuple[Architecture, Batch]]:
+    ts = load_dataset("teacher_student")
+    digits = load_dataset("digits")
+    images = load_dataset("digits", image=True)
+    return {
+        "teacher-student MLP 20:5:10": (builders.mlp([20, 5, 10]), (ts.x_train, ts.y_train)),
+        "digits MLP 64:8:10": (builders.mlp([64, 8, 10]), (digits.x_train, digits.y_train)),
+        "digits CNN (builders.cnn())": (builders.cnn(), (images.x_train, images.y_train)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| workload | operator | site | apply (ms) | x step | no check (ms) | x step |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for label, (arch, batch) in workloads().items():
+        step = train_step_seconds(arch, batch, args.repeats)
+        print(f"| {label} (batch {len(batch[0])}) | training step | | {step * 1e3:.2f} | 1.00 | | |")
+        for name in morphisms.list_morphisms():
+            sites = morphisms.sites(name, arch)
+            if not sites:
+                print(f"| | {name} | none | n/a | | | |")
+                continue
+            full, bare = morphism_seconds(name, arch, sites[0], batch, args.repeats)
+            print(f"| | {name} | {sites[0]} | {full * 1e3:.2f} | {full / step:.2f} "
+                  f"| {bare * 1e3:.2f} | {bare / step:.2f} |")
+        if len(arch.input_shape) == 1:
+            hidden = arch.shape("fc1")[0]
+            sizes = (arch.input_shape[0], hidden, arch.output_shape[0])
+            k = morphisms.get("widen.gradmax").param_defaults().get("k", 1)
+            gromo = gromo_gradmax_seconds(sizes, batch, k, args.repeats)
+            if isinstance(gromo, str):
+                print(f"| | GroMo GradMax | hidden | {gromo} | | | |")
+            else:
+                print(f"| | GroMo GradMax (k={k}) | hidden | {gromo * 1e3:.2f} "
+                      f"| {gromo / step:.2f} | | |")
+
+
+if __name__ == "__main__":
+    main()
