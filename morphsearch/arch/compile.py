@@ -1,8 +1,12 @@
-"""Architecture -> ``torch.nn.Module`` (a ``torch.fx.GraphModule``) and weights back out.
+"""Architecture -> ``torch.nn.Module`` and weights back out.
 
-The compiled module has one submodule per parametric or stateful node under
-``module.layers[<node>]`` and a generated ``forward`` (torch.fx code generation), so a
-forward pass costs what the hand-written module would: no interpreter loop over nodes.
+The compiled module (:class:`CompiledArchitecture`) has one submodule per stateful node
+under ``module.layers[<node>]`` and a generated straight-line ``forward`` (its source is
+``module.code``), so a forward pass costs what the hand-written module would: no
+interpreter loop over nodes. Generated code is compiled once per distinct graph and
+cached; layers are created on the meta device and given the architecture's weights, so
+compiling spends nothing on random initialisation. Growth compiles many children, and
+this keeps it cheap (bench/growth_cost.py).
 
 ReLU: the IR's ``relu`` is ``torch.clamp(x, min=0)``. Its forward equals ``torch.relu``,
 but autograd gives it derivative 1 at 0 where ``torch.relu`` gives 0. That matters for
@@ -12,20 +16,27 @@ is exactly 0; with relu'(0) = 0 they would never receive a gradient and stay fro
 
 from __future__ import annotations
 
-import operator
+import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from morphsearch.errors import WeightsError
 
 if TYPE_CHECKING:
     from morphsearch.arch.ir import Architecture, NodeSpec
 
-__all__ = ["compile_module", "init_weights", "make_layer", "relu", "weights_from_module"]
+__all__ = [
+    "CompiledArchitecture",
+    "compile_module",
+    "init_weights",
+    "make_layer",
+    "relu",
+    "weights_from_module",
+]
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
@@ -79,86 +90,101 @@ def make_layer(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module | None:
     return factory(spec, in_shape) if factory else None
 
 
-# ------------------------------------------------ functions for stateless nodes
-
-_Emit = Callable[[fx.Graph, list[fx.Node], Mapping[str, Any]], fx.Node]
+# ------------------------------------------- code for stateless nodes
 
 
-def _call(fn: Callable[..., Any], **kwargs: Any) -> _Emit:
-    def emit(graph: fx.Graph, args: list[fx.Node], attrs: Mapping[str, Any]) -> fx.Node:
-        return graph.call_function(fn, (args[0],), dict(kwargs))
+def _pool_expr(fn: str) -> Callable[[list[str], Mapping[str, Any]], str]:
+    def expr(args: list[str], attrs: Mapping[str, Any]) -> str:
+        k = attrs["kernel_size"]
+        return f"{fn}({args[0]}, {k}, {attrs['stride'] or k}, {attrs['padding']})"
 
-    return emit
-
-
-def _pool(fn: Callable[..., Any]) -> _Emit:
-    def emit(graph: fx.Graph, args: list[fx.Node], attrs: Mapping[str, Any]) -> fx.Node:
-        kwargs = {
-            "kernel_size": attrs["kernel_size"],
-            "stride": attrs["stride"] or attrs["kernel_size"],
-            "padding": attrs["padding"],
-        }
-        return graph.call_function(fn, (args[0],), kwargs)
-
-    return emit
+    return expr
 
 
-def _add(graph: fx.Graph, args: list[fx.Node], attrs: Mapping[str, Any]) -> fx.Node:
-    total = args[0]
-    for arg in args[1:]:
-        total = graph.call_function(operator.add, (total, arg))
-    return total
-
-
-def _concat(graph: fx.Graph, args: list[fx.Node], attrs: Mapping[str, Any]) -> fx.Node:
-    return graph.call_function(torch.cat, (tuple(args),), {"dim": 1})
-
-
-_FUNCTIONS: dict[str, _Emit] = {
-    # Emitted as torch.clamp itself (not via relu()) to save a Python frame per call.
-    "relu": _call(torch.clamp, min=0.0),
-    "tanh": _call(torch.tanh),
-    "gelu": _call(F.gelu),
-    "selu": _call(F.selu),
-    "flatten": _call(torch.flatten, start_dim=1),
-    "maxpool": _pool(F.max_pool2d),
-    "avgpool": _pool(F.avg_pool2d),
-    "global_avgpool": _call(torch.mean, dim=(2, 3)),
-    "add": _add,
-    "concat": _concat,
+# op -> expression over its input variables. ReLU is emitted as torch.clamp itself (not
+# via relu()) to save a Python call per layer.
+_EXPRESSIONS: dict[str, Callable[[list[str], Mapping[str, Any]], str]] = {
+    "relu": lambda a, _: f"torch.clamp({a[0]}, min=0.0)",
+    "tanh": lambda a, _: f"torch.tanh({a[0]})",
+    "gelu": lambda a, _: f"F.gelu({a[0]})",
+    "selu": lambda a, _: f"F.selu({a[0]})",
+    "flatten": lambda a, _: f"torch.flatten({a[0]}, 1)",
+    "maxpool": _pool_expr("F.max_pool2d"),
+    "avgpool": _pool_expr("F.avg_pool2d"),
+    "global_avgpool": lambda a, _: f"torch.mean({a[0]}, dim=(2, 3))",
+    "add": lambda a, _: " + ".join(a),
+    "concat": lambda a, _: f"torch.cat(({', '.join(a)},), dim=1)",
 }
 _PASS_THROUGH = frozenset({"identity", "output"})
+
+
+def generate_code(arch: Architecture) -> str:
+    """The Python source of ``arch``'s forward function ``forward(self, x)``."""
+    names: dict[str, str] = {}
+    lines = ["def forward(self, x):", "    layers = self.layers"]
+    for node in arch.nodes:
+        spec = arch.spec(node)
+        args = [names[src] for src in arch.inputs(node)]
+        if spec.op == "input":
+            names[node] = "x"
+        elif spec.op in _PASS_THROUGH:
+            names[node] = args[0]
+        else:
+            names[node] = f"v_{node}"
+            expr = (
+                f"layers.{node}({args[0]})"
+                if spec.op in _LAYERS
+                else _EXPRESSIONS[spec.op](args, spec.attrs)
+            )
+            lines.append(f"    {names[node]} = {expr}")
+    lines.append(f"    return {names[arch.output_node]}")
+    return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(code: str) -> Callable[..., torch.Tensor]:
+    namespace: dict[str, Any] = {"torch": torch, "F": F}
+    exec(compile(code, "<morphsearch forward>", "exec"), namespace)  # our own generated code
+    return namespace["forward"]  # type: ignore[no-any-return]
+
+
+class CompiledArchitecture(nn.Module):
+    """An architecture as a module: ``layers`` (a ModuleDict by node) and ``code``.
+
+    Pickles by its generated source, which is recompiled on load.
+    """
+
+    def __init__(self, layers: nn.ModuleDict, code: str) -> None:
+        super().__init__()
+        self.layers = layers
+        self.code = code
+        self._forward = _compiled(code)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self, x)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_forward", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._forward = _compiled(self.code)
 
 
 # ------------------------------------------------------------------ compile
 
 
-def _build_layers(arch: Architecture) -> nn.ModuleDict:
+def _build_layers(arch: Architecture, **factory: Any) -> nn.ModuleDict:
     layers = nn.ModuleDict()
-    for node in arch.nodes:
-        ins = arch.inputs(node)
-        layer = make_layer(arch.spec(node), arch.shape(ins[0]) if ins else ())
-        if layer is not None:
-            layers[node] = layer
+    with torch.device(factory.pop("device", "cpu")):
+        for node in arch.nodes:
+            ins = arch.inputs(node)
+            layer = make_layer(arch.spec(node), arch.shape(ins[0]) if ins else ())
+            if layer is not None:
+                layers[node] = layer
     return layers
-
-
-def _build_graph(arch: Architecture) -> fx.Graph:
-    graph = fx.Graph()
-    values: dict[str, fx.Node] = {}
-    for node in arch.nodes:
-        spec = arch.spec(node)
-        args = [values[src] for src in arch.inputs(node)]
-        if spec.op == "input":
-            values[node] = graph.placeholder("x")
-        elif spec.op in _PASS_THROUGH:
-            values[node] = args[0]
-        elif spec.op in _LAYERS:
-            values[node] = graph.call_module(f"layers.{node}", (args[0],))
-        else:
-            values[node] = _FUNCTIONS[spec.op](graph, args, spec.attrs)
-    graph.output(values[arch.output_node])
-    return graph
 
 
 def compile_module(
@@ -166,8 +192,8 @@ def compile_module(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-) -> fx.GraphModule:
-    """Compile ``arch`` into a GraphModule carrying its weights.
+) -> CompiledArchitecture:
+    """Compile ``arch`` into a module carrying (copies of) its weights.
 
     Args:
         arch: the architecture.
@@ -175,31 +201,20 @@ def compile_module(
         dtype: float dtype of the module (default: the architecture's).
 
     Returns:
-        A ``torch.fx.GraphModule``; its ``layers`` ModuleDict is keyed by node name.
+        A :class:`CompiledArchitecture`; ``module.layers`` is keyed by node name and its
+        state_dict keys are ``layers.<node>.<param>``.
     """
-    root = nn.Module()
-    root.layers = _build_layers(arch)
-    module = fx.GraphModule(root, _build_graph(arch), class_name="CompiledArchitecture")
-    # fx copies submodules into plain Modules; keep the ModuleDict so module.layers[node]
-    # and iteration work (the generated code uses attribute access, which both support).
-    module.layers = root.layers
-    # GraphModule wraps __call__ only to decorate tracebacks; the plain Module call is
-    # measurably cheaper per step for small networks (bench/compile_overhead.py).
-    type(module).__call__ = nn.Module.__call__  # type: ignore[method-assign]
-    # Cast before loading: load_state_dict copies into the existing (float32) parameters,
-    # which would round float64 weights.
-    module.to(dtype=arch.dtype)
-    _load_weights(module, arch)
-    return module.to(device=device, dtype=dtype or arch.dtype)
-
-
-def _load_weights(module: fx.GraphModule, arch: Architecture) -> None:
+    layers = _build_layers(arch, device="meta")  # shapes only: no memory, no random init
+    dtype = dtype or arch.dtype
     state = {
-        f"layers.{node}.{pname}": tensor
+        f"{node}.{pname}": tensor.to(
+            device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype, copy=True
+        )
         for node, params in arch.weights.items()
         for pname, tensor in params.items()
     }
-    module.load_state_dict(state, strict=True)
+    layers.load_state_dict(state, strict=True, assign=True)
+    return CompiledArchitecture(layers, generate_code(arch))
 
 
 def weights_from_module(arch: Architecture, module: nn.Module) -> dict[str, dict[str, Any]]:
@@ -229,7 +244,7 @@ def init_weights(
     """Initialise every parametric node as PyTorch would, deterministically from ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layers = _build_layers(arch)
+        layers = _build_layers(arch, device="cpu")
     out: dict[str, dict[str, torch.Tensor]] = {}
     for node, layer in layers.items():
         state = layer.state_dict()
