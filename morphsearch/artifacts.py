@@ -148,29 +148,33 @@ def graph_uri_for(weights_uri: str) -> str:
     return stem + ".json"
 
 
-def save_architecture(arch: Any, base: str, name: str) -> ArtifactRef:
+def save_architecture(arch: Any, base: str, name: str, *, versioned: bool = False) -> ArtifactRef:
     """Write ``arch`` as ``<base>/<name>.json`` and ``<base>/<name>.safetensors``.
 
     Args:
         arch: a :class:`morphsearch.arch.Architecture`.
         base: the folder URI.
         name: the file stem (e.g. the architecture id).
+        versioned: put the weights' sha256 in the stem (``<name>.<sha16>``), so a
+            retried writer never replaces a file someone already recorded.
 
     Returns:
         The weights URI and its sha256 (what lineage records).
     """
     from safetensors.torch import save as st_save
 
-    weights_uri = join(base, f"{name}.safetensors")
-    graph = json.dumps(arch.to_json(), sort_keys=True).encode()
-    write_bytes(graph_uri_for(weights_uri), graph)
     tensors = {
         f"{node}.{pname}": tensor.detach().cpu().contiguous()
         for node, params in arch.weights.items()
         for pname, tensor in params.items()
     }
     meta = {"format": "morphsearch.weights/1", "structure_hash": arch.structure_hash}
-    return write_bytes(weights_uri, st_save(tensors, metadata=meta))
+    data = st_save(tensors, metadata=meta)
+    stem = f"{name}.{sha256_of(data)[:16]}" if versioned else name
+    weights_uri = join(base, f"{stem}.safetensors")
+    graph = json.dumps(arch.to_json(), sort_keys=True).encode()
+    write_bytes(graph_uri_for(weights_uri), graph)
+    return write_bytes(weights_uri, data)
 
 
 def load_architecture(weights_uri: str, sha256: str | None = None) -> Any:

@@ -67,3 +67,14 @@ def test_join() -> None:
 def test_unreachable_remote_uri() -> None:
     with pytest.raises(WeightsError, match="nosuchscheme://"):
         artifacts.read_bytes("nosuchscheme://bucket/x")
+
+
+def test_versioned_files_are_never_replaced(tmp_path: Path) -> None:
+    arch = builders.mlp([6, 5, 3], seed=1)
+    first = artifacts.save_architecture(arch, str(tmp_path), "c", versioned=True)
+    other = arch.with_weights(
+        {n: {p: t * 2 for p, t in ps.items()} for n, ps in arch.weights.items()}
+    )
+    second = artifacts.save_architecture(other, str(tmp_path), "c", versioned=True)
+    assert first.uri != second.uri and first.sha256[:16] in first.uri
+    assert artifacts.load_architecture(first.uri, first.sha256).weights_hash == arch.weights_hash

@@ -17,7 +17,7 @@ import torch
 from morphsearch import artifacts, builders, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
-from morphsearch.errors import ConfigError, SearchError
+from morphsearch.errors import ConfigError, NotFound, SearchError
 from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
@@ -118,22 +118,24 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
     data = load_dataset(config.dataset.name, seed=config.seed, **options)
     seed = build_seed(config, data)
     art = artifacts.join(storage, name, "architectures")
-    ref = artifacts.save_architecture(seed, art, "seed")
     with LineageStore(config.database, write=True) as store:
         store.create_search(name, config.model_dump(mode="json"))
-        store.record_seed(
-            name,
-            ArchitectureIn(
-                seed_arch_id(name),
-                seed.to_json(),
-                seed.structure_hash,
-                seed.num_params,
-                seed.flops,
-                seed.weights_hash,
-                ref.uri,
-                ref.sha256,
-            ),
-        )
+        ref = _recorded_seed(store, seed_arch_id(name))
+        if ref is None:
+            ref = artifacts.save_architecture(seed, art, "seed")
+            store.record_seed(
+                name,
+                ArchitectureIn(
+                    seed_arch_id(name),
+                    seed.to_json(),
+                    seed.structure_hash,
+                    seed.num_params,
+                    seed.flops,
+                    seed.weights_hash,
+                    ref.uri,
+                    ref.sha256,
+                ),
+            )
     setup = TrialSetup(
         search=name,
         artifacts_uri=art,
@@ -148,6 +150,15 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
     info = ParentInfo(seed_arch_id(name), ref.uri, ref.sha256, seed.to_json())
     probe = probe_batch(data, min(32, config.budget.batch_size))
     return setup, MorphismSpace(config, name, config.database, probe, info)
+
+
+def _recorded_seed(store: LineageStore, arch_id: str) -> artifacts.ArtifactRef | None:
+    """The seed a resumed search already recorded: its files must not be rewritten."""
+    try:
+        record = store.architecture(arch_id)
+    except NotFound:
+        return None
+    return artifacts.ArtifactRef(record.weights_uri or "", record.weights_sha256 or "")
 
 
 def _searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Any:

@@ -205,7 +205,7 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
             "structure_hash": child.structure_hash,
         }
         if epoch == setup.epochs:
-            ref = artifacts.save_architecture(trained, setup.artifacts_uri, name)
+            ref = artifacts.save_architecture(trained, setup.artifacts_uri, name, versioned=True)
             metrics.update(
                 weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
             )
