@@ -1,0 +1,379 @@
+"""Reports on a search, from the lineage store: the HTML page and the model card.
+
+:func:`write_report` writes one self-contained HTML page (pictures embedded as base64
+PNG, inline CSS, no external resources) with the lineage tree, the Pareto front, a
+summary, the best architectures and their lineage paths. :func:`model_card` is the
+``MODEL_CARD.md`` of an export. Both read the store only; torch is imported only to
+draw the best architecture's graph.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from morphsearch import __version__
+from morphsearch.errors import ConfigError, NotFound
+from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore, open_store
+
+__all__ = [
+    "PathStep",
+    "best_arch_id",
+    "lineage_path",
+    "metric_values",
+    "model_card",
+    "objective",
+    "resolve_search",
+    "write_report",
+]
+
+ALL = 1_000_000  # "every architecture" for store.best(k=...)
+
+
+@dataclass(frozen=True)
+class PathStep:
+    """One architecture on a lineage path, with the edge that made it and its metric."""
+
+    arch_id: str
+    kind: str
+    trial_id: str | None
+    morphisms: tuple[dict[str, Any], ...]
+    params: int
+    flops: int
+    value: BestResult | None
+
+
+def resolve_search(store: LineageStore, wanted: str | None) -> str:
+    """``wanted`` if it exists, else the only search in the store.
+
+    Raises:
+        NotFound: no such search, no searches, or several and none chosen.
+    """
+    if wanted:
+        return store.search(wanted).name
+    names = [s.name for s in store.searches()]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NotFound(f"the lineage database {store.url} has no searches yet; run a search first")
+    raise NotFound(
+        f"the lineage database holds {len(names)} searches ({', '.join(names[:10])}); "
+        "choose one with --search NAME"
+    )
+
+
+def objective(config: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
+    """The metric and mode to rank by: the arguments, else the config's first objective.
+
+    Raises:
+        ConfigError: no metric anywhere, or a mode other than max/min.
+    """
+    objectives = config.get("objectives") or [{}]
+    first = objectives[0] if isinstance(objectives[0], dict) else {}
+    chosen = metric or config.get("metric") or first.get("metric")
+    if not chosen:
+        raise ConfigError("the search config names no metric: pass --metric NAME")
+    if mode is None:
+        same = first.get("metric") == chosen
+        mode = config.get("mode") or (first.get("mode") if same else None) or "max"
+    if mode not in ("max", "min"):
+        raise ConfigError(f"--mode {mode!r}: use max or min")
+    return str(chosen), str(mode)
+
+
+def best_arch_id(
+    store: LineageStore, search: str | None, metric: str | None, mode: str | None
+) -> str:
+    """The best architecture of ``search`` by ``metric`` (default: the config's objective).
+
+    Raises:
+        NotFound: no such search, or no value of the metric recorded yet.
+    """
+    name = resolve_search(store, search)
+    metric, mode = objective(store.search(name).config, metric, mode)
+    found = store.best(name, metric, mode, k=1)  # type: ignore[arg-type]
+    if not found:
+        raise NotFound(
+            f"search {name!r} has no {metric} values recorded yet; wait for a trial to "
+            "report, or pass --metric / --arch ID"
+        )
+    return found[0].arch_id
+
+
+def metric_values(store: LineageStore, search: str, metric: str, mode: str) -> list[BestResult]:
+    """Every scored architecture of ``search`` at its best ``metric`` value, best first."""
+    return store.best(search, metric, mode, k=ALL)  # type: ignore[arg-type]
+
+
+def lineage_path(
+    store: LineageStore, arch_id: str, values: dict[str, BestResult]
+) -> list[PathStep]:
+    """The architectures from the seed (first) down to ``arch_id`` (last).
+
+    Args:
+        values: best metric value by architecture id (from :func:`metric_values`).
+    """
+    return [
+        PathStep(n.arch_id, n.kind, n.trial_id, n.morphisms, n.params, n.flops,
+                 values.get(n.arch_id))
+        for n in reversed(store.ancestors(arch_id))
+    ]  # fmt: skip
+
+
+def describe_morphisms(morphisms: Sequence[dict[str, Any]]) -> str:
+    """``widen.gradmax@fc1 (k=2, seed=0)`` for each morphism of an edge, joined by ``+``."""
+    parts = []
+    for record in morphisms:
+        params = dict(record.get("params") or {})
+        if record.get("seed") is not None:
+            params["seed"] = record["seed"]
+        args = ", ".join(f"{k}={v}" for k, v in params.items())
+        site = f"@{record['site']}" if record.get("site") else ""
+        parts.append(f"{record.get('name', '?')}{site}" + (f" ({args})" if args else ""))
+    return " + ".join(parts) or "-"
+
+
+def _value_text(result: BestResult | None) -> str:
+    return "-" if result is None else f"{result.value:.4g} (budget {result.budget})"
+
+
+# ------------------------------------------------------------------ model card
+
+
+def model_card(
+    store: LineageStore,
+    record: ArchitectureRecord,
+    *,
+    metric: str | None = None,
+    mode: str | None = None,
+) -> str:
+    """``MODEL_CARD.md`` of an exported architecture: lineage, size, data, config.
+
+    Raises:
+        ConfigError: the search config names no metric and none is given.
+    """
+    config = store.search(record.search).config
+    metric, mode = objective(config, metric, mode)
+    values = {r.arch_id: r for r in metric_values(store, record.search, metric, mode)}
+    steps = lineage_path(store, record.arch_id, values)
+    shapes = {n.get("op"): n.get("shape") for n in record.graph.get("nodes", [])}
+    lines = [
+        f"# Model card: {record.arch_id}",
+        "",
+        f"Exported by morphsearch {__version__} on {_now()} from search `{record.search}` "
+        f"(lineage database `{store.url}`).",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| architecture | `{record.arch_id}` |",
+        f"| structure hash | `{record.structure_hash}` |",
+        f"| weights sha256 | `{record.weights_sha256 or '-'}` |",
+        f"| parameters | {record.params:,} |",
+        f"| FLOPs per sample | {record.flops:,} |",
+        f"| input shape | {shapes.get('input')} |",
+        f"| {metric} ({mode}) | {_value_text(values.get(record.arch_id))} |",
+        "",
+        f"## Lineage: {len(steps) - 1} steps from the seed",
+        "",
+        f"| step | architecture | edge | trial | morphisms | params | FLOPs | {metric} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, s in enumerate(steps):
+        lines.append(
+            f"| {i} | `{s.arch_id}` | {s.kind} | {s.trial_id or '-'} | "
+            f"{describe_morphisms(s.morphisms)} | {s.params:,} | {s.flops:,} | "
+            f"{_value_text(s.value)} |"
+        )
+    dataset = config.get("dataset") or {}
+    lines += [
+        "",
+        "## Dataset",
+        "",
+        f"`{dataset.get('name', 'unknown')}`, options: `{json.dumps(dataset.get('options') or {})}`",
+        "",
+        "## Search config",
+        "",
+        "```json",
+        json.dumps(config, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import morphsearch",
+        'model = morphsearch.load("THIS_FOLDER")  # graph.json + weights.safetensors',
+        "```",
+        "",
+        "`model.onnx` (onnxruntime) and `model.pt2` (`torch.export.load`) take input `x` with "
+        "a dynamic batch axis; both were checked against PyTorch at export.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# ------------------------------------------------------------------ HTML report
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;
+max-width:1180px;color:#1d3557;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.2em;border-bottom:1px solid #ccc;
+padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f1faee}td.n{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee}.muted{color:#6c757d;font-size:.9em}
+code{background:#f4f4f4;padding:1px 3px;border-radius:3px}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return f"<td>{html.escape(str(value if value is not None else '-'))}</td>"
+    if isinstance(value, int):
+        return f'<td class="n">{value:,}</td>'
+    if isinstance(value, float):
+        return f'<td class="n">{value:.4g}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _png(draw: Any, *args: Any, **kwargs: Any) -> bytes:
+    buffer = io.BytesIO()
+    draw(*args, buffer, **kwargs)
+    return buffer.getvalue()
+
+
+def _arch_png(record: ArchitectureRecord) -> bytes:
+    """A drawing of the graph (weights are not needed, so none are loaded)."""
+    from morphsearch.arch import load as load_graph
+    from morphsearch.viz import draw_architecture
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "arch.png"
+        draw_architecture(load_graph(record.graph), path)
+        return path.read_bytes()
+
+
+def _pictures(store: LineageStore, search: str, metric: str, mode: str,
+              scored: list[BestResult]) -> str:  # fmt: skip
+    from morphsearch.viz import draw_pareto, draw_search_tree
+
+    nodes = [n for root in store.roots(search) for n in store.descendants(root)]
+    values = {r.arch_id: r.value for r in scored}
+    best = scored[0].arch_id if scored else None
+    parts = ["<h2>Lineage tree</h2>"]
+    parts.append(_img(_png(draw_search_tree, nodes, values, metric=metric,
+                           title=f"search {search}", highlight=best), "lineage tree"))  # fmt: skip
+    if scored:
+        front = store.pareto(search, metric, mode, "params")  # type: ignore[arg-type]
+        points = [(r.arch_id, float(r.params), r.value) for r in scored]
+        ends = [(p.arch_id, float(p.cost), p.value) for p in front]
+        parts += ["<h2>Pareto front: " + html.escape(metric) + " against parameters</h2>",
+                  _img(_png(draw_pareto, points, ends, metric=metric, cost="params",
+                            title=f"{search}: {metric} ({mode}) vs params"), "Pareto front")]  # fmt: skip
+    return "\n".join(parts)
+
+
+def _best_section(store: LineageStore, scored: list[BestResult], metric: str, top: int) -> str:
+    if not scored:
+        return f"<h2>Best architectures</h2><p>No {html.escape(metric)} values recorded yet.</p>"
+    values = {r.arch_id: r for r in scored}
+    rows = [(i + 1, r.arch_id, r.value, r.budget, r.trial_id, r.params, r.flops)
+            for i, r in enumerate(scored[:top])]  # fmt: skip
+    parts = [
+        "<h2>Best architectures</h2>",
+        _table(["rank", "architecture", metric, "budget", "trial", "params", "FLOPs"], rows),
+        f"<h3>Best: <code>{html.escape(scored[0].arch_id)}</code></h3>",
+        _img(_arch_png(store.architecture(scored[0].arch_id)), "best architecture"),
+        "<h2>Lineage paths</h2>",
+    ]
+    for result in scored[:top]:
+        steps = lineage_path(store, result.arch_id, values)
+        parts.append(f"<h3><code>{html.escape(result.arch_id)}</code>: "
+                     f"{len(steps) - 1} steps from the seed</h3>")  # fmt: skip
+        parts.append(_table(
+            ["step", "architecture", "edge", "trial", "morphisms", "params", metric],
+            [(i, s.arch_id, s.kind, s.trial_id, describe_morphisms(s.morphisms), s.params,
+              s.value.value if s.value else None) for i, s in enumerate(steps)],
+        ))  # fmt: skip
+    return "\n".join(parts)
+
+
+def write_report(
+    out: str | os.PathLike[str],
+    *,
+    db: str | None = None,
+    search: str | None = None,
+    metric: str | None = None,
+    mode: str | None = None,
+    top: int = 5,
+) -> Path:
+    """Write the HTML report of ``search`` to ``out``.
+
+    Args:
+        out: the ``.html`` file to write (its folder must exist).
+        db: lineage database URL (default: ``$MORPHSEARCH_DB`` or ``sqlite:///morphsearch.db``).
+        search: the search (default: the only one); metric/mode: default the config's.
+        top: how many of the best architectures to list with their lineage paths.
+
+    Returns:
+        The path written.
+
+    Raises:
+        NotFound: no such search; ConfigError: no metric; MorphSearchError: bad ``out``.
+    """
+    path = Path(out)
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: folder {path.parent} does not exist; create it first")
+    with open_store(db) as store:
+        name = resolve_search(store, search)
+        record = store.search(name)
+        metric, mode = objective(record.config, metric, mode)
+        summary = store.summary(name, metric, mode)  # type: ignore[arg-type]
+        scored = metric_values(store, name, metric, mode)
+        pictures = _pictures(store, name, metric, mode, scored)
+        best = _best_section(store, scored, metric, top)
+        url = store.url
+    statuses = ", ".join(f"{s} {n}" for s, n in sorted(summary.trials_by_status.items()))
+    best_text = (f"{summary.best.value:.4g} ({summary.best.arch_id})" if summary.best
+                 else "none yet")  # fmt: skip
+    overview = _table(["field", "value"], [
+        ("search", name), ("status", summary.status), ("created", str(summary.created)),
+        ("trials", summary.n_trials), ("trials by status", statuses or "-"),
+        ("architectures", summary.n_architectures), (f"best {metric} ({mode})", best_text),
+    ])  # fmt: skip
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>morphsearch report: {html.escape(name)}</title><style>{_CSS}</style></head>"
+        f"<body><h1>Search <code>{html.escape(name)}</code></h1>"
+        f"<p class='muted'>morphsearch {__version__}, {_now()}, database "
+        f"<code>{html.escape(url)}</code></p><h2>Summary</h2>{overview}{pictures}{best}"
+        "</body></html>\n"
+    )
+    path.write_text(page, encoding="utf-8")
+    return path
