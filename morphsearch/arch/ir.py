@@ -15,8 +15,10 @@ otherwise those neurons never receive a gradient. See :mod:`morphsearch.arch.com
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -319,27 +321,38 @@ def _normalised_graph(graph: nx.DiGraph) -> nx.DiGraph:
 
 
 def _validated_order(graph: nx.DiGraph) -> tuple[str, ...]:
+    """Check the graph's shape and return its nodes in lexicographic topological order.
+
+    Written over plain dicts: an architecture is built for every morphism and growth
+    step, and networkx views made this the larger part of construction time.
+    """
     if graph.number_of_nodes() == 0:
         raise InvalidArchitecture("the graph has no nodes; it needs an input and an output")
-    if not nx.is_directed_acyclic_graph(graph):
-        cycle = " -> ".join(src for src, _ in nx.find_cycle(graph))
-        raise InvalidArchitecture(f"the graph has a cycle through nodes {cycle}; remove an edge")
+    preds, succs = graph.pred, graph.succ
+    order = _topological_order(graph)
+    ops = {n: graph.nodes[n]["spec"].op for n in order}
     for role in ("input", "output"):
-        found = sorted(n for n, d in graph.nodes(data=True) if d["spec"].op == role)
+        found = sorted(n for n in order if ops[n] == role)
         if len(found) != 1:
             raise InvalidArchitecture(
                 f"the graph needs exactly one {role} node, found {len(found)}"
                 + (f": {', '.join(found)}" if found else "")
             )
-    source = next(n for n, d in graph.nodes(data=True) if d["spec"].op == "input")
-    sink = next(n for n, d in graph.nodes(data=True) if d["spec"].op == "output")
-    for name in graph.nodes:
-        _check_arity(graph, name)
-    if graph.out_degree(sink):
+    for name in order:
+        _check_arity(name, ops[name], preds[name])
+    source = next(n for n in order if ops[n] == "input")
+    sink = next(n for n in order if ops[n] == "output")
+    if succs[sink]:
         raise InvalidArchitecture(f"node {sink!r} (output) has consumers; the output must be last")
-    reachable = nx.descendants(graph, source) | {source}
-    leads_out = nx.ancestors(graph, sink) | {sink}
-    for name in sorted(graph.nodes):
+    reachable = {source}
+    for name in order:  # topological: every input is decided before its consumer
+        if any(src in reachable for src in preds[name]):
+            reachable.add(name)
+    leads_out = {sink}
+    for name in reversed(order):
+        if any(dst in leads_out for dst in succs[name]):
+            leads_out.add(name)
+    for name in sorted(order):
         if name not in reachable:
             raise InvalidArchitecture(f"node {name!r} is not reachable from the input {source!r}")
         if name not in leads_out:
@@ -347,21 +360,38 @@ def _validated_order(graph: nx.DiGraph) -> tuple[str, ...]:
                 f"node {name!r} is dangling: it does not lead to the output {sink!r}; "
                 "connect it or remove it"
             )
-    return tuple(nx.lexicographical_topological_sort(graph))
+    return order
 
 
-def _check_arity(graph: nx.DiGraph, name: str) -> None:
-    spec: NodeSpec = graph.nodes[name]["spec"]
-    opdef = OPS[spec.op]
-    n = graph.in_degree(name)
+def _topological_order(graph: nx.DiGraph) -> tuple[str, ...]:
+    """Kahn's algorithm, smallest name first among ready nodes (deterministic)."""
+    indegree = {n: len(graph.pred[n]) for n in graph}
+    ready = [n for n, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(name)
+        for dst in graph.succ[name]:
+            indegree[dst] -= 1
+            if indegree[dst] == 0:
+                heapq.heappush(ready, dst)
+    if len(order) != len(indegree):
+        cycle = " -> ".join(src for src, _ in nx.find_cycle(graph))
+        raise InvalidArchitecture(f"the graph has a cycle through nodes {cycle}; remove an edge")
+    return tuple(order)
+
+
+def _check_arity(name: str, op: str, inputs: Mapping[str, Mapping[str, Any]]) -> None:
+    opdef = OPS[op]
+    n = len(inputs)
     hi = opdef.max_inputs
     if n < opdef.min_inputs or (hi is not None and n > hi):
         want = f"{opdef.min_inputs}" if hi == opdef.min_inputs else (
             f"at least {opdef.min_inputs}" if hi is None else f"{opdef.min_inputs} to {hi}"
         )
-        raise InvalidArchitecture(f"node {name!r} ({spec.op}) takes {want} input(s), got {n}")
-    ports = [d.get("port") for _, _, d in graph.in_edges(name, data=True)]
-    given = [p for p in ports if p is not None]
+        raise InvalidArchitecture(f"node {name!r} ({op}) takes {want} input(s), got {n}")
+    given = [d["port"] for d in inputs.values() if "port" in d]
     if given and sorted(given) != list(range(n)):
         raise InvalidArchitecture(
             f"node {name!r}: input ports {sorted(given)} must be 0..{n - 1}, each once"
@@ -369,10 +399,10 @@ def _check_arity(graph: nx.DiGraph, name: str) -> None:
 
 
 def _ordered_inputs(graph: nx.DiGraph, name: str) -> tuple[str, ...]:
-    edges = list(graph.in_edges(name, data=True))
-    if all("port" in d for _, _, d in edges):
-        edges.sort(key=lambda e: e[2]["port"])
-    return tuple(src for src, _, _ in edges)
+    inputs = graph.pred[name]
+    if all("port" in d for d in inputs.values()):
+        return tuple(sorted(inputs, key=lambda src: inputs[src]["port"]))
+    return tuple(inputs)
 
 
 def _checked_weights(arch: Architecture, weights: Weights) -> Mapping[str, Mapping[str, Any]]:
@@ -417,8 +447,10 @@ def _checked_tensor(node: str, pname: str, pspec: ParamSpec, value: Any) -> torc
         raise InvalidArchitecture(
             f"{where} has shape {list(value.shape)}, expected {list(pspec.shape)}"
         )
+    if _OWNED.get(id(value)) is value:
+        return value  # already an architecture's private, never-mutated copy: share it
     if pspec.integer:
-        return value.detach().to("cpu", torch.int64).clone()
+        return _own(value.detach().to("cpu", torch.int64).clone())
     if not value.is_floating_point():
         raise InvalidArchitecture(f"{where} must be a float tensor, got {value.dtype}")
     tensor = value.detach().to("cpu").clone()
@@ -426,6 +458,17 @@ def _checked_tensor(node: str, pname: str, pspec: ParamSpec, value: Any) -> torc
         raise InvalidArchitecture(
             f"{where} contains NaN or infinite values; re-export the weights from a healthy model"
         )
+    return _own(tensor)
+
+
+# Tensors that are some Architecture's private copy (id -> tensor). Architectures never
+# mutate them, so a child built from its parent's weights shares the unchanged ones
+# instead of copying every tensor at every morphism.
+_OWNED: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    _OWNED[id(tensor)] = tensor
     return tensor
 
 

@@ -125,6 +125,7 @@ class Morphism(abc.ABC):
 
 
 _REGISTRY: dict[str, Morphism] = {}
+PROBE_SIZE = 64  # inputs used to measure function preservation in apply()
 
 
 def register(cls: type[Morphism]) -> type[Morphism]:
@@ -160,6 +161,7 @@ def apply(
     *,
     batch: Batch | None = None,
     seed: int = 0,
+    check: bool = True,
     **params: Any,
 ) -> MorphismResult:
     """Apply morphism ``name`` to ``parent`` at ``site`` (default: its first site).
@@ -171,6 +173,9 @@ def apply(
         batch: ``(inputs, targets)``; required by gradient-based morphisms, and used as
             the probe batch for measuring function preservation.
         seed: seeds every random choice; the same seed gives the same child.
+        check: measure the preservation error (max |parent - child| in eval mode) on
+            up to ``PROBE_SIZE`` inputs of the batch (or random inputs); it is stored in
+            the record. Growth loops that apply many morphisms may turn it off.
         **params: the morphism's parameters (see ``get(name).param_defaults()``).
 
     Raises:
@@ -187,8 +192,10 @@ def apply(
         )
     generator = torch.Generator().manual_seed(seed)
     child = morphism.transform(parent, site, batch=batch, generator=generator, **full_params)
-    probe = batch[0] if batch is not None else _random_probe(parent, seed)
-    error = preservation_error(parent, child, probe)
+    error = None
+    if check:
+        probe = batch[0][:PROBE_SIZE] if batch is not None else _random_probe(parent, seed)
+        error = preservation_error(parent, child, probe)
     record = MorphismRecord(name, site, full_params, seed, error)
     return MorphismResult(child, record)
 
@@ -218,7 +225,7 @@ def preservation_error(
     return float((a - b).abs().max())
 
 
-def _random_probe(arch: Architecture, seed: int, n: int = 16) -> torch.Tensor:
+def _random_probe(arch: Architecture, seed: int, n: int = PROBE_SIZE) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed + 7919)
     return torch.randn((n, *arch.input_shape), generator=generator, dtype=arch.dtype)
 
