@@ -4,8 +4,8 @@ The compiled module (:class:`CompiledArchitecture`) has one submodule per statef
 under ``module.layers[<node>]`` and a generated straight-line ``forward`` (its source is
 ``module.code``), so a forward pass costs what the hand-written module would: no
 interpreter loop over nodes. Generated code is compiled once per distinct graph and
-cached; layers are created on the meta device and given the architecture's weights, so
-compiling spends nothing on random initialisation. Growth compiles many children, and
+cached; layers are created without random initialisation and given the architecture's
+weights, so compiling costs little. Growth compiles many children, and
 this keeps it cheap (bench/growth_cost.py).
 
 ReLU: the IR's ``relu`` is ``torch.clamp(x, min=0)``. Its forward equals ``torch.relu``,
@@ -47,12 +47,54 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------- modules for stateful nodes
 
 
-def _linear(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module:
-    return nn.Linear(in_shape[0], spec["out_features"], bias=spec["bias"])
+class _NoInit:
+    """Mixin: skip the random initialisation a layer's constructor would do.
+
+    Compiled layers receive the architecture's weights right after construction, so
+    initialising them first is wasted work (on the meta device it is even slower, as
+    PyTorch runs the initialisers through Python decompositions there).
+    """
+
+    def reset_parameters(self) -> None:
+        pass
+
+    def _get_name(self) -> str:  # print as the PyTorch layer it is
+        return type(self).__mro__[2].__name__
 
 
-def _conv2d(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module:
-    return nn.Conv2d(
+class _Linear(_NoInit, nn.Linear):
+    pass
+
+
+class _Conv2d(_NoInit, nn.Conv2d):
+    pass
+
+
+class _BatchNorm1d(_NoInit, nn.BatchNorm1d):
+    pass
+
+
+class _BatchNorm2d(_NoInit, nn.BatchNorm2d):
+    pass
+
+
+class _LayerNorm(_NoInit, nn.LayerNorm):
+    pass
+
+
+_INIT = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d,
+         "BatchNorm2d": nn.BatchNorm2d, "LayerNorm": nn.LayerNorm}
+_SHELL = {"Linear": _Linear, "Conv2d": _Conv2d, "BatchNorm1d": _BatchNorm1d,
+          "BatchNorm2d": _BatchNorm2d, "LayerNorm": _LayerNorm}
+_Classes = Mapping[str, Any]
+
+
+def _linear(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
+    return cls["Linear"](in_shape[0], spec["out_features"], bias=spec["bias"])
+
+
+def _conv2d(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
+    return cls["Conv2d"](
         in_shape[0],
         spec["out_channels"],
         spec["kernel_size"],
@@ -62,20 +104,20 @@ def _conv2d(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module:
     )
 
 
-def _batchnorm(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module:
-    cls = nn.BatchNorm1d if len(in_shape) == 1 else nn.BatchNorm2d
-    return cls(in_shape[0], eps=spec["eps"], momentum=spec["momentum"])
+def _batchnorm(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
+    name = "BatchNorm1d" if len(in_shape) == 1 else "BatchNorm2d"
+    return cls[name](in_shape[0], eps=spec["eps"], momentum=spec["momentum"])
 
 
-def _layernorm(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module:
-    return nn.LayerNorm(list(in_shape), eps=spec["eps"])
+def _layernorm(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
+    return cls["LayerNorm"](list(in_shape), eps=spec["eps"])
 
 
-def _dropout(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module:
+def _dropout(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
     return nn.Dropout(spec["p"])
 
 
-_LAYERS: dict[str, Callable[[Any, tuple[int, ...]], nn.Module]] = {
+_LAYERS: dict[str, Callable[[Any, tuple[int, ...], _Classes], nn.Module]] = {
     "linear": _linear,
     "conv2d": _conv2d,
     "batchnorm": _batchnorm,
@@ -84,10 +126,15 @@ _LAYERS: dict[str, Callable[[Any, tuple[int, ...]], nn.Module]] = {
 }
 
 
-def make_layer(spec: NodeSpec, in_shape: tuple[int, ...]) -> nn.Module | None:
-    """The ``nn.Module`` for a stateful node, or None for a stateless one."""
+def make_layer(
+    spec: NodeSpec, in_shape: tuple[int, ...], *, initialise: bool = True
+) -> nn.Module | None:
+    """The ``nn.Module`` for a stateful node, or None for a stateless one.
+
+    With ``initialise=False`` the parameters are left uninitialised (to be assigned).
+    """
     factory = _LAYERS.get(spec.op)
-    return factory(spec, in_shape) if factory else None
+    return factory(spec, in_shape, _INIT if initialise else _SHELL) if factory else None
 
 
 # ------------------------------------------- code for stateless nodes
@@ -145,7 +192,7 @@ def generate_code(arch: Architecture) -> str:
 def _compiled(code: str) -> Callable[..., torch.Tensor]:
     namespace: dict[str, Any] = {"torch": torch, "F": F}
     exec(compile(code, "<morphsearch forward>", "exec"), namespace)  # our own generated code
-    return namespace["forward"]  # type: ignore[no-any-return]
+    return namespace["forward"]
 
 
 class CompiledArchitecture(nn.Module):
@@ -176,14 +223,14 @@ class CompiledArchitecture(nn.Module):
 # ------------------------------------------------------------------ compile
 
 
-def _build_layers(arch: Architecture, **factory: Any) -> nn.ModuleDict:
+def _build_layers(arch: Architecture, *, initialise: bool) -> nn.ModuleDict:
     layers = nn.ModuleDict()
-    with torch.device(factory.pop("device", "cpu")):
-        for node in arch.nodes:
-            ins = arch.inputs(node)
-            layer = make_layer(arch.spec(node), arch.shape(ins[0]) if ins else ())
-            if layer is not None:
-                layers[node] = layer
+    for node in arch.nodes:
+        ins = arch.inputs(node)
+        layer = make_layer(arch.spec(node), arch.shape(ins[0]) if ins else (),
+                           initialise=initialise)
+        if layer is not None:
+            layers[node] = layer
     return layers
 
 
@@ -204,7 +251,7 @@ def compile_module(
         A :class:`CompiledArchitecture`; ``module.layers`` is keyed by node name and its
         state_dict keys are ``layers.<node>.<param>``.
     """
-    layers = _build_layers(arch, device="meta")  # shapes only: no memory, no random init
+    layers = _build_layers(arch, initialise=False)  # the weights are assigned below
     dtype = dtype or arch.dtype
     state = {
         f"{node}.{pname}": tensor.to(
@@ -244,7 +291,7 @@ def init_weights(
     """Initialise every parametric node as PyTorch would, deterministically from ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layers = _build_layers(arch, device="cpu")
+        layers = _build_layers(arch, initialise=True)
     out: dict[str, dict[str, torch.Tensor]] = {}
     for node, layer in layers.items():
         state = layer.state_dict()
