@@ -15,16 +15,23 @@ TINY = {
     "dataset": {"name": "digits"},
     "objectives": [{"metric": "val_accuracy", "mode": "max"}],
     "budget": {"trials": 5, "max_concurrent": 2, "epochs_per_trial": 2, "batch_size": 64},
-    "morphisms": {"widen.random": {"k": [2, 8]}, "widen.split": {"k": [2, 8]},
-                  "deepen.identity": {}},
+    "morphisms": {
+        "widen.random": {"k": [2, 8]},
+        "widen.split": {"k": [2, 8]},
+        "deepen.identity": {},
+    },
     "selection": {"pool_size": 2, "lr": [0.005, 0.02]},
     "resources": {"cpus": 1},
 }
 
 
 def tiny_config(tmp_path: Path, name: str = "tiny", **budget: int) -> SearchConfig:
-    data = {**TINY, "name": name, "database": f"sqlite:///{tmp_path}/lineage.db",
-            "storage": str(tmp_path / "runs")}
+    data = {
+        **TINY,
+        "name": name,
+        "database": f"sqlite:///{tmp_path}/lineage.db",
+        "storage": str(tmp_path / "runs"),
+    }
     data["budget"] = {**TINY["budget"], **budget}
     return SearchConfig.model_validate(data)
 

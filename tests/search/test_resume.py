@@ -21,9 +21,13 @@ pytestmark = pytest.mark.slow
 
 
 def _write_config(tmp_path: Path) -> Path:
-    data = {**TINY, "name": "resumable", "database": f"sqlite:///{tmp_path}/lineage.db",
-            "storage": str(tmp_path / "runs"),
-            "budget": {**TINY["budget"], "trials": 4, "epochs_per_trial": 2}}
+    data = {
+        **TINY,
+        "name": "resumable",
+        "database": f"sqlite:///{tmp_path}/lineage.db",
+        "storage": str(tmp_path / "runs"),
+        "budget": {**TINY["budget"], "trials": 4, "epochs_per_trial": 2},
+    }
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -42,8 +46,13 @@ def _recorded(db: Path) -> int:
 def _driver(config: Path, *extra: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "morphsearch", "search", str(config), *extra]
     # own session: the local Ray it starts is ours to clean up afterwards
-    return subprocess.Popen(cmd, cwd=config.parent, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        cmd,
+        cwd=config.parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _stop_session(proc: subprocess.Popen[bytes]) -> None:
