@@ -377,3 +377,56 @@ def write_report(
     )
     path.write_text(page, encoding="utf-8")
     return path
+
+
+# ------------------------------------------------------------------ lineage CLI pictures
+
+
+def save_tree_picture(
+    store: LineageStore,
+    search: str,
+    nodes: Sequence[Any],
+    out: str | os.PathLike[str],
+    *,
+    metric: str | None = None,
+    mode: str | None = None,
+    title: str = "lineage",
+) -> None:
+    """``lineage tree --png``: ``nodes`` coloured by their best ``metric`` in ``search``.
+
+    Raises:
+        ConfigError: no metric; MorphSearchError: an unusable output path.
+    """
+    from morphsearch.viz import draw_search_tree
+
+    metric, mode = objective(store.search(search).config, metric, mode)
+    scored = metric_values(store, search, metric, mode)
+    values = {r.arch_id: r.value for r in scored}
+    best = scored[0].arch_id if scored else None
+    draw_search_tree(nodes, values, out, metric=metric, title=title, highlight=best)
+
+
+def save_pareto_picture(
+    store: LineageStore,
+    search: str,
+    out: str | os.PathLike[str],
+    *,
+    metric: str,
+    mode: str,
+    cost: str = "params",
+    budget: int | None = None,
+) -> None:
+    """``lineage pareto --png``: every architecture's ``metric`` against ``cost``, front in red.
+
+    Raises:
+        MorphSearchError: no scored architecture, or an unusable output path.
+    """
+    from morphsearch.viz import draw_pareto
+
+    scored = store.best(search, metric, mode, budget, k=ALL)  # type: ignore[arg-type]
+    front = store.pareto(search, metric, mode, cost, budget)  # type: ignore[arg-type]
+    points = [(r.arch_id, float(r.params if cost == "params" else r.flops), r.value)
+              for r in scored]  # fmt: skip
+    ends = [(p.arch_id, float(p.cost), p.value) for p in front]
+    title = f"{search}: {metric} ({mode}) against {cost}"
+    draw_pareto(points, ends, out, metric=metric, cost=cost, title=title)

@@ -1,13 +1,16 @@
-"""Pictures: an architecture graph (and, later, lineage trees and Pareto fronts).
+"""Pictures: an architecture graph, the lineage tree of a search, its Pareto front.
 
-Everything renders with matplotlib's Agg backend, so it works with no display.
+Everything renders with matplotlib's Agg backend, so it works with no display. The
+lineage pictures take plain records and never import torch, so
+``morphsearch lineage tree --png`` stays fast.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import networkx as nx
 
@@ -15,8 +18,11 @@ from morphsearch.errors import MorphSearchError
 
 if TYPE_CHECKING:
     from morphsearch.arch import Architecture
+    from morphsearch.lineage import ArchNode
 
-__all__ = ["draw_architecture"]
+__all__ = ["draw_architecture", "draw_pareto", "draw_search_tree"]
+
+Target = str | os.PathLike[str] | IO[bytes]
 
 _FORMATS = (".png", ".svg", ".pdf")
 _COLOURS = {
@@ -103,3 +109,165 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
     plt.close(fig)
     return path
 
+
+
+# ------------------------------------------------------------------ lineage pictures
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Target) -> None:
+    """Save to a path (format from its suffix) or a binary stream (PNG)."""
+    plt = _pyplot()
+    try:
+        if isinstance(out, str | os.PathLike):
+            fig.savefig(_checked_out(out), dpi=110)
+        else:
+            fig.savefig(out, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _tree_positions(nodes: Sequence[ArchNode]) -> dict[str, tuple[float, float]]:
+    """Leaves at consecutive x, each parent centred over its children, depth down."""
+    known = {n.arch_id for n in nodes}
+    children: dict[str, list[str]] = {}
+    tops: list[str] = []
+    for node in nodes:
+        if node.parent_id in known:
+            children.setdefault(node.parent_id or "", []).append(node.arch_id)
+        else:
+            tops.append(node.arch_id)
+    pos: dict[str, tuple[float, float]] = {}
+    next_leaf = 0.0
+    # iterative post-order: a deep lineage must not hit Python's recursion limit
+    stack: list[tuple[str, int, bool]] = [(t, 0, False) for t in reversed(tops)]
+    while stack:
+        arch_id, level, expanded = stack.pop()
+        kids = children.get(arch_id, [])
+        if not kids:
+            pos[arch_id], next_leaf = (next_leaf, -level), next_leaf + 1
+        elif expanded:
+            pos[arch_id] = (sum(pos[k][0] for k in kids) / len(kids), -level)
+        else:
+            stack.append((arch_id, level, True))
+            stack.extend((k, level + 1, False) for k in reversed(kids))
+    return pos
+
+
+def draw_search_tree(
+    nodes: Sequence[ArchNode],
+    values: Mapping[str, float],
+    out: Target,
+    *,
+    metric: str,
+    title: str = "lineage",
+    highlight: str | None = None,
+) -> None:
+    """Draw the lineage forest, each architecture coloured by its ``metric`` value.
+
+    Args:
+        nodes: the architectures, parents before children (``store.descendants``).
+        values: ``{arch_id: value}``; architectures without one are drawn grey.
+        out: a ``.png``/``.svg``/``.pdf`` path or a binary stream (PNG).
+        highlight: an architecture to ring in red (e.g. the best one).
+
+    Raises:
+        MorphSearchError: the output path has an unsupported suffix or no folder, or
+            there is nothing to draw.
+    """
+    if not nodes:
+        raise MorphSearchError(f"{title}: no architectures to draw")
+    plt = _pyplot()
+    pos = _tree_positions(nodes)
+    width = max(p[0] for p in pos.values()) + 1
+    depth = 1 - min(p[1] for p in pos.values())
+    fig, ax = plt.subplots(figsize=(min(18.0, max(6.0, 0.45 * width)), min(12.0, max(3.5, depth))))
+    for node in nodes:
+        if node.parent_id in pos:
+            (x0, y0), (x1, y1) = pos[node.parent_id], pos[node.arch_id]
+            style = "--" if node.kind == "growth" else "-"
+            ax.plot([x0, x1], [y0, y1], style, color="#888888", linewidth=0.8, zorder=1)
+    scored = [n.arch_id for n in nodes if n.arch_id in values]
+    bare = [n.arch_id for n in nodes if n.arch_id not in values]
+    size = 80 if len(nodes) <= 60 else 25
+    if bare:
+        ax.scatter([pos[a][0] for a in bare], [pos[a][1] for a in bare], s=size, c="#cccccc",
+                   edgecolors="#666666", linewidths=0.5, zorder=2, label=f"no {metric}")
+    if scored:
+        points = ax.scatter([pos[a][0] for a in scored], [pos[a][1] for a in scored], s=size,
+                            c=[values[a] for a in scored], cmap="viridis", edgecolors="#333333",
+                            linewidths=0.5, zorder=3)
+        fig.colorbar(points, ax=ax, label=metric, shrink=0.8)
+    if highlight in pos:
+        ax.scatter(*pos[highlight], s=size * 3, facecolors="none", edgecolors="#d62828",
+                   linewidths=2, zorder=4, label=f"best ({highlight})")
+    if len(nodes) <= 40:
+        for arch_id, (x, y) in pos.items():
+            ax.annotate(arch_id[:14], (x, y), xytext=(0, -11), textcoords="offset points",
+                        ha="center", fontsize=6, color="#333333")
+    ax.set_title(f"{title}: {len(nodes)} architectures (dashed: growth inside a trial)",
+                 fontsize=10)
+    ax.set_ylabel("depth (morphism steps from the seed)")
+    ax.set_yticks(sorted({p[1] for p in pos.values()}))
+    ax.set_yticklabels([str(int(-y)) for y in sorted({p[1] for p in pos.values()})])
+    ax.set_xticks([])
+    ax.set_xlim(-0.6, width - 0.4)
+    ax.set_ylim(min(p[1] for p in pos.values()) - 0.4, 0.3)
+    if bare or highlight in pos:  # below the axes, where it hides no architecture
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=7,
+                  frameon=False)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def draw_pareto(
+    points: Sequence[tuple[str, float, float]],
+    front: Sequence[tuple[str, float, float]],
+    out: Target,
+    *,
+    metric: str,
+    cost: str = "params",
+    title: str = "Pareto front",
+) -> None:
+    """Scatter ``metric`` against ``cost`` for every architecture, front highlighted.
+
+    Args:
+        points: ``(arch_id, cost, value)`` of every scored architecture.
+        front: the non-dominated ones, cheapest first (``store.pareto``).
+        out: a ``.png``/``.svg``/``.pdf`` path or a binary stream (PNG).
+
+    Raises:
+        MorphSearchError: the output path is unusable, or there are no points.
+    """
+    if not points:
+        raise MorphSearchError(f"{title}: no architecture has a {metric} value to plot")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.scatter([p[1] for p in points], [p[2] for p in points], s=28, c="#8ecae6",
+               edgecolors="#219ebc", label=f"architectures ({len(points)})", zorder=2)
+    if front:
+        xs, ys = [p[1] for p in front], [p[2] for p in front]
+        ax.step(xs, ys, where="post", color="#d62828", linewidth=1.5, zorder=3)
+        ax.scatter(xs, ys, s=70, c="#d62828", edgecolors="#333333",
+                   label=f"Pareto front ({len(front)})", zorder=4)
+        for arch_id, x, y in front[:12]:
+            ax.annotate(arch_id[:14], (x, y), xytext=(4, 4), textcoords="offset points",
+                        fontsize=7)
+    costs = [p[1] for p in points]
+    if min(costs) > 0 and max(costs) / min(costs) > 50:  # growth spans decades of size
+        ax.set_xscale("log")
+    ax.set_xlabel(cost)
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)

@@ -55,6 +55,7 @@ def register(subparsers: Any) -> None:
     pareto.add_argument(
         "--budget", type=int, default=None, help="only values reported at this step/epoch"
     )
+    pareto.add_argument("--png", metavar="FILE", help="also draw metric vs cost (.png/.svg/.pdf)")
     diff = command("diff", "morphisms from the common ancestor down to each architecture", _diff)
     diff.add_argument("a", metavar="ARCH_A")
     diff.add_argument("b", metavar="ARCH_B")
@@ -66,6 +67,8 @@ def register(subparsers: Any) -> None:
     )
     tree.add_argument("--max-depth", type=int, default=None, metavar="N")
     tree.add_argument("--max-nodes", type=int, default=200, metavar="N")
+    tree.add_argument("--png", metavar="FILE", help="also draw the tree coloured by the metric")
+    _metric_options(tree, required=False)
 
 
 def _metric_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -240,6 +243,12 @@ def _pareto(args: argparse.Namespace) -> int:
         search = _search_name(store, args.search)
         metric, mode = _metric(store, search, args)
         front = store.pareto(search, metric, mode, args.cost, args.budget)
+        if args.png:
+            from morphsearch.report import save_pareto_picture
+
+            save_pareto_picture(store, search, args.png, metric=metric, mode=mode,
+                                cost=args.cost, budget=args.budget)  # fmt: skip
+            print(f"wrote {args.png}", file=sys.stderr)
     title = f"Pareto front of {search}: {metric} ({mode}) against {args.cost}"
     rows = [(p.arch_id, p.cost, p.value) for p in front]
     return _emit(
@@ -265,6 +274,13 @@ def _tree(args: argparse.Namespace) -> int:
             search = _search_name(store, args.search)
             title, roots = f"lineage of search {search}", store.roots(search)
         nodes = [node for root in roots for node in store.descendants(root, args.max_depth)]
+        if args.png:
+            from morphsearch.report import save_tree_picture
+
+            owner = store.architecture(args.arch_id).search if args.arch_id else search
+            save_tree_picture(store, owner, nodes, args.png, metric=args.metric,
+                              mode=args.mode, title=title)  # fmt: skip
+            print(f"wrote {args.png}", file=sys.stderr)
     if args.json:
         return _emit(args, render.nested_tree(nodes), None)
     return _emit(args, None, render.rich_tree(title, nodes, args.max_nodes))
