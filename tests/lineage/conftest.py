@@ -55,9 +55,22 @@ def _fresh_pg_database(admin_url: str) -> str:
     return admin.set(database=name).render_as_string(hide_password=False)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def _empty_database(request: pytest.FixtureRequest, directory: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{directory / 'lineage.db'}"
+    return _fresh_pg_database(request.getfixturevalue("pg_admin_url"))
+
+
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """URL of a new, empty lineage database on each backend (no schema yet)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lineage.db'}"
-    return _fresh_pg_database(request.getfixturevalue("pg_admin_url"))
+    return _empty_database(request, tmp_path)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Like ``db_url``, but shared by a module's tests (for read-only tests)."""
+    return _empty_database(request, tmp_path_factory.mktemp("lineage"))

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from morphsearch.errors import NotFound
 from morphsearch.lineage import open_store
 
-WORKERS, OWN, SHARED = 8, 8, 4
+WORKERS, OWN, SHARED = 8, 6, 3
 
 
 def count(url: str, table: str) -> int:

@@ -18,7 +18,16 @@ TABLES = ("searches", "architectures", "edges", "trials", "metrics", "growth_eve
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[LineageStore]:
+    """A freshly built lineage, for tests that write."""
     with open_store(db_url, write=True) as opened:
+        build(opened)
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def built(module_db_url: str) -> Iterator[LineageStore]:
+    """One built lineage per backend, shared by the tests that only read (or fail to write)."""
+    with open_store(module_db_url, write=True) as opened:
         build(opened)
         yield opened
 
@@ -33,8 +42,8 @@ def row_counts(url: str) -> dict[str, int]:
     return counts
 
 
-def test_ancestors_walk_from_node_to_seed(store: LineageStore) -> None:
-    path = store.ancestors("E2")
+def test_ancestors_walk_from_node_to_seed(built: LineageStore) -> None:
+    path = built.ancestors("E2")
     assert [n.arch_id for n in path] == ["E2", "E", "C", "A", "S"]
     assert [n.depth for n in path] == [4, 3, 2, 1, 0]
     assert [n.kind for n in path] == ["growth", "trial", "trial", "trial", "seed"]
@@ -42,89 +51,89 @@ def test_ancestors_walk_from_node_to_seed(store: LineageStore) -> None:
     assert path[3].morphisms == tuple(MORPHISMS["A"]) and path[3].trial_id == "t1"
 
 
-def test_descendants_are_the_subtree_level_by_level(store: LineageStore) -> None:
-    assert [n.arch_id for n in store.descendants("A")] == ["A", "C", "D", "E", "E2"]
-    assert [n.arch_id for n in store.descendants("A", max_depth=1)] == ["A", "C", "D"]
-    assert [n.arch_id for n in store.descendants("B")] == ["B"]
-    assert {n.arch_id for n in store.descendants("S")} == {"S", "A", "B", "C", "D", "E", "E2"}
+def test_descendants_are_the_subtree_level_by_level(built: LineageStore) -> None:
+    assert [n.arch_id for n in built.descendants("A")] == ["A", "C", "D", "E", "E2"]
+    assert [n.arch_id for n in built.descendants("A", max_depth=1)] == ["A", "C", "D"]
+    assert [n.arch_id for n in built.descendants("B")] == ["B"]
+    assert {n.arch_id for n in built.descendants("S")} == {"S", "A", "B", "C", "D", "E", "E2"}
 
 
-def test_best_by_metric_mode_budget_and_k(store: LineageStore) -> None:
-    top = store.best("alpha", "val_acc", k=3)
+def test_best_by_metric_mode_budget_and_k(built: LineageStore) -> None:
+    top = built.best("alpha", "val_acc", k=3)
     assert [(b.arch_id, b.value, b.budget) for b in top] == [
         ("E2", 0.9, 3),
         ("C", 0.85, 2),
         ("E", 0.75, 2),
     ]
     assert top[0].trial_id == "t5" and top[0].params == 450
-    assert [b.arch_id for b in store.best("alpha", "val_acc", budget=1, k=2)] == ["C", "E"]
-    lowest = store.best("alpha", "val_acc", mode="min")[0]
+    assert [b.arch_id for b in built.best("alpha", "val_acc", budget=1, k=2)] == ["C", "E"]
+    lowest = built.best("alpha", "val_acc", mode="min")[0]
     assert (lowest.arch_id, lowest.value) == ("B", 0.40)
-    assert store.best("alpha", "loss", mode="min")[0].arch_id == "C"  # 1 - 0.85
-    assert store.best("alpha", "no-such-metric") == []
-    assert [b.arch_id for b in store.best("beta", "val_acc")] == ["F"]  # searches do not mix
+    assert built.best("alpha", "loss", mode="min")[0].arch_id == "C"  # 1 - 0.85
+    assert built.best("alpha", "no-such-metric") == []
+    assert [b.arch_id for b in built.best("beta", "val_acc")] == ["F"]  # searches do not mix
 
 
-def test_pareto_front_against_params_and_flops(store: LineageStore) -> None:
-    front = store.pareto("alpha", "val_acc")
+def test_pareto_front_against_params_and_flops(built: LineageStore) -> None:
+    front = built.pareto("alpha", "val_acc")
     # E (400 params, 0.75) is dominated by C (300 params, 0.85)
     assert [(p.arch_id, p.cost, p.value) for p in front] == [
         ("B", 120, 0.55), ("A", 150, 0.60), ("D", 200, 0.70), ("C", 300, 0.85), ("E2", 450, 0.90),
     ]  # fmt: skip
-    assert [p.arch_id for p in store.pareto("alpha", "val_acc", cost="flops")] == [
+    assert [p.arch_id for p in built.pareto("alpha", "val_acc", cost="flops")] == [
         "B",
         "A",
         "D",
         "C",
         "E2",
     ]
-    assert store.pareto("alpha", "val_acc", cost="flops")[3].cost == 607
+    assert built.pareto("alpha", "val_acc", cost="flops")[3].cost == 607
     # at budget 2 B drops to 0.40 and is dominated by nothing cheaper: still first
-    assert [p.arch_id for p in store.pareto("alpha", "val_acc", budget=2)] == ["B", "A", "D", "C"]
-    assert [p.arch_id for p in store.pareto("alpha", "loss", mode="min")] == ["B", "A", "D", "C"]
+    assert [p.arch_id for p in built.pareto("alpha", "val_acc", budget=2)] == ["B", "A", "D", "C"]
+    assert [p.arch_id for p in built.pareto("alpha", "loss", mode="min")] == ["B", "A", "D", "C"]
 
 
-def test_diff_is_the_morphism_script_from_the_common_ancestor(store: LineageStore) -> None:
-    diff = store.diff("D", "E")
+def test_diff_is_the_morphism_script_from_the_common_ancestor(built: LineageStore) -> None:
+    diff = built.diff("D", "E")
     assert diff.common_ancestor == "A"
     assert [(s.parent_id, s.child_id) for s in diff.to_a] == [("A", "D")]
     assert [(s.parent_id, s.child_id) for s in diff.to_b] == [("A", "C"), ("C", "E")]
     assert diff.to_a[0].morphisms == tuple(MORPHISMS["D"])
-    assert store.diff("C", "E2").to_a == () and [s.kind for s in store.diff("C", "E2").to_b] == [
+    assert built.diff("C", "E2").to_a == () and [s.kind for s in built.diff("C", "E2").to_b] == [
         "trial",
         "growth",
     ]
-    assert store.diff("E", "E") == type(diff)("E", "E", "E", (), ())
-    apart = store.diff("B", "F")  # different seeds: whole paths
+    assert built.diff("E", "E") == type(diff)("E", "E", "E", (), ())
+    apart = built.diff("B", "F")  # different seeds: whole paths
     assert apart.common_ancestor is None
     assert [s.child_id for s in apart.to_a] == ["B"] and [s.child_id for s in apart.to_b] == ["F"]
 
 
-def test_summary_counts_and_best(store: LineageStore) -> None:
-    summary = store.summary("alpha")
+def test_summary_counts_and_best(built: LineageStore) -> None:
+    summary = built.summary("alpha")
     assert summary.trials_by_status == {"TERMINATED": 4, "ERROR": 1}
     assert summary.n_trials == 5 and summary.n_architectures == 7
     assert summary.best is not None and summary.best.arch_id == "E2"
-    assert store.summary("alpha", "loss", "min").best.arch_id == "C"  # type: ignore[union-attr]
-    assert store.summary("beta").n_architectures == 2
+    assert built.summary("alpha", "loss", "min").best.arch_id == "C"  # type: ignore[union-attr]
+    assert built.summary("beta").n_architectures == 2
 
 
-def test_searches_architecture_and_roots(store: LineageStore) -> None:
-    assert [s.name for s in store.searches()] == ["alpha", "beta"]
+def test_searches_architecture_and_roots(built: LineageStore) -> None:
+    assert [s.name for s in built.searches()] == ["alpha", "beta"]
     assert (
-        store.searches()[0].config["lr"] == 0.1 and store.searches()[0].created.tzinfo is not None
+        built.searches()[0].config["lr"] == 0.1 and built.searches()[0].created.tzinfo is not None
     )
-    record = store.architecture("C")
+    record = built.architecture("C")
     assert (record.parent_id, record.depth, record.search, record.params) == ("A", 2, "alpha", 300)
     assert record.graph["nodes"][1]["features"] == 300 and record.weights_sha256 == "0" * 64
-    assert store.roots("alpha") == ["S"] and store.roots("beta") == ["T"]
+    assert built.roots("alpha") == ["S"] and built.roots("beta") == ["T"]
 
 
-def test_records_are_frozen(store: LineageStore) -> None:
+def test_records_are_frozen(built: LineageStore) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        store.best("alpha", "val_acc")[0].value = 1.0  # type: ignore[misc]
+        built.best("alpha", "val_acc")[0].value = 1.0  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        store.ancestors("A")[0].arch_id = "Z"  # type: ignore[misc]
+        built.ancestors("A")[0].arch_id = "Z"  # type: ignore[misc]
 
 
 def test_recording_everything_twice_adds_no_rows(db_url: str, store: LineageStore) -> None:
@@ -178,21 +187,21 @@ def test_same_id_with_another_structure_or_parent_is_refused(store: LineageStore
         store.update_trial("t9", "TERMINATED")
 
 
-def test_unknown_ids_raise_not_found(store: LineageStore) -> None:
+def test_unknown_ids_raise_not_found(built: LineageStore) -> None:
     for call in (
-        lambda: store.ancestors("nope"),
-        lambda: store.descendants("nope"),
-        lambda: store.diff("A", "nope"),
-        lambda: store.best("no-search", "val_acc"),
-        lambda: store.summary("no-search"),
-        lambda: store.record_trial("alpha", "t9", "nope", arch("D"), []),
-        lambda: store.record_trial("no-search", "t9", "S", arch("D"), []),
-        lambda: store.record_metrics("no-trial", 1, {"val_acc": 1.0}),
+        lambda: built.ancestors("nope"),
+        lambda: built.descendants("nope"),
+        lambda: built.diff("A", "nope"),
+        lambda: built.best("no-search", "val_acc"),
+        lambda: built.summary("no-search"),
+        lambda: built.record_trial("alpha", "t9", "nope", arch("D"), []),
+        lambda: built.record_trial("no-search", "t9", "S", arch("D"), []),
+        lambda: built.record_metrics("no-trial", 1, {"val_acc": 1.0}),
     ):
         with pytest.raises(NotFound):
             call()
     with pytest.raises(NotFound, match="alpha"):  # the message lists known searches
-        store.summary("no-search")
+        built.summary("no-search")
 
 
 def test_nan_metrics_are_skipped_and_inf_kept(store: LineageStore) -> None:
@@ -200,8 +209,8 @@ def test_nan_metrics_are_skipped_and_inf_kept(store: LineageStore) -> None:
     assert store.best("alpha", "loss")[0].value == math.inf
 
 
-def test_read_only_store_refuses_writes(db_url: str, store: LineageStore) -> None:
-    with open_store(db_url) as reader:
+def test_read_only_store_refuses_writes(module_db_url: str, built: LineageStore) -> None:
+    with open_store(module_db_url) as reader:
         assert [n.arch_id for n in reader.ancestors("C")] == ["C", "A", "S"]
         with pytest.raises(DatabaseError, match="read-only"):
             reader.create_search("gamma")
