@@ -86,6 +86,7 @@ class BudgetConfig(_Frozen):
     epochs_per_trial: int = Field(default=3, ge=1)
     max_params: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
+    checkpoint_every_s: float = Field(default=10.0, ge=0)
 
 
 class MorphismRange(_Frozen):

@@ -107,6 +107,18 @@ def _check_morphisms(config: SearchConfig) -> None:
             )
 
 
+def _check_growth(config: SearchConfig) -> None:
+    # Hook for morphsearch.growth inside trials: the trainable would run GrowingTrainer
+    # per epoch and report its growth events for the callback's record_growth. Until
+    # that is wired, refuse rather than silently train without growing.
+    if config.growth.enabled:
+        raise ConfigError(
+            f"{config.source or 'config'}: field 'growth.enabled': in-training growth inside "
+            "search trials is not available yet; set it to false (growth between trials "
+            "still happens through the morphisms)"
+        )
+
+
 def _absolute(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).resolve())
 
@@ -146,6 +158,7 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
         batch_size=config.budget.batch_size,
         cpus=config.resources.cpus,
         growth=config.growth.model_dump(),
+        checkpoint_every_s=config.budget.checkpoint_every_s,
     )
     info = ParentInfo(seed_arch_id(name), ref.uri, ref.sha256, seed.to_json())
     probe = probe_batch(data, min(32, config.budget.batch_size))
@@ -253,6 +266,7 @@ def run_search(
     import ray
 
     _check_morphisms(config)
+    _check_growth(config)
     name = config.name or "search"
     storage = _absolute(config.storage)
     if not ray.is_initialized():

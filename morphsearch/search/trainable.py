@@ -47,6 +47,7 @@ class TrialSetup:
     batch_size: int
     cpus: float
     growth: dict[str, Any]
+    checkpoint_every_s: float = 10.0
 
 
 def child_arch_id(search: str, trial_id: str) -> str:
@@ -125,7 +126,7 @@ def _epoch(
         loss = _loss(module(x), y)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(idx)
+        total += loss.item() * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
 
@@ -177,6 +178,7 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         optimizer.load_state_dict(optim_state)
     setup_s = time.perf_counter() - started
     val = (data.x_val.to(device), data.y_val.to(device))
+    saved_at = time.perf_counter()
     for epoch in range(int(state["epoch"]) + 1, setup.epochs + 1):
         tick = time.perf_counter()
         generator = torch.Generator().manual_seed(int(config.get("trial_seed", 0)) * 1009 + epoch)
@@ -209,7 +211,13 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
             metrics.update(
                 weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
             )
-        _report(metrics, trained, state, optimizer)
+        last = epoch == setup.epochs
+        if last or time.perf_counter() - saved_at >= setup.checkpoint_every_s:
+            # checkpoints cost a save and a copy to storage: not after every short epoch
+            _report(metrics, trained, state, optimizer)
+            saved_at = time.perf_counter()
+        else:
+            tune.report(metrics)
 
 
 def _report(

@@ -127,3 +127,12 @@ def test_cli_unknown_morphism_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["search", str(path), "--db", f"sqlite:///{tmp_path}/l.db"]) == 2
     err = capsys.readouterr().err
     assert "morphisms.deepen.magic" in err and "valid morphisms" in err
+
+
+def test_growth_inside_trials_is_refused_until_wired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(QUICKSTART.read_text() + "growth: {enabled: true}\n")
+    assert main(["search", str(path), "--db", f"sqlite:///{tmp_path}/l.db"]) == 2
+    assert "growth.enabled" in capsys.readouterr().err

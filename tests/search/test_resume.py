@@ -43,16 +43,14 @@ def _recorded(db: Path) -> int:
         return 0
 
 
-def _driver(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _driver(config: Path, log: str, *extra: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "morphsearch", "search", str(config), *extra]
-    # own session: the local Ray it starts is ours to clean up afterwards
-    return subprocess.Popen(
-        cmd,
-        cwd=config.parent,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # a file, not a pipe: nobody reads the first driver's output, and a full pipe blocks it
+    with open(config.parent / log, "wb") as out:
+        # own session: the local Ray it starts is ours to clean up afterwards
+        return subprocess.Popen(
+            cmd, cwd=config.parent, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _stop_session(proc: subprocess.Popen[bytes]) -> None:
@@ -63,7 +61,7 @@ def _stop_session(proc: subprocess.Popen[bytes]) -> None:
 def test_kill_and_resume(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
     db = tmp_path / "lineage.db"
-    first = _driver(config)
+    first = _driver(config, "first.log")
     try:
         deadline = time.monotonic() + 180
         while _recorded(db) < 1 and time.monotonic() < deadline and first.poll() is None:
@@ -78,12 +76,12 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     assert killed_at < 4
     time.sleep(2)  # let the orphaned local Ray notice its driver is gone
 
-    second = _driver(config, "--resume")
+    second = _driver(config, "second.log", "--resume")
     try:
-        _, err = second.communicate(timeout=240)
+        second.wait(timeout=240)
     finally:
         _stop_session(second)
-    assert second.returncode == 0, err.decode()[-2000:]
+    assert second.returncode == 0, (tmp_path / "second.log").read_text()[-3000:]
 
     with LineageStore(f"sqlite:///{db}") as store:
         summary = store.summary("resumable")
