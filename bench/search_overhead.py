@@ -85,10 +85,9 @@ def main() -> None:
 
     import ray
 
+    from morphsearch.search.callback import LineageCallback
     from morphsearch.search.config import SearchConfig
     from morphsearch.search.runner import run_search
-
-    from morphsearch.search.callback import LineageCallback
     from morphsearch.search.space import MorphismSpace
 
     for method in ("on_trial_result", "on_trial_complete"):
