@@ -18,9 +18,15 @@ from morphsearch.errors import MorphSearchError
 
 if TYPE_CHECKING:
     from morphsearch.arch import Architecture
-    from morphsearch.lineage import ArchNode
+    from morphsearch.lineage import ArchNode, LineageStore
 
-__all__ = ["draw_architecture", "draw_pareto", "draw_search_tree"]
+__all__ = [
+    "draw_architecture",
+    "draw_pareto",
+    "draw_search_tree",
+    "save_pareto_picture",
+    "save_tree_picture",
+]
 
 Target = str | os.PathLike[str] | IO[bytes]
 
@@ -271,3 +277,56 @@ def draw_pareto(
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, out)
+
+
+# ------------------------------------------------------------------ lineage CLI pictures
+
+
+def save_tree_picture(
+    store: LineageStore,
+    search: str,
+    nodes: Sequence[Any],
+    out: str | os.PathLike[str],
+    *,
+    metric: str | None = None,
+    mode: str | None = None,
+    title: str = "lineage",
+) -> None:
+    """``lineage tree --png``: ``nodes`` coloured by their best ``metric`` in ``search``.
+
+    Raises:
+        ConfigError: no metric; MorphSearchError: an unusable output path.
+    """
+    from morphsearch.report import metric_values, objective
+
+    metric, mode = objective(store.search(search).config, metric, mode)
+    scored = metric_values(store, search, metric, mode)
+    values = {r.arch_id: r.value for r in scored}
+    best = scored[0].arch_id if scored else None
+    draw_search_tree(nodes, values, out, metric=metric, title=title, highlight=best)
+
+
+def save_pareto_picture(
+    store: LineageStore,
+    search: str,
+    out: str | os.PathLike[str],
+    *,
+    metric: str,
+    mode: str,
+    cost: str = "params",
+    budget: int | None = None,
+) -> None:
+    """``lineage pareto --png``: every architecture's ``metric`` against ``cost``, front in red.
+
+    Raises:
+        MorphSearchError: no scored architecture, or an unusable output path.
+    """
+    from morphsearch.report import ALL
+
+    scored = store.best(search, metric, mode, budget, k=ALL)  # type: ignore[arg-type]
+    front = store.pareto(search, metric, mode, cost, budget)  # type: ignore[arg-type]
+    points = [(r.arch_id, float(r.params if cost == "params" else r.flops), r.value)
+              for r in scored]  # fmt: skip
+    ends = [(p.arch_id, float(p.cost), p.value) for p in front]
+    title = f"{search}: {metric} ({mode}) against {cost}"
+    draw_pareto(points, ends, out, metric=metric, cost=cost, title=title)

@@ -244,7 +244,7 @@ def _pareto(args: argparse.Namespace) -> int:
         metric, mode = _metric(store, search, args)
         front = store.pareto(search, metric, mode, args.cost, args.budget)
         if args.png:
-            from morphsearch.report import save_pareto_picture
+            from morphsearch.viz import save_pareto_picture
 
             save_pareto_picture(store, search, args.png, metric=metric, mode=mode,
                                 cost=args.cost, budget=args.budget)  # fmt: skip
@@ -275,7 +275,7 @@ def _tree(args: argparse.Namespace) -> int:
             title, roots = f"lineage of search {search}", store.roots(search)
         nodes = [node for root in roots for node in store.descendants(root, args.max_depth)]
         if args.png:
-            from morphsearch.report import save_tree_picture
+            from morphsearch.viz import save_tree_picture
 
             owner = store.architecture(args.arch_id).search if args.arch_id else search
             save_tree_picture(store, owner, nodes, args.png, metric=args.metric,
