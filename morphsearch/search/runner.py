@@ -19,6 +19,7 @@ from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.errors import ConfigError, NotFound, SearchError
 from morphsearch.lineage import ArchitectureIn, LineageStore
+from morphsearch.progress import SearchProgress
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
@@ -224,7 +225,16 @@ def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
     run_config = tune.RunConfig(
         name=name,
         storage_path=storage,
-        callbacks=[LineageCallback(config.database, name)],
+        callbacks=[
+            LineageCallback(config.database, name),
+            # verbose=0 silences Tune's own table; this is the user's view of the search
+            SearchProgress(
+                config.metric,
+                config.mode,
+                total=config.budget.trials,
+                time_budget_s=config.budget.time_s,
+            ),
+        ],
         failure_config=tune.FailureConfig(max_failures=config.retries),
         # num_to_keep would force an experiment snapshot after every epoch's checkpoint
         verbose=0,
