@@ -17,7 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from alembic import command
+from sqlalchemy import create_engine, inspect
+
 from morphsearch.lineage import ArchitectureIn, LineageStore
+from morphsearch.lineage.schema import alembic_config
 
 PARAMS = {"S": 100, "A": 150, "B": 120, "C": 300, "D": 200, "E": 400, "E2": 450, "T": 50, "F": 90}
 TRIALS = {  # trial -> (parent, child, status, {budget: val_acc})
@@ -82,3 +86,20 @@ def build(store: LineageStore) -> None:
     store.record_seed("beta", arch("T"))
     store.record_trial("beta", "t6", "T", arch("F"), MORPHISMS["F"], status="TERMINATED")
     store.record_metrics("t6", 1, {"val_acc": 0.3})
+
+
+def tables(url: str) -> set[str]:
+    """The table names in the database at ``url``."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        names = set(inspect(connection).get_table_names())
+    engine.dispose()
+    return names
+
+
+def migrate_to(url: str, revision: str) -> None:
+    """Bring the database at ``url`` to ``revision`` (e.g. an old one, to test refusal)."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), revision)
+    engine.dispose()

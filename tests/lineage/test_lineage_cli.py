@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _lineage_data import build
+from _lineage_data import build, migrate_to, tables
 from _lineage_pg import free_port
 from sqlalchemy.engine import make_url
-from test_lineage_schema import migrate_to, tables
 
 from morphsearch.cli import main
 from morphsearch.lineage import HEAD_REVISION, open_store

@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+from _lineage_data import migrate_to, tables
 from _lineage_pg import free_port
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from morphsearch import lineage
@@ -19,21 +19,6 @@ from morphsearch.errors import DatabaseError, DatabaseUnreachable, SchemaOutdate
 from morphsearch.lineage import HEAD_REVISION, open_store
 from morphsearch.lineage.models import Base
 from morphsearch.lineage.schema import REVISIONS, alembic_config
-
-
-def tables(url: str) -> set[str]:
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        names = set(inspect(connection).get_table_names())
-    engine.dispose()
-    return names
-
-
-def migrate_to(url: str, revision: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), revision)
-    engine.dispose()
 
 
 def with_password(url: str, password: str) -> str:
