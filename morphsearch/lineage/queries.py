@@ -13,14 +13,17 @@ from typing import Any, Literal
 from sqlalchemy import Integer, Select, bindparam, func, literal, select, text
 from sqlalchemy.orm import Session, aliased
 
+from morphsearch.errors import NotFound
 from morphsearch.lineage._sql import arch_pk, as_utc, search_pk
-from morphsearch.lineage.models import Architecture, Edge, Metric, Search, Trial
+from morphsearch.lineage.models import Architecture, Edge, GrowthEvent, Metric, Search, Trial
 from morphsearch.lineage.records import (
     ArchitectureRecord,
     ArchNode,
     BestResult,
     EdgeStep,
+    GrowthEventRecord,
     LineageDiff,
+    MetricRecord,
     ParetoPoint,
     SearchRecord,
     SearchSummary,
@@ -32,7 +35,9 @@ __all__ = [
     "best",
     "descendants",
     "diff",
+    "growth_events",
     "list_searches",
+    "metrics",
     "pareto",
     "roots",
     "search",
@@ -339,3 +344,49 @@ def summary(
         {str(s): int(n) for s, n in by_status.items()},
         top[0] if top else None,
     )
+
+
+def _trial_key(session: Session, trial_id: str) -> int:
+    key = session.scalar(select(Trial.id).where(Trial.trial_id == trial_id))
+    if key is None:
+        raise NotFound(f"no trial {trial_id!r} in the lineage database")
+    return key
+
+
+def metrics(session: Session, trial_id: str) -> list[MetricRecord]:
+    """Every value trial ``trial_id`` reported, by budget then name.
+
+    Raises:
+        NotFound: no such trial.
+    """
+    key = _trial_key(session, trial_id)
+    rows = session.execute(
+        select(Architecture.arch_id, Metric.budget, Metric.name, Metric.value)
+        .join(Architecture, Architecture.id == Metric.arch_id)
+        .where(Metric.trial_id == key)
+        .order_by(Metric.budget, Metric.name)
+    ).all()
+    return [MetricRecord(trial_id, a, b, n, v) for a, b, n, v in rows]
+
+
+def growth_events(session: Session, trial_id: str) -> list[GrowthEventRecord]:
+    """The growth events of trial ``trial_id``, in step order.
+
+    Raises:
+        NotFound: no such trial.
+    """
+    key = _trial_key(session, trial_id)
+    pre, post = aliased(Architecture), aliased(Architecture)
+    rows = session.execute(
+        select(GrowthEvent, pre.arch_id, post.arch_id, Edge.morphisms)
+        .join(Edge, Edge.id == GrowthEvent.edge_id)
+        .join(pre, pre.id == Edge.parent_id)
+        .join(post, post.id == Edge.child_id)
+        .where(GrowthEvent.trial_id == key)
+        .order_by(GrowthEvent.step, GrowthEvent.id)
+    ).all()
+    return [
+        GrowthEventRecord(trial_id, pre_id, post_id, e.step, e.trigger, e.scores,
+                          e.loss_before, e.loss_after, tuple(morphisms))
+        for e, pre_id, post_id, morphisms in rows
+    ]  # fmt: skip

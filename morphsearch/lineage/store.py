@@ -37,6 +37,7 @@ from morphsearch.lineage.records import (
     BestResult,
     GrowthEventRecord,
     LineageDiff,
+    MetricRecord,
     ParetoPoint,
     SearchRecord,
     SearchSummary,
@@ -329,6 +330,18 @@ class LineageStore:
     def diff(self, a: str, b: str) -> LineageDiff:
         """The morphism script from the common ancestor of ``a`` and ``b``. Raises NotFound."""
         return self._run(lambda s: queries.diff(s, a, b))
+
+    def trial(self, trial_id: str) -> TrialRecord:
+        """Trial ``trial_id`` (e.g. to see on resume whether it was recorded). Raises NotFound."""
+        return self._run(lambda s: _trial_record(s, writes.trial_row(s, trial_id)))
+
+    def metrics(self, trial_id: str) -> list[MetricRecord]:
+        """Every value trial ``trial_id`` reported, by budget then name. Raises NotFound."""
+        return self._run(lambda s: queries.metrics(s, trial_id))
+
+    def growth_events(self, trial_id: str) -> list[GrowthEventRecord]:
+        """The growth events of trial ``trial_id``, in step order. Raises NotFound."""
+        return self._run(lambda s: queries.growth_events(s, trial_id))
 
     def roots(self, search: str) -> list[str]:
         """Where the lineage of ``search`` starts (its seeds). Raises NotFound."""

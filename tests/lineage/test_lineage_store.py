@@ -221,3 +221,31 @@ def test_seed_trial_without_parent(store: LineageStore) -> None:
     assert trial.parent_id is None and trial.child_id == "T"
     seed = ArchitectureIn("T", {}, "h-T", 50, 100)
     assert store.record_seed("beta", seed).depth == 0
+
+
+def test_trial_metrics_and_growth_events(built: LineageStore) -> None:
+    trial = built.trial("t2")
+    assert (trial.parent_id, trial.child_id, trial.status, trial.error) == (
+        "S",
+        "B",
+        "ERROR",
+        "CUDA OOM",
+    )
+    assert trial.config == {"lr": 0.1, "trial": "t2"} and trial.node == "node-1"
+    values = [(m.budget, m.name, m.value, m.arch_id) for m in built.metrics("t5")]
+    assert values == [
+        (1, "loss", pytest.approx(0.30), "E"), (1, "val_acc", 0.70, "E"),
+        (2, "loss", pytest.approx(0.25), "E"), (2, "val_acc", 0.75, "E"),
+        (3, "val_acc", 0.90, "E2"),
+    ]  # fmt: skip
+    (event,) = built.growth_events("t5")
+    assert (event.pre_id, event.post_id, event.step, event.trigger) == ("E", "E2", 10, "plateau")
+    assert event.scores == {"fc2": 3.5} and event.morphisms == tuple(MORPHISMS["E2"])
+    assert built.growth_events("t1") == []
+    for call in (
+        lambda: built.trial("nope"),
+        lambda: built.metrics("nope"),
+        lambda: built.growth_events("nope"),
+    ):
+        with pytest.raises(NotFound):
+            call()
