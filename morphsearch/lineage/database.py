@@ -190,8 +190,9 @@ def _begin_immediate(connection: Any) -> None:
     """``BEGIN IMMEDIATE``, retried after short random sleeps until the busy timeout.
 
     SQLite's own busy handler backs off to 100 ms sleeps, so queued writer
-    processes sleep while the lock is free (8 writers ran 3x slower); retrying
-    every few milliseconds keeps the write lock in use.
+    processes sleep while the lock is free; retrying every few milliseconds keeps
+    the write lock in use (one measurement, 8 writer processes on a busy 2-core
+    machine: 11.4 s with SQLite's handler, 8.7 s with this loop).
     """
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     connection.exec_driver_sql("PRAGMA busy_timeout = 0")
