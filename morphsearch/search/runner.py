@@ -22,10 +22,11 @@ from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.progress import SearchProgress
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
+from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
 from morphsearch.search.trainable import TrialSetup, probe_batch, train_child
 
-__all__ = ["SearchResult", "build_seed", "optuna_storage_url", "run_search"]
+__all__ = ["SearchResult", "build_seed", "run_search"]
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +81,6 @@ def _graph_path(path: str, source: str | None) -> str:
         if candidate.exists():
             return str(candidate)
     return path  # let the graph loader raise its own one-line error
-
-
-def optuna_storage_url(config: SearchConfig, db_url: str) -> str | None:
-    """Where the Optuna study lives.
-
-    Optuna's RDB schema cannot share a database with lineage (both own tables named
-    ``trials`` and ``alembic_version``), so a SQLite lineage file ``x.db`` gets its
-    study in ``x.optuna.db`` beside it; other databases keep the study in the searcher's
-    checkpoint unless ``optuna_storage`` names one.
-    """
-    if config.optuna_storage:
-        return config.optuna_storage
-    if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
-        path = Path(db_url.removeprefix("sqlite:///"))
-        return "sqlite:///" + str(path.with_name(path.stem + ".optuna.db"))
-    return None
 
 
 def _check_morphisms(config: SearchConfig) -> None:
@@ -175,26 +160,6 @@ def _recorded_seed(store: LineageStore, arch_id: str) -> artifacts.ArtifactRef |
     return artifacts.ArtifactRef(record.weights_uri or "", record.weights_sha256 or "")
 
 
-def _searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Any:
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    url = optuna_storage_url(config, config.database)
-    storage = optuna.storages.RDBStorage(url) if url else None
-    metrics = [o.metric for o in config.objectives]
-    modes: list[str] = [o.mode for o in config.objectives]
-    single = len(metrics) == 1
-    return OptunaSearch(
-        space=space,
-        metric=metrics[0] if single else metrics,
-        mode=modes[0] if single else modes,
-        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=4),
-        study_name=name,
-        storage=storage,
-        seed=config.seed,
-    )
-
-
 def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -215,7 +180,7 @@ def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
             reduction_factor=config.scheduler.reduction_factor,
         )
     tune_config = tune.TuneConfig(
-        search_alg=_searcher(config, name, space),
+        search_alg=make_searcher(config, name, space),
         scheduler=scheduler,
         num_samples=config.budget.trials,
         max_concurrent_trials=config.budget.max_concurrent,

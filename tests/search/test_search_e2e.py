@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import optuna
 import pytest
 
 from morphsearch import artifacts
@@ -65,6 +66,10 @@ def test_search_on_digits(tmp_path: Path, local_ray: None) -> None:
     best = store.architecture(result.best_arch_id or "")
     arch = artifacts.load_architecture(best.weights_uri or "", best.weights_sha256)
     assert arch.structure_hash == best.structure_hash
-    trials = [store_trial for store_trial in metrics]
-    assert len(trials) == 5
+    assert len(metrics) == 5
     store.close()
+
+    # the Optuna study is persisted beside lineage, where optuna-dashboard can open it
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/lineage.optuna.db")
+    assert len(study.trials) == 5
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
