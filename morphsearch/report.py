@@ -24,6 +24,7 @@ from typing import Any
 from morphsearch import __version__
 from morphsearch.errors import ConfigError, NotFound
 from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore, open_store
+from morphsearch.lineage.objective import objective as lineage_objective
 
 __all__ = [
     "PathStep",
@@ -77,17 +78,10 @@ def objective(config: dict[str, Any], metric: str | None, mode: str | None) -> t
     Raises:
         ConfigError: no metric anywhere, or a mode other than max/min.
     """
-    objectives = config.get("objectives") or [{}]
-    first = objectives[0] if isinstance(objectives[0], dict) else {}
-    chosen = metric or config.get("metric") or first.get("metric")
-    if not chosen:
+    chosen = lineage_objective(config, metric, mode)
+    if chosen is None:
         raise ConfigError("the search config names no metric: pass --metric NAME")
-    if mode is None:
-        same = first.get("metric") == chosen
-        mode = config.get("mode") or (first.get("mode") if same else None) or "max"
-    if mode not in ("max", "min"):
-        raise ConfigError(f"--mode {mode!r}: use max or min")
-    return str(chosen), str(mode)
+    return chosen
 
 
 def best_arch_id(

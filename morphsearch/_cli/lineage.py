@@ -105,14 +105,14 @@ def _search_name(store: Any, wanted: str | None) -> str:
 
 
 def _metric(store: Any, search: str, args: argparse.Namespace) -> tuple[str, Any]:
-    """``--metric``/``--mode``, else the ``metric``/``mode`` of the search config."""
+    """``--metric``/``--mode``, else the objective in the search config."""
     from morphsearch.errors import ConfigError
+    from morphsearch.lineage.objective import objective
 
-    config = store.search(search).config
-    metric = args.metric or config.get("metric")
-    if not metric:
+    chosen = objective(store.search(search).config, args.metric, args.mode)
+    if chosen is None:
         raise ConfigError(f"search {search!r} names no metric in its config: pass --metric NAME")
-    return metric, args.mode or config.get("mode") or "max"
+    return chosen
 
 
 def _emit(args: argparse.Namespace, document: Any, renderable: Any) -> int:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, aliased
 from morphsearch.errors import NotFound
 from morphsearch.lineage._sql import arch_pk, as_utc, search_pk
 from morphsearch.lineage.models import Architecture, Edge, GrowthEvent, Metric, Search, Trial
+from morphsearch.lineage.objective import objective
 from morphsearch.lineage.records import (
     ArchitectureRecord,
     ArchNode,
@@ -319,7 +320,7 @@ def summary(
     """Trials by status, architecture count and best result of ``search``.
 
     Args:
-        metric, mode: what "best" means; default: ``metric``/``mode`` in the search config.
+        metric, mode: what "best" means; default: the search config's objective.
 
     Raises:
         NotFound: no such search.
@@ -332,9 +333,8 @@ def summary(
         ).all()
     )
     n_archs = session.scalar(select(func.count()).where(Architecture.search_id == key)) or 0
-    metric = metric or row.config.get("metric")
-    chosen: Any = mode or row.config.get("mode") or "max"
-    top = best(session, search, metric, chosen) if metric else []
+    chosen = objective(row.config, metric, mode)
+    top = best(session, search, chosen[0], chosen[1]) if chosen else []  # type: ignore[arg-type]
     return SearchSummary(
         row.name,
         row.status,

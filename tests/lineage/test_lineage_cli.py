@@ -320,3 +320,20 @@ def test_lineage_cli_imports_no_torch_or_ray_and_answers_fast(built: str) -> Non
     assert [n["arch_id"] for n in json.loads(result.stdout)] == ["E2", "E", "C", "A", "S"]
     # well under a second on an idle machine; generous here because CI cores are shared
     assert wall < 5, f"lineage ancestors took {wall:.2f} s"
+
+
+def test_objectives_in_a_search_config_define_best(tmp_path: Path, capsys) -> None:
+    # Search configs store their objectives as a list; lineage must rank by the first one.
+    from morphsearch.lineage import ArchitectureIn
+
+    url = f"sqlite:///{tmp_path / 'obj.db'}"
+    with open_store(url, write=True) as store:
+        store.create_search("s", {"objectives": [{"metric": "val_loss", "mode": "min"}]})
+        for i, loss in enumerate([0.5, 0.2, 0.9]):
+            arch = ArchitectureIn(f"a{i}", {"nodes": []}, f"h{i}", params=10 * (i + 1), flops=1)
+            store.record_trial("s", f"t{i}", None, arch, status="TERMINATED")
+            store.record_metrics(f"t{i}", 1, {"val_loss": loss})
+    doc = run_json(capsys, "lineage", "best", "--db", url, "--search", "s")
+    assert doc[0]["arch_id"] == "a1"
+    summary = run_json(capsys, "lineage", "show", "--db", url, "--search", "s")
+    assert summary["best"]["arch_id"] == "a1"
