@@ -259,6 +259,14 @@ def gradmax_matrix(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
         ``d_in`` of its incoming weights.
     """
     wp = widen_path(arch, site)
+    if _dense_closed_form_applies(arch, wp):
+        return _dense_gradmax_matrix(arch, wp, batch)
+    return _auxiliary_gradmax_matrix(arch, wp, batch)
+
+
+def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Tensor:
+    """The general case: one backward pass through an auxiliary widened network."""
+    site = wp.site
     dtype = arch.dtype
     shapes = outgoing_shapes(arch, wp)
     d_out = sum(int(torch.tensor(s).prod()) for s in shapes)
@@ -274,6 +282,42 @@ def gradmax_matrix(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
         loss = batch_loss(module(inputs.to(dtype)), targets)
     (grad,) = torch.autograd.grad(loss, weight)
     return grad[wp.width :].reshape(d_out, -1).detach()
+
+
+# Activations with a known, exact derivative at 0 (the IR's relu is clamp: 1 at 0).
+_SLOPE_AT_ZERO = {"relu": 1.0, "tanh": 1.0, "identity": 1.0}
+
+
+def _dense_closed_form_applies(arch: Architecture, wp: WidenPath) -> bool:
+    """linear -> one activation with a known f'(0) -> linear consumers (no BN, no flatten)."""
+    return (
+        arch.op(wp.site) == "linear"
+        and len(wp.path) == 1
+        and arch.op(wp.path[0][0]) in _SLOPE_AT_ZERO
+        and all(arch.op(c.node) == "linear" and c.multiplicity == 1 for c in wp.consumers)
+    )
+
+
+def _dense_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Tensor:
+    """Eq. 11 in closed form, ``M = f'(0) * (dL/dz_{l+1})^T h_{l-1}``, from one backward
+    pass of the parent itself: the common dense case without building an auxiliary
+    network (which costs several training steps of Python overhead on small MLPs)."""
+    module = arch.to_module().train()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [module.get_submodule(f"layers.{wp.site}").register_forward_hook(
+        lambda _m, args, _out: seen.__setitem__("h", args[0]))]
+    for c in wp.consumers:
+        hooks.append(module.get_submodule(f"layers.{c.node}").register_forward_hook(
+            lambda _m, _args, out, name=c.node: seen.__setitem__(name, out)))
+    inputs, targets = batch
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # as the general path: a fixed dropout mask elsewhere
+        loss = batch_loss(module(inputs.to(arch.dtype)), targets)
+    for hook in hooks:
+        hook.remove()
+    grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
+    slope = _SLOPE_AT_ZERO[arch.op(wp.path[0][0])]
+    return (slope * torch.cat(grads, dim=1).T @ seen["h"]).detach()
 
 
 def gradmax_singular_values(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:

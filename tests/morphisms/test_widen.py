@@ -196,3 +196,18 @@ def test_gradmax_refuses_more_units_than_directions() -> None:
     with pytest.raises(MorphismNotApplicable, match="k=2 is more than the 1 available"):
         morphisms.apply("widen.gradmax", parent, "fc1", batch=(x, torch.randn(4, 1, dtype=F64)),
                         k=2)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
+def test_dense_closed_form_equals_the_auxiliary_network_path(activation: str) -> None:
+    # The dense fast path (one backward pass of the parent) must give exactly the matrix
+    # of the general auxiliary-network path it shortcuts.
+    arch = builders.mlp([6, 4, 5, 3], activation=activation, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randn(32, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (32,), generator=g))
+    for site in ("fc1", "fc2"):
+        wp = widen_path(arch, site)
+        assert widen._dense_closed_form_applies(arch, wp)
+        fast = widen._dense_gradmax_matrix(arch, wp, batch)
+        general = widen._auxiliary_gradmax_matrix(arch, wp, batch)
+        torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-12)
