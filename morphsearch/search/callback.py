@@ -116,7 +116,8 @@ class LineageCallback(Callback):
                 "trial %s ended before reporting its architecture; not in lineage", trial_id
             )
             return False
-        child = self._child(last)
+        grown = json.loads(last.get("growth_events") or "[]")
+        child = self._child(last, with_weights=not grown)
         config = {k: v for k, v in dict(trial.config).items() if _plain(v)}
         self.store.record_trial(
             self.search,
@@ -131,21 +132,45 @@ class LineageCallback(Callback):
             started=None,
         )
         self._recorded.add(trial_id)
+        for i, event in enumerate(grown):
+            self._record_growth(trial_id, event, last if i == len(grown) - 1 else None)
+        measured = last.get("final_arch_id") if grown else None
         for budget, values in self._pending.pop(trial_id, []):
-            self.store.record_metrics(trial_id, budget, values)
+            self.store.record_metrics(trial_id, budget, values, arch_id=measured)
         return True
 
-    def _child(self, last: dict[str, Any]) -> ArchitectureIn:
+    def _record_growth(
+        self, trial_id: str, event: dict[str, Any], last: dict[str, Any] | None
+    ) -> None:
+        """One growth inside the trial; the last grown architecture holds the weights."""
+        fields = dict(event)
+        if last is not None:
+            for key in ("weights_uri", "weights_sha256", "weights_hash"):
+                fields[key] = last.get(key)
+        post = self._child(fields, with_weights=last is not None)
+        self.store.record_growth(
+            trial_id,
+            event["pre_id"],
+            post,
+            [event["morphism"]],
+            step=int(event["step"]),
+            trigger=str(event["trigger"]),
+            scores=event["scores"],
+            loss_before=event["loss_before"],
+            loss_after=event["loss_after"],
+        )
+
+    def _child(self, last: dict[str, Any], *, with_weights: bool = True) -> ArchitectureIn:
         graph = json.loads(artifacts.read_bytes(artifacts.graph_uri_for(str(last["child_uri"]))))
         return ArchitectureIn(
             arch_id=str(last["arch_id"]),
             graph=graph,
             structure_hash=str(last["structure_hash"]),
-            params=int(last.get("params", 0)),
-            flops=int(last.get("flops", 0)),
-            weights_hash=last.get("weights_hash"),
-            weights_uri=last.get("weights_uri"),
-            weights_sha256=last.get("weights_sha256"),
+            params=int(last.get("child_params", last.get("params", 0))),
+            flops=int(last.get("child_flops", last.get("flops", 0))),
+            weights_hash=last.get("weights_hash") if with_weights else None,
+            weights_uri=last.get("weights_uri") if with_weights else None,
+            weights_sha256=last.get("weights_sha256") if with_weights else None,
         )
 
 

@@ -94,14 +94,11 @@ def _check_morphisms(config: SearchConfig) -> None:
 
 
 def _check_growth(config: SearchConfig) -> None:
-    # Hook for morphsearch.growth inside trials: the trainable would run GrowingTrainer
-    # per epoch and report its growth events for the callback's record_growth. Until
-    # that is wired, refuse rather than silently train without growing.
-    if config.growth.enabled:
+    growth = config.growth
+    if growth.enabled and growth.morphism not in morphisms.list_morphisms():
         raise ConfigError(
-            f"{config.source or 'config'}: field 'growth.enabled': in-training growth inside "
-            "search trials is not available yet; set it to false (growth between trials "
-            "still happens through the morphisms)"
+            f"{config.source or 'config'}: field 'growth.morphism': unknown morphism "
+            f"{growth.morphism!r}; valid morphisms: {', '.join(morphisms.list_morphisms())}"
         )
 
 

@@ -177,6 +177,16 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
     if optim_state is not None:
         optimizer.load_state_dict(optim_state)
     setup_s = time.perf_counter() - started
+    if setup.growth.get("enabled"):
+        base = {
+            "arch_id": arch_id,
+            "child_uri": child_uri,
+            "setup_time_s": setup_s,
+            "first_batch_loss": state["first_batch_loss"],
+            "morphisms": state["morphisms"],
+        }
+        _train_growing(child, data, setup, config, device, base, probe_dev)
+        return
     val = (data.x_val.to(device), data.y_val.to(device))
     saved_at = time.perf_counter()
     for epoch in range(int(state["epoch"]) + 1, setup.epochs + 1):
@@ -218,6 +228,67 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
             saved_at = time.perf_counter()
         else:
             tune.report(metrics)
+
+
+def _train_growing(
+    child: Architecture,
+    data: Dataset,
+    setup: TrialSetup,
+    config: dict[str, Any],
+    device: torch.device,
+    base: dict[str, Any],
+    probe: Batch,
+) -> None:
+    """Train with in-training growth and report once, at the last epoch."""
+    from morphsearch.search.growing import grow_during_trial
+
+    tick = time.perf_counter()
+    outcome = grow_during_trial(
+        child,
+        data,
+        setup.growth,
+        epochs=setup.epochs,
+        batch_size=setup.batch_size,
+        lr=float(config["lr"]),
+        seed=int(config.get("trial_seed", 0)),
+        device=device,
+        base=setup.artifacts_uri,
+        arch_id=base["arch_id"],
+    )
+    final = outcome.arch
+    module = final.to_module(device=device)
+    val_loss, val_acc = _evaluate(module, data.x_val.to(device), data.y_val.to(device))
+    final_id = outcome.events[-1]["arch_id"] if outcome.events else base["arch_id"]
+    ref = artifacts.save_architecture(
+        final, setup.artifacts_uri, final_id.replace("/", "__"), versioned=True
+    )
+    metrics = {
+        "epoch": setup.epochs,
+        "train_loss": outcome.train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "final_loss": _evaluate(module, *probe)[0],
+        "first_batch_loss": base["first_batch_loss"],
+        "params": final.num_params,
+        "flops": final.flops,
+        "arch_id": base["arch_id"],
+        "parent_id": config.get("parent_id"),
+        "node_id": _node_id(),
+        "train_time_s": time.perf_counter() - tick,
+        "setup_time_s": base["setup_time_s"],
+        "morphisms": json.dumps(base["morphisms"]),
+        "child_uri": base["child_uri"],
+        "structure_hash": child.structure_hash,
+        # the trial's child (before growth) is recorded with its own size
+        "child_params": child.num_params,
+        "child_flops": child.flops,
+        "growth_events": json.dumps(outcome.events),
+        "final_arch_id": final_id,
+        "weights_uri": ref.uri,
+        "weights_sha256": ref.sha256,
+        "weights_hash": final.weights_hash,
+    }
+    tune.report(metrics)
 
 
 def _report(

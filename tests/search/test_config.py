@@ -129,10 +129,10 @@ def test_cli_unknown_morphism_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "morphisms.deepen.magic" in err and "valid morphisms" in err
 
 
-def test_growth_inside_trials_is_refused_until_wired(
+def test_unknown_growth_morphism_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(QUICKSTART.read_text() + "growth: {enabled: true}\n")
+    path.write_text(QUICKSTART.read_text() + "growth: {enabled: true, morphism: widen.magic}\n")
     assert main(["search", str(path), "--db", f"sqlite:///{tmp_path}/l.db"]) == 2
-    assert "growth.enabled" in capsys.readouterr().err
+    assert "growth.morphism" in capsys.readouterr().err

@@ -73,3 +73,26 @@ def test_search_on_digits(tmp_path: Path, local_ray: None) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/lineage.optuna.db")
     assert len(study.trials) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_growth_inside_trials(tmp_path: Path, local_ray: None) -> None:
+    base = tiny_config(tmp_path, name="growing", trials=2)
+    growth = {
+        "enabled": True,
+        "trigger": "schedule",
+        "morphism": "widen.random",
+        "k": 2,
+        "max_events": 1,
+    }
+    config = base.model_validate({**base.model_dump(), "growth": growth})
+    run_search(config)
+    with LineageStore(config.database) as store:
+        tree = store.descendants("growing/seed")
+        grown = [n for n in tree if n.kind == "growth"]
+        assert len(grown) == 2  # one growth event in each trial
+        for node in grown:
+            record = store.architecture(node.arch_id)
+            assert record.weights_uri is not None  # the grown network carries the weights
+            assert node.morphisms[0]["name"] == "widen.random"
+            parent = store.architecture(node.parent_id or "")
+            assert record.params > parent.params and parent.weights_uri is None
