@@ -19,9 +19,9 @@ from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.errors import ConfigError, NotFound, SearchError
 from morphsearch.lineage import ArchitectureIn, LineageStore
-from morphsearch.progress import SearchProgress
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
+from morphsearch.search.progress import SearchProgress
 from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
 from morphsearch.search.trainable import TrialSetup, probe_batch, train_child
@@ -244,13 +244,22 @@ def run_search(
     if not ray.is_initialized():
         # the driver's own torch must not fight the trials for the cores
         torch.set_num_threads(1)
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            ignore_reinit_error=True,
-        )
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                ignore_reinit_error=True,
+            )
+        except Exception as exc:
+            # Ray raises bare Exceptions for start-up timeouts; the user needs one line.
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SearchError(
+                f"could not start or reach {where}: {first}; check `ray status`"
+                + (" and the address" if address else ", free memory and CPU load")
+            ) from None
     tuner = _restore(config, name, storage) if resume else _tuner(config, name, storage)
     grid = tuner.fit()
     with LineageStore(config.database, write=True) as store:

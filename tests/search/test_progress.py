@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from morphsearch.progress import ProgressState, SearchProgress, format_duration, use_live
+from morphsearch.search.progress import ProgressState, SearchProgress, format_duration, use_live
 
 
 class FakeClock:
