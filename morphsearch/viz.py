@@ -75,6 +75,11 @@ def _positions(arch: Architecture) -> dict[str, tuple[float, float]]:
     return pos
 
 
+def _short(arch_id: str) -> str:
+    """A label for a plot: the id without its ``search/`` prefix, at most 12 characters."""
+    return arch_id.rsplit("/", 1)[-1][:12]
+
+
 def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
     """Draw ``arch`` top to bottom, one box per layer, coloured by op.
 
@@ -217,7 +222,7 @@ def draw_search_tree(
                    linewidths=2, zorder=4, label=f"best ({highlight})")
     if len(nodes) <= 40:
         for arch_id, (x, y) in pos.items():
-            ax.annotate(arch_id[:14], (x, y), xytext=(0, -11), textcoords="offset points",
+            ax.annotate(_short(arch_id), (x, y), xytext=(0, -11), textcoords="offset points",
                         ha="center", fontsize=6, color="#333333")
     ax.set_title(f"{title}: {len(nodes)} architectures (dashed: growth inside a trial)",
                  fontsize=10)
@@ -265,7 +270,7 @@ def draw_pareto(
         ax.scatter(xs, ys, s=70, c="#d62828", edgecolors="#333333",
                    label=f"Pareto front ({len(front)})", zorder=4)
         for arch_id, x, y in front[:12]:
-            ax.annotate(arch_id[:14], (x, y), xytext=(4, 4), textcoords="offset points",
+            ax.annotate(_short(arch_id), (x, y), xytext=(4, 4), textcoords="offset points",
                         fontsize=7)
     costs = [p[1] for p in points]
     if min(costs) > 0 and max(costs) / min(costs) > 50:  # growth spans decades of size
