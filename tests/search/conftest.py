@@ -40,6 +40,8 @@ def tiny_config(tmp_path: Path, name: str = "tiny", **budget: int) -> SearchConf
 def local_ray() -> Iterator[None]:
     import ray
 
+    if ray.is_initialized():  # a search run by an earlier module leaves its Ray up
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
