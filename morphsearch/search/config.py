@@ -87,6 +87,9 @@ class BudgetConfig(_Frozen):
     max_params: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
     checkpoint_every_s: float = Field(default=10.0, ge=0)
+    # a compute budget: stop the whole search once its trials have spent this many
+    # training FLOPs (the ``train_flops`` metric summed over trials); None: no limit
+    max_train_flops: float | None = Field(default=None, gt=0)
 
 
 class MorphismRange(_Frozen):
@@ -113,10 +116,16 @@ class GrowthConfig(_Frozen):
 
 
 class SelectionConfig(_Frozen):
-    """Parent selection: Optuna picks a rank among the ``pool_size`` best architectures."""
+    """Parent selection: Optuna picks a rank among the ``pool_size`` best architectures.
+
+    ``inherit_weights: false`` re-initialises every child (same graph, fresh weights):
+    the search then explores the same architectures without weight inheritance, which
+    isolates what inheritance is worth (bench/search_efficiency.py).
+    """
 
     pool_size: int = Field(default=4, ge=1)
     lr: tuple[float, float] = (1e-3, 3e-2)
+    inherit_weights: bool = True
 
     @model_validator(mode="after")
     def _lr_ordered(self) -> SelectionConfig:

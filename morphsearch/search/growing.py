@@ -28,6 +28,7 @@ class GrowthOutcome:
     arch: Architecture
     train_loss: float
     events: list[dict[str, Any]]
+    train_flops: int = 0  # training FLOPs of the trial (growth trainer's count)
 
 
 def _trigger(options: dict[str, Any], steps: int) -> Any:
@@ -101,4 +102,6 @@ def grow_during_trial(
         pre = post
     per_epoch = max(1, steps // epochs)
     tail = result.losses[-per_epoch:] or (math.nan,)
-    return GrowthOutcome(result.arch, float(sum(tail) / len(tail)), events)
+    return GrowthOutcome(
+        result.arch, float(sum(tail) / len(tail)), events, int(result.train_flops)
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.tune import Stopper
 
 from morphsearch import artifacts, builders, morphisms
 from morphsearch.arch import Architecture
@@ -26,7 +27,7 @@ from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
 from morphsearch.search.trainable import TrialSetup, probe_batch, train_child
 
-__all__ = ["SearchResult", "build_seed", "run_search"]
+__all__ = ["SearchResult", "TrainFlopsStopper", "build_seed", "run_search"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
         cpus=config.resources.cpus,
         growth=config.growth.model_dump(),
         checkpoint_every_s=config.budget.checkpoint_every_s,
+        inherit_weights=config.selection.inherit_weights,
     )
     info = ParentInfo(seed_arch_id(name), ref.uri, ref.sha256, seed.to_json())
     probe = probe_batch(data, min(32, config.budget.batch_size))
@@ -155,6 +157,26 @@ def _recorded_seed(store: LineageStore, arch_id: str) -> artifacts.ArtifactRef |
     except NotFound:
         return None
     return artifacts.ArtifactRef(record.weights_uri or "", record.weights_sha256 or "")
+
+
+class TrainFlopsStopper(Stopper):
+    """Stops the whole experiment once its trials have spent ``limit`` training FLOPs.
+
+    Each trial reports ``train_flops`` cumulatively; the stopper keeps the latest value
+    per trial and stops every trial when their sum reaches the limit, so the budget is
+    compute, not trial count (trials differ in size by orders of magnitude).
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = float(limit)
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.spent[trial_id] = float(result.get("train_flops", 0.0))
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        return sum(self.spent.values()) >= self.limit
 
 
 def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
@@ -198,10 +220,16 @@ def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
             ),
         ],
         failure_config=tune.FailureConfig(max_failures=config.retries),
+        stop=_stopper(config),
         # num_to_keep would force an experiment snapshot after every epoch's checkpoint
         verbose=0,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _stopper(config: SearchConfig) -> TrainFlopsStopper | None:
+    limit = config.budget.max_train_flops
+    return None if limit is None else TrainFlopsStopper(limit)
 
 
 def _restore(config: SearchConfig, name: str, storage: str) -> Any:

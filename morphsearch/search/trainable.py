@@ -28,8 +28,9 @@ from ray import tune
 from morphsearch import artifacts, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
+from morphsearch.morphisms._registry import PROBE_SIZE
 
-__all__ = ["TrialSetup", "child_arch_id", "train_child"]
+__all__ = ["TrialSetup", "child_arch_id", "morphism_flops", "train_child", "train_epoch_flops"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -48,6 +49,7 @@ class TrialSetup:
     cpus: float
     growth: dict[str, Any]
     checkpoint_every_s: float = 10.0
+    inherit_weights: bool = True
 
 
 def child_arch_id(search: str, trial_id: str) -> str:
@@ -85,19 +87,42 @@ def _evaluate(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tupl
     return loss, acc
 
 
-def _grow_child(config: dict[str, Any], probe: Batch) -> tuple[Architecture, list[dict[str, Any]]]:
+def morphism_flops(name: str, parent: Architecture, child: Architecture, batch: int) -> int:
+    """FLOPs of applying a morphism on a probe batch of ``batch`` samples.
+
+    Every ``apply`` runs parent and child forward on up to ``PROBE_SIZE`` samples (its
+    function-preservation check); a gradient-based morphism (GradMax, splitting) also
+    runs one forward+backward pass (3x forward) of the parent over the batch.
+    """
+    probe = min(batch, PROBE_SIZE)
+    flops = (parent.flops + child.flops) * probe
+    if morphisms.get(name).needs_batch:
+        flops += 3 * parent.flops * batch
+    return int(flops)
+
+
+def _grow_child(
+    config: dict[str, Any], probe: Batch, inherit: bool = True
+) -> tuple[Architecture, list[dict[str, Any]], int]:
+    """The trial's child, its morphism records and the FLOPs spent growing it."""
     parent = artifacts.load_architecture(config["parent_uri"], config.get("parent_sha256"))
+    seed = int(config.get("trial_seed", 0))
     if not config.get("morphism"):
-        return parent, []
+        return parent, [], 0
     result = morphisms.apply(
         config["morphism"],
         parent,
         config["site"],
         batch=probe,
-        seed=int(config.get("trial_seed", 0)),
+        seed=seed,
         **dict(config.get("params") or {}),
     )
-    return result.child, [result.record.to_json()]
+    child = result.child
+    spent = morphism_flops(config["morphism"], parent, child, len(probe[0]))
+    if not inherit:
+        # the same graph, trained from a fresh initialisation: the control for inheritance
+        child = Architecture(child.editable_graph(), seed=seed, dtype=child.dtype)
+    return child, [result.record.to_json()], spent
 
 
 def _restore(checkpoint: tune.Checkpoint) -> tuple[Architecture, dict[str, Any], dict[str, Any]]:
@@ -131,6 +156,11 @@ def _epoch(
     return total / max(seen, 1)
 
 
+def train_epoch_flops(arch: Architecture, data: Dataset) -> int:
+    """Training FLOPs of one epoch: forward + backward = 3x forward FLOPs per sample."""
+    return 3 * int(arch.flops) * len(data.x_train)
+
+
 def _node_id() -> str | None:
     import ray
 
@@ -161,8 +191,13 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
     if checkpoint is not None:
         child, state, optim_state = _restore(checkpoint)
     else:
-        child, records = _grow_child(config, probe)
-        state = {"epoch": 0, "morphisms": records, "first_batch_loss": None}
+        child, records, grow_flops = _grow_child(config, probe, setup.inherit_weights)
+        state = {
+            "epoch": 0,
+            "morphisms": records,
+            "first_batch_loss": None,
+            "train_flops": grow_flops,
+        }
         optim_state = None
     name = arch_id.replace("/", "__")
     child_uri = artifacts.join(setup.artifacts_uri, f"{name}.safetensors")
@@ -184,6 +219,7 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
             "setup_time_s": setup_s,
             "first_batch_loss": state["first_batch_loss"],
             "morphisms": state["morphisms"],
+            "train_flops": state["train_flops"],
         }
         _train_growing(child, data, setup, config, device, base, probe_dev)
         return
@@ -196,6 +232,8 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         val_loss, val_acc = _evaluate(module, *val)
         final_loss = _evaluate(module, *probe_dev)[0]
         state["epoch"] = epoch
+        # forward + backward = 3x forward FLOPs per training sample (evaluation not counted)
+        state["train_flops"] = int(state.get("train_flops", 0)) + train_epoch_flops(child, data)
         trained = child.with_weights_from(module.cpu())
         module.to(device)
         metrics = {
@@ -207,6 +245,7 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
             "first_batch_loss": state["first_batch_loss"],
             "params": child.num_params,
             "flops": child.flops,
+            "train_flops": state["train_flops"],
             "arch_id": arch_id,
             "parent_id": config.get("parent_id"),
             "node_id": _node_id(),
@@ -271,6 +310,7 @@ def _train_growing(
         "first_batch_loss": base["first_batch_loss"],
         "params": final.num_params,
         "flops": final.flops,
+        "train_flops": int(base["train_flops"]) + outcome.train_flops,
         "arch_id": base["arch_id"],
         "parent_id": config.get("parent_id"),
         "node_id": _node_id(),
