@@ -186,27 +186,10 @@ def load_architecture(weights_uri: str, sha256: str | None = None) -> Any:
     Raises:
         WeightsError: missing files, sha256 mismatch, or weights for another structure.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
     from morphsearch.arch import Architecture
+    from morphsearch.arch.io import weights_from_bytes
 
     graph = json.loads(read_bytes(graph_uri_for(weights_uri)))
-    raw = read_bytes(weights_uri, sha256)
-    try:
-        tensors = st_load(raw)
-        header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
-    except (SafetensorError, ValueError) as exc:
-        raise WeightsError(f"{weights_uri}: not a valid safetensors file ({exc})") from None
     arch = Architecture.from_json(graph)
-    saved_for = (header.get("__metadata__") or {}).get("structure_hash")
-    if saved_for and saved_for != arch.structure_hash:
-        raise WeightsError(
-            f"{weights_uri}: weights belong to structure {saved_for[:12]}, not the graph "
-            f"beside them ({arch.structure_hash[:12]}); re-save the architecture"
-        )
-    weights: dict[str, dict[str, Any]] = {}
-    for key, tensor in tensors.items():
-        node, _, pname = key.rpartition(".")
-        weights.setdefault(node, {})[pname] = tensor
+    weights = weights_from_bytes(read_bytes(weights_uri, sha256), arch, where=weights_uri)
     return arch.with_weights(weights)

@@ -33,7 +33,6 @@ __all__ = [
     "metric_values",
     "model_card",
     "objective",
-    "resolve_search",
     "write_report",
 ]
 
@@ -51,25 +50,6 @@ class PathStep:
     params: int
     flops: int
     value: BestResult | None
-
-
-def resolve_search(store: LineageStore, wanted: str | None) -> str:
-    """``wanted`` if it exists, else the only search in the store.
-
-    Raises:
-        NotFound: no such search, no searches, or several and none chosen.
-    """
-    if wanted:
-        return store.search(wanted).name
-    names = [s.name for s in store.searches()]
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise NotFound(f"the lineage database {store.url} has no searches yet; run a search first")
-    raise NotFound(
-        f"the lineage database holds {len(names)} searches ({', '.join(names[:10])}); "
-        "choose one with --search NAME"
-    )
 
 
 def objective(config: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
@@ -92,7 +72,7 @@ def best_arch_id(
     Raises:
         NotFound: no such search, or no value of the metric recorded yet.
     """
-    name = resolve_search(store, search)
+    name = store.resolve_search(search)
     metric, mode = objective(store.search(name).config, metric, mode)
     found = store.best(name, metric, mode, k=1)  # type: ignore[arg-type]
     if not found:
@@ -345,7 +325,7 @@ def write_report(
     if not path.parent.is_dir():
         raise ConfigError(f"--out {path}: folder {path.parent} does not exist; create it first")
     with open_store(db) as store:
-        name = resolve_search(store, search)
+        name = store.resolve_search(search)
         record = store.search(name)
         metric, mode = objective(record.config, metric, mode)
         summary = store.summary(name, metric, mode)  # type: ignore[arg-type]

@@ -89,21 +89,6 @@ def _open(args: argparse.Namespace) -> Any:
     return LineageStore(args.db, write=False)
 
 
-def _search_name(store: Any, wanted: str | None) -> str:
-    from morphsearch.errors import NotFound
-
-    if wanted:
-        return wanted
-    names = [s.name for s in store.searches()]
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise NotFound(f"the lineage database {store.url} has no searches yet")
-    raise NotFound(
-        f"the lineage database holds {len(names)} searches ({', '.join(names[:10])}); choose one with --search NAME"
-    )
-
-
 def _metric(store: Any, search: str, args: argparse.Namespace) -> tuple[str, Any]:
     """``--metric``/``--mode``, else the objective in the search config."""
     from morphsearch.errors import ConfigError
@@ -162,7 +147,7 @@ def _show(args: argparse.Namespace) -> int:
                     f"architecture {record.arch_id}", ["field", "value"], fields.items()
                 ),
             )
-        search = _search_name(store, args.search)
+        search = store.resolve_search(args.search)
         summary = store.summary(search, args.metric, args.mode)
     fields = render.to_jsonable(summary)
     fields["trials_by_status"] = _statuses(summary.trials_by_status)
@@ -220,7 +205,7 @@ def _best(args: argparse.Namespace) -> int:
     from morphsearch.lineage import render
 
     with _open(args) as store:
-        search = _search_name(store, args.search)
+        search = store.resolve_search(args.search)
         metric, mode = _metric(store, search, args)
         results = store.best(search, metric, mode, args.budget, args.top)
     at = f" at budget {args.budget}" if args.budget is not None else ""
@@ -240,7 +225,7 @@ def _pareto(args: argparse.Namespace) -> int:
     from morphsearch.lineage import render
 
     with _open(args) as store:
-        search = _search_name(store, args.search)
+        search = store.resolve_search(args.search)
         metric, mode = _metric(store, search, args)
         front = store.pareto(search, metric, mode, args.cost, args.budget)
         if args.png:
@@ -271,7 +256,7 @@ def _tree(args: argparse.Namespace) -> int:
         if args.arch_id:
             title, roots = f"lineage under {args.arch_id}", [args.arch_id]
         else:
-            search = _search_name(store, args.search)
+            search = store.resolve_search(args.search)
             title, roots = f"lineage of search {search}", store.roots(search)
         nodes = [node for root in roots for node in store.descendants(root, args.max_depth)]
         if args.png:

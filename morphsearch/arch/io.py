@@ -39,6 +39,7 @@ __all__ = [
     "structure_hash",
     "to_json",
     "weights_hash",
+    "weights_from_bytes",
     "weights_path_for",
 ]
 
@@ -189,16 +190,29 @@ def load_weights(path: str | os.PathLike[str], arch: Architecture) -> dict[str, 
     path = Path(path)
     try:
         raw = path.read_bytes()
-        tensors = st_load(raw)
-        metadata = _safetensors_metadata(raw)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such weights file") from None
+    return weights_from_bytes(raw, arch, where=str(path))
+
+
+def weights_from_bytes(raw: bytes, arch: Architecture, *, where: str) -> dict[str, dict[str, Any]]:
+    """Decode safetensors bytes into ``{node: {param: tensor}}`` for ``arch``.
+
+    Args:
+        raw: the file's bytes. where: the file or URI, for error messages.
+
+    Raises:
+        WeightsError: not safetensors, or saved for a different structure.
+    """
+    try:
+        tensors = st_load(raw)
+        metadata = _safetensors_metadata(raw)
     except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{path}: not a valid safetensors file ({exc})") from None
+        raise WeightsError(f"{where}: not a valid safetensors file ({exc})") from None
     saved_for = metadata.get("structure_hash")
     if saved_for and saved_for != arch.structure_hash:
         raise WeightsError(
-            f"{path}: weights were saved for structure {saved_for[:12]}, but the graph is "
+            f"{where}: weights were saved for structure {saved_for[:12]}, but the graph is "
             f"{arch.structure_hash[:12]}; use the weights file written with this graph"
         )
     out: dict[str, dict[str, Any]] = {}

@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from morphsearch.errors import DatabaseError, DatabaseUnreachable
+from morphsearch.errors import DatabaseError, DatabaseUnreachable, NotFound
 from morphsearch.lineage import queries, writes
 from morphsearch.lineage._sql import as_utc
 from morphsearch.lineage.database import Database, resolve_url, sqlite_path
@@ -291,6 +291,24 @@ class LineageStore:
     def search(self, name: str) -> SearchRecord:
         """Search ``name``. Raises NotFound."""
         return self._run(lambda s: queries.search(s, name))
+
+    def resolve_search(self, wanted: str | None) -> str:
+        """``wanted`` if it exists, else the only search in the store.
+
+        Raises:
+            NotFound: no such search, no searches, or several and none chosen.
+        """
+        if wanted:
+            return self.search(wanted).name
+        names = [s.name for s in self.searches()]
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise NotFound(f"the lineage database {self.url} has no searches yet; run a search first")
+        raise NotFound(
+            f"the lineage database holds {len(names)} searches ({', '.join(names[:10])}); "
+            "choose one with --search NAME"
+        )
 
     def summary(
         self, search: str, metric: str | None = None, mode: Mode | None = None
