@@ -31,6 +31,7 @@ from morphsearch.growth.events import EvalRecord, GrowthEvent, TrainResult
 from morphsearch.growth.scores import RoundRobin, Score, Scorer, candidates
 from morphsearch.growth.triggers import ScoreThreshold, Trigger
 from morphsearch.morphisms import Batch, MorphismResult
+from morphsearch.morphisms.optim import transfer_optimizer
 
 __all__ = ["GrowingTrainer", "GrowthConfig", "train"]
 
@@ -295,10 +296,6 @@ class GrowingTrainer:
     def _carry_optimizer(
         self, new_module: torch.nn.Module, parent: Architecture, child: Architecture
     ) -> torch.optim.Optimizer:
-        try:
-            from morphsearch.morphisms.optim import transfer_optimizer
-        except ImportError:  # stand-in until morphisms/optim.py lands: fresh state
-            return self._new_optimizer(new_module)
         return transfer_optimizer(self.optimizer, self.module, new_module, parent, child)
 
 

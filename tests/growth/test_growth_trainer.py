@@ -133,3 +133,24 @@ def test_config_errors_name_the_field() -> None:
         with pytest.raises(ConfigError, match="CUDA is not present"):
             train(builders.mlp([4, 2, 3]), (torch.randn(4, 4), torch.zeros(4, dtype=torch.long)),
                   GrowthConfig(steps=1, device="cuda"))
+
+
+def test_growth_keeps_the_old_units_adam_state() -> None:
+    # After a growth event the optimizer is not restarted: the old units' Adam moments
+    # survive (a fresh Adam would have empty state), the new units' moments are zero.
+    from morphsearch.growth.trainer import GrowingTrainer
+
+    data = load_dataset("digits", seed=0)
+    cfg = GrowthConfig(steps=40, lr=3e-3, batch_size=None, optimizer="adam",
+                       trigger=Schedule(start=30, every=1000), morphisms=("widen.random",),
+                       morphism_params={"widen.random": {"k": 2}})
+    trainer = GrowingTrainer(builders.mlp([64, 8, 10]), data, cfg)
+    result = trainer.run()
+    (event,) = result.events
+    weight = trainer.module.layers.fc1.weight
+    state = trainer.optimizer.state[weight]
+    assert weight.shape[0] == 10
+    assert float(state["step"]) == 40  # one counter per tensor, carried through growth
+    assert event.step == 30
+    # new rows started at zero and have seen only the 10 steps since the growth
+    assert state["exp_avg_sq"][8:].abs().max() < state["exp_avg_sq"][:8].abs().max()
