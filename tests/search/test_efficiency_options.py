@@ -21,7 +21,6 @@ from morphsearch.search.trainable import (
     train_child,
     train_epoch_flops,
 )
-
 from tests.search.conftest import TINY
 
 
