@@ -22,8 +22,8 @@ not counted. At each trial's completion the curve takes the trial with the best
 validation accuracy so far and plots its TEST accuracy (measured here from its saved
 weights), against the cumulative training FLOPs of completed trials and wall time.
 
-    /work/main/.venv/bin/python bench/search_efficiency.py            # full (~25 min)
-    /work/main/.venv/bin/python bench/search_efficiency.py --quick    # 1 seed, small budget
+    /work/main/.venv/bin/python bench/search_efficiency.py            # full (~10 min on 2 cores)
+    /work/main/.venv/bin/python bench/search_efficiency.py --quick    # 1 seed, a quarter of the budget (~3 min)
 """
 
 from __future__ import annotations
