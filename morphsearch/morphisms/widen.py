@@ -278,7 +278,9 @@ def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -
     assert isinstance(weight, torch.Tensor)
     inputs, targets = batch
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # dropout on the path: a fixed mask, for reproducibility
+        # dropout on the path: a fixed mask, for reproducibility (CPU generator only:
+        # torch.manual_seed would also seed every lazy accelerator, ~1 ms a call)
+        torch.default_generator.manual_seed(0)
         loss = batch_loss(module(inputs.to(dtype)), targets)
     (grad,) = torch.autograd.grad(loss, weight)
     return grad[wp.width :].reshape(d_out, -1).detach()
@@ -311,7 +313,7 @@ def _dense_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> to
             lambda _m, _args, out, name=c.node: seen.__setitem__(name, out)))
     inputs, targets = batch
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # as the general path: a fixed dropout mask elsewhere
+        torch.default_generator.manual_seed(0)  # as the general path: fixed dropout masks
         loss = batch_loss(module(inputs.to(arch.dtype)), targets)
     for hook in hooks:
         hook.remove()
