@@ -405,7 +405,7 @@ def load(
         arch_id: load this architecture from the lineage store instead of a path.
 
     Returns:
-        The compiled module (a ``torch.fx.GraphModule``) in eval mode.
+        The compiled module (a :class:`~morphsearch.arch.compile.CompiledArchitecture`) in eval mode.
 
     Raises:
         ExportError, WeightsError, GraphFileError, NotFound: see :func:`load_architecture`.

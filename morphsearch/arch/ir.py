@@ -206,7 +206,7 @@ class Architecture:
     def to_module(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> torch.nn.Module:
-        """Compile to a ``torch.nn.Module`` (a ``torch.fx.GraphModule``) with these weights."""
+        """Compile to a ``torch.nn.Module`` (:class:`~morphsearch.arch.compile.CompiledArchitecture`) with these weights."""
         from morphsearch.arch.compile import compile_module
 
         return compile_module(self, device=device, dtype=dtype)
