@@ -19,12 +19,14 @@ from morphsearch.data import load_dataset
 from morphsearch.growth import GrowthConfig, LossPlateau, TrainResult, train
 
 
-def _config(seed: int, target: float, grow: bool) -> GrowthConfig:
+def _config(
+    seed: int, target: float, grow: bool, morphism: str = "widen.gradmax", max_params: int = 4810
+) -> GrowthConfig:
     return GrowthConfig(
         steps=5000, lr=1e-2, batch_size=64, eval_every=25, target_accuracy=target, seed=seed,
         trigger=LossPlateau(window=50, tol=0.05) if grow else None,
-        morphisms=("widen.random",), morphism_params={"widen.random": {"k": 4}},
-        max_params=2410, min_steps_between=50,
+        morphisms=(morphism,), morphism_params={morphism: {"k": 4}},
+        max_params=max_params, min_steps_between=50,
     )
 
 
@@ -37,13 +39,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=0.96)
+    parser.add_argument("--morphism", default="widen.gradmax", help="how to grow (k=4)")
+    parser.add_argument("--max-params", type=int, default=4810,
+                        help="growth cap (default: the size of the 64:64:10 baseline)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows: dict[str, list[tuple[bool, int, float, int, int]]] = {}
     for seed in args.seeds:
         data = load_dataset("digits", seed=0)
         test = data.split("test")
-        grown = train(builders.mlp([64, 4, 10], seed=seed), data, _config(seed, args.target, True),
+        grown = train(builders.mlp([64, 4, 10], seed=seed), data, _config(seed, args.target, True, args.morphism, args.max_params),
                       eval_data=test)
         scratch = Architecture(grown.arch.editable_graph(), seed=seed)  # fresh initial weights
         runs = {
