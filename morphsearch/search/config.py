@@ -80,10 +80,22 @@ class Objective(_Frozen):
 
 
 class BudgetConfig(_Frozen):
+    """How much the search may spend, and how long each trial trains.
+
+    ``epochs_per_trial`` trains the seed (and, with ``selection.inherit_weights:
+    false``, every re-initialised child). A child that inherits its trained parent's
+    weights only needs fine-tuning: it trains at most ``child_epochs`` (``None``: half of
+    ``epochs_per_trial``, rounded up). Every trial stops early once its first objective
+    (when that is a per-epoch validation metric, else ``val_loss``) has not improved for
+    ``patience`` epochs (``None``: never); its last weights are its result.
+    """
+
     trials: int = Field(default=8, ge=1)
     time_s: float | None = Field(default=None, gt=0)
     max_concurrent: int = Field(default=1, ge=1)
     epochs_per_trial: int = Field(default=3, ge=1)
+    child_epochs: int | None = Field(default=None, ge=1)
+    patience: int | None = Field(default=3, ge=1)
     max_params: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
     checkpoint_every_s: float = Field(default=10.0, ge=0)
@@ -91,17 +103,34 @@ class BudgetConfig(_Frozen):
     # training FLOPs (the ``train_flops`` metric summed over trials); None: no limit
     max_train_flops: float | None = Field(default=None, gt=0)
 
+    @property
+    def epochs_per_child(self) -> int:
+        """Epochs of a child that inherits its parent's weights."""
+        if self.child_epochs is not None:
+            return self.child_epochs
+        return max(1, -(-self.epochs_per_trial // 2))
+
 
 class MorphismRange(_Frozen):
-    """Ranges Optuna draws from for one morphism (``k``: units added, when it takes one)."""
+    """Ranges Optuna draws from for one morphism (``k``: units added, when it takes one).
+
+    ``k_fraction: [low, high]`` makes the amount relative to the site's current width
+    (units or channels): Optuna draws a fraction ``f`` (log scale) and the child gets
+    ``k = max(1, round(f * width))`` units, so ``[0.25, 1.0]`` grows a layer by 25 % to
+    100 % (a doubling) whatever its size, and a few generations reach widths that fixed
+    small steps need many generations (each a training run) for. ``k`` is then unused.
+    """
 
     k: tuple[int, int] = (1, 8)
+    k_fraction: tuple[float, float] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _ordered(self) -> MorphismRange:
         if not 1 <= self.k[0] <= self.k[1]:
             raise ValueError("'k' must be [low, high] with 1 <= low <= high")
+        if self.k_fraction is not None and not 0 < self.k_fraction[0] <= self.k_fraction[1]:
+            raise ValueError("'k_fraction' must be [low, high] with 0 < low <= high")
         return self
 
 
@@ -121,11 +150,17 @@ class SelectionConfig(_Frozen):
     ``inherit_weights: false`` re-initialises every child (same graph, fresh weights):
     the search then explores the same architectures without weight inheritance, which
     isolates what inheritance is worth (bench/search_efficiency.py).
+
+    ``max_children`` spreads the search over the pool: a parent that already has that
+    many children (suggested or recorded) leaves the pool while other trained
+    architectures can take its place, instead of re-growing close relatives of the same
+    best parent (``None``: no limit). When every candidate is used up, all are eligible.
     """
 
     pool_size: int = Field(default=4, ge=1)
     lr: tuple[float, float] = (1e-3, 3e-2)
     inherit_weights: bool = True
+    max_children: int | None = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _lr_ordered(self) -> SelectionConfig:

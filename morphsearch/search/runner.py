@@ -31,6 +31,8 @@ __all__ = ["SearchResult", "TrainFlopsStopper", "build_seed", "run_search"]
 
 log = logging.getLogger(__name__)
 
+EPOCH_METRICS = ("val_accuracy", "val_loss", "train_loss", "final_loss")
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -132,6 +134,10 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
                     ref.sha256,
                 ),
             )
+    # early stopping watches the first objective when it is measured every epoch
+    monitor, monitor_mode = (
+        (config.metric, config.mode) if config.metric in EPOCH_METRICS else ("val_loss", "min")
+    )
     setup = TrialSetup(
         search=name,
         artifacts_uri=art,
@@ -144,6 +150,10 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
         growth=config.growth.model_dump(),
         checkpoint_every_s=config.budget.checkpoint_every_s,
         inherit_weights=config.selection.inherit_weights,
+        child_epochs=config.budget.epochs_per_child,
+        patience=config.budget.patience,
+        monitor=monitor,
+        monitor_mode=monitor_mode,
     )
     info = ParentInfo(seed_arch_id(name), ref.uri, ref.sha256, seed.to_json())
     probe = probe_batch(data, min(32, config.budget.batch_size))

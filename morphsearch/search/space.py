@@ -101,11 +101,19 @@ class MorphismSpace:
                 "site": None,
                 "params": {},
             }
+        # the seed may still be training: its children then start from untrained weights
+        trained = bool(pool)
+        base["fine_tune"] = trained
         pool = pool or [self.seed_info]
         rank = trial.suggest_int("parent_rank", 0, self.config.selection.pool_size - 1)
         name = trial.suggest_categorical("morphism", sorted(self.config.morphisms))
         position = trial.suggest_float("site_position", 0.0, 1.0)
-        k = trial.suggest_int(f"k.{name}", *self.config.morphisms[name].k)
+        spec = self.config.morphisms[name]
+        k: float
+        if spec.k_fraction is not None:  # relative to the site's width, resolved per site
+            k = trial.suggest_float(f"k_fraction.{name}", *spec.k_fraction, log=True)
+        else:
+            k = trial.suggest_int(f"k.{name}", *spec.k)
         start = min(rank, len(pool) - 1)
         ordered_pool = pool[start:] + pool[:start]
         for parent in ordered_pool:
@@ -119,20 +127,36 @@ class MorphismSpace:
         )
 
     def pool(self) -> list[ParentInfo]:
-        """The best trained architectures (with weights), best first."""
+        """The best trained architectures (with weights), best first.
+
+        Parents that already have ``selection.max_children`` children are left out
+        while enough others are available, so the search spreads over the pool.
+        """
         k = self.config.selection.pool_size
+        limit = self.config.selection.max_children
         found = self.store.best(self.search, self.config.metric, self.config.mode, k=4 * k)
-        out: list[ParentInfo] = []
+        fresh: list[ParentInfo] = []
+        used: list[ParentInfo] = []
         for result in found:
             record = self.store.architecture(result.arch_id)
             if record.weights_uri is None:  # stopped early: nothing to inherit
                 continue
-            out.append(
-                ParentInfo(record.arch_id, record.weights_uri, record.weights_sha256, record.graph)
+            info = ParentInfo(
+                record.arch_id, record.weights_uri, record.weights_sha256, record.graph
             )
-            if len(out) == k:
+            if limit is not None and self.children(record.arch_id) >= limit:
+                used.append(info)
+            else:
+                fresh.append(info)
+            if len(fresh) == k:
                 break
-        return out
+        # all exhausted (or too few fresh ones): the best used-up parents fill the pool
+        return fresh + used[: k - len(fresh)]
+
+    def children(self, parent_id: str) -> int:
+        """How many distinct children ``parent_id`` has: suggested here or in lineage."""
+        mine = {key for key in self.suggested if key[0] == parent_id}
+        return len(mine | self._grown_from(parent_id))
 
     @staticmethod
     def _parent_fields(parent: ParentInfo) -> dict[str, Any]:
@@ -143,7 +167,7 @@ class MorphismSpace:
         }
 
     def _resolve(
-        self, parent: ParentInfo, name: str, position: float, k: int
+        self, parent: ParentInfo, name: str, position: float, k: float
     ) -> dict[str, Any] | None:
         arch = Architecture.from_json(parent.graph)
         grown = self._grown_from(parent.arch_id)
@@ -169,15 +193,23 @@ class MorphismSpace:
         return None
 
     def _candidates(
-        self, arch: Architecture, name: str, position: float, k: int
+        self, arch: Architecture, name: str, position: float, k: float
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """The chosen (morphism, site, k) first, then its other sites, then other morphisms."""
+        """The chosen (morphism, site, k) first, then its other sites, then other morphisms.
+
+        ``k`` is a unit count, or a fraction of the site's width for a morphism with
+        ``k_fraction``; smaller amounts are the fallbacks (a child over ``max_params``).
+        """
         names = [name] + [n for n in sorted(self.config.morphisms) if n != name]
         for morphism in names:
             spec = self.config.morphisms[morphism]
             takes_k = "k" in morphisms.get(morphism).param_defaults()
-            amounts = [k] if morphism == name else [spec.k[0]]
-            if takes_k:
+            amounts: list[float]
+            if spec.k_fraction is not None:
+                top = k if morphism == name else spec.k_fraction[0]
+                amounts = [top / 2**i for i in range(6)]
+            else:
+                amounts = [k] if morphism == name else [spec.k[0]]
                 amounts += [a for a in range(spec.k[0], spec.k[1] + 1) if a not in amounts]
             places = morphisms.sites(morphism, arch)
             if not places:
@@ -185,10 +217,11 @@ class MorphismSpace:
             first = min(int(position * len(places)), len(places) - 1)
             for amount in amounts if takes_k else [None]:
                 for i in range(len(places)):
+                    site = places[(first + i) % len(places)]
                     params = dict(spec.params)
                     if amount is not None:
-                        params["k"] = amount
-                    yield morphism, places[(first + i) % len(places)], params
+                        params["k"] = _units(arch, site, amount, spec.k_fraction is not None)
+                    yield morphism, site, params
 
     def _grown_from(self, parent_id: str) -> set[tuple[str, str]]:
         """(parent, structure hash) of the children lineage already holds for ``parent_id``."""
@@ -196,3 +229,11 @@ class MorphismSpace:
         for node in self.store.descendants(parent_id, max_depth=1)[1:]:
             out.add((parent_id, self.store.architecture(node.arch_id).structure_hash))
         return out
+
+
+def _units(arch: Architecture, site: str, amount: float, relative: bool) -> int:
+    """Units to add at ``site``: ``amount`` itself, or that fraction of the site's width."""
+    if not relative:
+        return int(amount)
+    width = int(arch.shape(site)[0]) if arch.shape(site) else 1
+    return max(1, round(amount * width))

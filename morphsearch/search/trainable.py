@@ -50,6 +50,24 @@ class TrialSetup:
     growth: dict[str, Any]
     checkpoint_every_s: float = 10.0
     inherit_weights: bool = True
+    # epochs of a child that inherits a trained parent (None: ``epochs``, as the seed)
+    child_epochs: int | None = None
+    # stop once ``monitor`` has not improved for this many epochs (None: never)
+    patience: int | None = None
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+
+    def epochs_for(self, config: dict[str, Any]) -> int:
+        """The trial's epoch budget: fine-tuning for an inheriting child, else full.
+
+        A child fine-tunes when it has a morphism, inherits weights and its parent was
+        trained (``fine_tune``, set by the space; a child of the seed suggested while
+        the seed still trains starts from untrained weights and trains fully).
+        """
+        fine_tune = config.get("morphism") and config.get("fine_tune", True)
+        if fine_tune and self.inherit_weights and self.child_epochs:
+            return self.child_epochs
+        return self.epochs
 
 
 def child_arch_id(search: str, trial_id: str) -> str:
@@ -225,7 +243,8 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         return
     val = (data.x_val.to(device), data.y_val.to(device))
     saved_at = time.perf_counter()
-    for epoch in range(int(state["epoch"]) + 1, setup.epochs + 1):
+    epochs = setup.epochs_for(config)
+    for epoch in range(int(state["epoch"]) + 1, epochs + 1):
         tick = time.perf_counter()
         generator = torch.Generator().manual_seed(int(config.get("trial_seed", 0)) * 1009 + epoch)
         train_loss = _epoch(module, optimizer, data, setup.batch_size, generator, device)
@@ -255,18 +274,42 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
             "child_uri": child_uri,
             "structure_hash": child.structure_hash,
         }
-        if epoch == setup.epochs:
+        stalled = _stalled(state, metrics, setup)
+        last = epoch == epochs or stalled
+        if last:
             ref = artifacts.save_architecture(trained, setup.artifacts_uri, name, versioned=True)
             metrics.update(
                 weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
             )
-        last = epoch == setup.epochs
+            metrics["stopped_early"] = stalled and epoch < epochs
         if last or time.perf_counter() - saved_at >= setup.checkpoint_every_s:
             # checkpoints cost a save and a copy to storage: not after every short epoch
             _report(metrics, trained, state, optimizer)
             saved_at = time.perf_counter()
         else:
             tune.report(metrics)
+        if last:
+            return
+
+
+def _stalled(state: dict[str, Any], metrics: dict[str, Any], setup: TrialSetup) -> bool:
+    """Early stopping: True once ``setup.monitor`` went ``patience`` epochs without a gain.
+
+    The best value and the count of stale epochs live in ``state`` (the checkpoint), so
+    a restored trial keeps counting where it left off.
+    """
+    if setup.patience is None:
+        return False
+    value = metrics.get(setup.monitor)
+    if not isinstance(value, (int, float)) or math.isnan(float(value)):
+        return False
+    best = state.get("best_monitor")
+    better = best is None or (value > best if setup.monitor_mode == "max" else value < best)
+    if better:
+        state["best_monitor"], state["stale"] = float(value), 0
+    else:
+        state["stale"] = int(state.get("stale", 0)) + 1
+    return int(state.get("stale", 0)) >= setup.patience
 
 
 def _train_growing(
@@ -286,7 +329,7 @@ def _train_growing(
         child,
         data,
         setup.growth,
-        epochs=setup.epochs,
+        epochs=setup.epochs_for(config),
         batch_size=setup.batch_size,
         lr=float(config["lr"]),
         seed=int(config.get("trial_seed", 0)),
@@ -302,7 +345,7 @@ def _train_growing(
         final, setup.artifacts_uri, final_id.replace("/", "__"), versioned=True
     )
     metrics = {
-        "epoch": setup.epochs,
+        "epoch": setup.epochs_for(config),
         "train_loss": outcome.train_loss,
         "val_loss": val_loss,
         "val_accuracy": val_acc,

@@ -120,3 +120,171 @@ def test_train_flops_stopper_sums_the_latest_value_per_trial() -> None:
     assert not stopper("b", {"train_flops": 30})
     assert stopper("b", {"train_flops": 40})
     assert stopper.stop_all()
+
+
+# ----------------------------------------------------------------- search efficiency defaults
+
+
+def test_efficiency_defaults_and_validation(tmp_path: Path) -> None:
+    config = SearchConfig.model_validate(TINY)
+    assert config.budget.child_epochs is None and config.budget.patience == 3
+    assert config.selection.max_children == 3
+    assert all(r.k_fraction is None for r in config.morphisms.values())
+    # children of a trained parent fine-tune for half the seed's epochs, rounded up
+    for epochs, child in ((1, 1), (2, 1), (3, 2), (10, 5)):
+        budget = config.budget.model_copy(update={"epochs_per_trial": epochs})
+        assert budget.epochs_per_child == child
+    explicit = config.budget.model_copy(update={"child_epochs": 7})
+    assert explicit.epochs_per_child == 7
+    path = tmp_path / "x.yaml"
+    head = "seed_graph: {builder: mlp}\ndataset: {name: digits}\n"
+    path.write_text(head + "morphisms: {widen.split: {k_fraction: [0.25, 1.0]}}\n")
+    assert load_config(path).morphisms["widen.split"].k_fraction == (0.25, 1.0)
+    for bad, field in (
+        ("morphisms: {widen.split: {k_fraction: [0.5, 0.25]}}", "k_fraction"),
+        ("morphisms: {widen.split: {k_fraction: [0, 1]}}", "k_fraction"),
+        ("budget: {child_epochs: 0}", "child_epochs"),
+        ("budget: {patience: 0}", "patience"),
+        ("selection: {max_children: 0}", "max_children"),
+    ):
+        path.write_text(head + bad + "\n")
+        with pytest.raises(ConfigError, match=field):
+            load_config(path)
+    path.write_text(head + "budget: {patience: null}\nselection: {max_children: null}\n")
+    loaded = load_config(path)
+    assert loaded.budget.patience is None and loaded.selection.max_children is None
+
+
+def _run_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any], **setup: Any
+) -> list[dict[str, Any]]:
+    reports: list[dict[str, Any]] = []
+
+    class Context:
+        def get_trial_id(self) -> str:
+            return "t0"
+
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trainable.tune, "get_context", lambda: Context())
+    monkeypatch.setattr(trainable.tune, "report", lambda metrics, **_: reports.append(metrics))
+    fields: dict[str, Any] = {
+        "search": "s",
+        "artifacts_uri": str(tmp_path / "art"),
+        "dataset": "digits",
+        "dataset_options": (),
+        "data_seed": 0,
+        "epochs": 4,
+        "batch_size": 64,
+        "cpus": 1,
+        "growth": {},
+        "checkpoint_every_s": 1e9,
+        **setup,
+    }
+    train_child(config, TrialSetup(**fields))
+    return reports
+
+
+@pytest.mark.parametrize(
+    ("change", "setup", "epochs"),
+    [
+        ({}, {"child_epochs": 2}, 2),  # inheriting child of a trained parent: fine-tunes
+        ({"fine_tune": True}, {"child_epochs": 2}, 2),
+        ({"fine_tune": False}, {"child_epochs": 2}, 4),  # parent (the seed) not trained yet
+        ({"morphism": None}, {"child_epochs": 2}, 4),  # the seed itself trains fully
+        ({}, {"child_epochs": 2, "inherit_weights": False}, 4),  # re-initialised child
+        ({}, {}, 4),  # no child budget: as before
+    ],
+)
+def test_child_epochs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, Any],
+    setup: dict[str, Any],
+    epochs: int,
+) -> None:
+    config = {**_parent_config(tmp_path, "widen.split"), **change}
+    reports = _run_trial(tmp_path, monkeypatch, config, **setup)
+    assert [r["epoch"] for r in reports] == list(range(1, epochs + 1))
+    assert "weights_uri" in reports[-1] and reports[-1]["stopped_early"] is False
+
+
+def test_patience_stops_a_stalled_trial_with_its_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lr 0: the validation loss never improves after the first epoch
+    config = {**_parent_config(tmp_path, "widen.split"), "lr": 0.0}
+    reports = _run_trial(tmp_path, monkeypatch, config, epochs=10, patience=2)
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert reports[-1]["stopped_early"] is True
+    assert "weights_uri" in reports[-1] and "weights_uri" not in reports[-2]
+    assert artifacts.load_architecture(reports[-1]["weights_uri"]).num_params > 0
+
+
+def test_stalled_counts_epochs_without_gain() -> None:
+    setup = TrialSetup("s", "x", "digits", (), 0, 5, 64, 1, {}, patience=2,
+                       monitor="val_accuracy", monitor_mode="max")
+    state: dict[str, Any] = {}
+    seen = [
+        trainable._stalled(state, {"val_accuracy": v}, setup)
+        for v in (0.5, 0.6, 0.6, 0.7, 0.65, 0.7)
+    ]
+    assert seen == [False, False, False, False, False, True]
+    assert state["best_monitor"] == 0.7
+    off = TrialSetup("s", "x", "digits", (), 0, 5, 64, 1, {})
+    assert not any(trainable._stalled({}, {"val_loss": 1.0}, off) for _ in range(5))
+
+
+def _space(tmp_path: Path, **morphisms_: Any) -> Any:
+    from morphsearch.search.space import MorphismSpace, ParentInfo
+
+    data = {**TINY, "morphisms": morphisms_ or TINY["morphisms"]}
+    config = SearchConfig.model_validate(data)
+    digits = load_dataset("digits", seed=0)
+    seed = builders.mlp([64, 16, 10], activation="tanh", seed=0)
+    info = ParentInfo("s/seed", "unused", None, seed.to_json())
+    probe = (digits.x_train[:32], digits.y_train[:32])
+    return MorphismSpace(config, "s", f"sqlite:///{tmp_path}/x.db", probe, info), seed
+
+
+def test_k_fraction_is_relative_to_the_site_width(tmp_path: Path) -> None:
+    space, seed = _space(tmp_path, **{"widen.split": {"k_fraction": [0.25, 1.0]}})
+    first = next(space._candidates(seed, "widen.split", 0.0, 0.5))
+    assert first == ("widen.split", "fc1", {"k": 8})  # half of 16 units
+    amounts = [p["k"] for _, _, p in space._candidates(seed, "widen.split", 0.0, 1.0)]
+    assert amounts == [16, 8, 4, 2, 1, 1]  # fallbacks halve (a child over max_params)
+    wide = builders.mlp([64, 200, 10], activation="tanh", seed=0)
+    assert next(space._candidates(wide, "widen.split", 0.0, 0.25))[2] == {"k": 50}
+    # absolute k as before when k_fraction is not given
+    plain, _ = _space(tmp_path, **{"widen.split": {"k": [2, 4]}})
+    assert [p["k"] for *_, p in plain._candidates(seed, "widen.split", 0.0, 3)] == [3, 2, 4]
+
+
+def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    space, seed = _space(tmp_path)
+    graph = seed.to_json()
+
+    class Store:
+        def best(self, *args: Any, **kwargs: Any) -> list[Any]:
+            return [SimpleNamespace(arch_id=a) for a in ("a", "b", "c", "d")]
+
+        def architecture(self, arch_id: str) -> Any:
+            return SimpleNamespace(
+                arch_id=arch_id, weights_uri=f"{arch_id}.st", weights_sha256=None, graph=graph,
+                structure_hash="h",
+            )
+
+        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
+            return [SimpleNamespace(arch_id=arch_id)]  # no recorded children
+
+    space._store = Store()
+    assert [p.arch_id for p in space.pool()] == ["a", "b"]  # TINY: pool_size 2
+    space.suggested |= {("a", "1"), ("a", "2"), ("a", "3"), ("b", "1")}
+    assert space.children("a") == 3 and space.children("b") == 1
+    assert [p.arch_id for p in space.pool()] == ["b", "c"]  # "a" has 3 children
+    space.suggested |= {(p, str(i)) for p in "bcd" for i in range(3)}
+    assert [p.arch_id for p in space.pool()] == ["a", "b"]  # all used up: best ones again
+    unlimited = space.config.selection.model_copy(update={"max_children": None})
+    space.config = space.config.model_copy(update={"selection": unlimited})
+    assert [p.arch_id for p in space.pool()] == ["a", "b"]
