@@ -1,12 +1,15 @@
 """Search efficiency: growing with morphisms vs architecture search from scratch (issue 8).
 
-Four methods, one Ray Tune harness (same trainable ``train_child``, same epochs, Adam with
-an Optuna-chosen lr from the same range, batch size, resources, concurrency and the same
-compute budget: ``budget.max_train_flops`` training FLOPs and a trial cap), on digits and
-MNIST-1D, several seeds each:
+Four methods, one Ray Tune harness (same trainable ``train_child``, same epochs for a
+network trained from scratch, the same early stopping (3 epochs without a validation
+gain), Adam with an Optuna-chosen lr from the same range, batch size, resources,
+concurrency and the same compute budget: ``budget.max_train_flops`` training FLOPs and a
+trial cap), on digits and MNIST-1D, several seeds each:
 
 - ``morphsearch``: ``run_search`` with GradMax, Net2Wider split, splitting steepest
-  descent, identity and skip deepening, children inherit their parent's weights;
+  descent, identity and skip deepening, children inherit their parent's weights and
+  fine-tune for ``budget.child_epochs``; widening adds 25-100 % of the layer's width
+  (``k_fraction``); a parent leaves the pool after 3 children (``max_children``);
 - ``morphsearch, no inheritance``: the same search with ``selection.inherit_weights:
   false`` (every child re-initialised), isolating the value of inheritance;
 - ``scratch TPE``: Optuna TPE over MLP depth and widths (``OptunaSearch`` in Tune),
@@ -58,14 +61,16 @@ class Task:
 
     dataset: str
     batch_size: int
-    epochs: int
-    child_epochs: int  # morphsearch children (inheritance carries training forward)
+    epochs: int  # scratch trials and morphsearch's seed (and re-initialised children)
+    child_epochs: int  # morphsearch children that inherit: fine-tuning (the default: half)
     max_train_flops: float
     trials: int
     seed_hidden: tuple[int, ...]
     max_depth: int = 3
     widths: tuple[int, int] = (16, 256)
-    widen_k: tuple[int, int] = (4, 32)  # units a widening morphism adds per child
+    # units a widening morphism adds per child, as a fraction of the layer's width
+    widen_fraction: tuple[float, float] = (0.25, 1.0)
+    patience: int = 3  # every trial of every method stops after 3 epochs without a gain
     lr: tuple[float, float] = (1e-3, 3e-2)
 
     def max_params(self, data: Dataset) -> int:
@@ -77,8 +82,8 @@ class Task:
 
 TASKS = {
     "digits": Task("digits", 64, 10, 5, 30e9, 40, (16,)),
-    # MNIST-1D needs wider networks than digits: a wider seed and larger widening steps
-    "mnist1d": Task("mnist1d", 128, 20, 10, 120e9, 40, (64,), widen_k=(8, 64)),
+    # MNIST-1D needs wider networks than digits: a wider seed
+    "mnist1d": Task("mnist1d", 128, 20, 10, 120e9, 40, (64,)),
 }
 
 
@@ -185,6 +190,10 @@ def run_scratch(task: Task, seed: int, sampler: str, root: Path, name: str) -> f
         batch_size=task.batch_size,
         cpus=1.0,
         growth={},
+        # the same early stopping as morphsearch's trials (budget.patience, first objective)
+        patience=task.patience,
+        monitor="val_accuracy",
+        monitor_mode="max",
     )
     # the same TPE settings as morphsearch's searcher (searcher.make_searcher)
     chosen = (
@@ -237,19 +246,26 @@ def run_grow(task: Task, seed: int, inherit: bool, root: Path, name: str, data: 
             "budget": {
                 "trials": task.trials,
                 "max_concurrent": 2,
-                "epochs_per_trial": task.child_epochs,
+                "epochs_per_trial": task.epochs,
+                "child_epochs": task.child_epochs,
+                "patience": task.patience,
                 "batch_size": task.batch_size,
                 "max_params": task.max_params(data),
                 "max_train_flops": task.max_train_flops,
             },
             "morphisms": {
-                "widen.gradmax": {"k": list(task.widen_k)},
-                "widen.split": {"k": list(task.widen_k)},
-                "split.steepest": {"k": [2, 16]},
+                "widen.gradmax": {"k_fraction": list(task.widen_fraction)},
+                "widen.split": {"k_fraction": list(task.widen_fraction)},
+                "split.steepest": {"k_fraction": list(task.widen_fraction)},
                 "deepen.identity": {},
                 "deepen.skip": {},
             },
-            "selection": {"pool_size": 3, "lr": list(task.lr), "inherit_weights": inherit},
+            "selection": {
+                "pool_size": 3,
+                "lr": list(task.lr),
+                "inherit_weights": inherit,
+                "max_children": 3,
+            },
             "resources": {"cpus": 1},
             "storage": str(root),
             "database": f"sqlite:///{root}/{name}.db",
