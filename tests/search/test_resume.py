@@ -26,7 +26,8 @@ def _write_config(tmp_path: Path) -> Path:
         "name": "resumable",
         "database": f"sqlite:///{tmp_path}/lineage.db",
         "storage": str(tmp_path / "runs"),
-        "budget": {**TINY["budget"], "trials": 4, "epochs_per_trial": 2},
+        # every trial trains 2 epochs (children too), so each one's epochs can be counted
+        "budget": {**TINY["budget"], "trials": 4, "epochs_per_trial": 2, "child_epochs": 2},
     }
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(data))
