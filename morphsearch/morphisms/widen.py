@@ -82,8 +82,18 @@ def _mean_incoming_norm(arch: Architecture, site: str) -> float:
     return float(weight.reshape(weight.shape[0], -1).norm(dim=1).mean())
 
 
+class _Widening(Morphism):
+    """Shared by the widening morphisms: the sites are the layers :func:`widen_path` accepts."""
+
+    def sites(self, arch: Architecture) -> list[str]:
+        return widen_sites(arch)
+
+    def why_not(self, arch: Architecture, site: str) -> str | None:
+        return why_not_widen(arch, site)
+
+
 @register
-class RandomWiden(Morphism):
+class RandomWiden(_Widening):
     """Add ``k`` units with one side zero and the other random (exactly preserving).
 
     Params:
@@ -97,12 +107,6 @@ class RandomWiden(Morphism):
 
     name = "widen.random"
     description = "append k units, zero on one side and random on the other"
-
-    def sites(self, arch: Architecture) -> list[str]:
-        return widen_sites(arch)
-
-    def why_not(self, arch: Architecture, site: str) -> str | None:
-        return why_not_widen(arch, site)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
@@ -147,7 +151,7 @@ def _random_directions(
 
 
 @register
-class SplitWiden(Morphism):
+class SplitWiden(_Widening):
     """Net2Wider: duplicate existing units and share their outgoing weights.
 
     Params:
@@ -161,12 +165,6 @@ class SplitWiden(Morphism):
 
     name = "widen.split"
     description = "Net2Wider: duplicate units, divide their outgoing weights"
-
-    def sites(self, arch: Architecture) -> list[str]:
-        return widen_sites(arch)
-
-    def why_not(self, arch: Architecture, site: str) -> str | None:
-        return why_not_widen(arch, site)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
@@ -332,7 +330,7 @@ def gradmax_singular_values(arch: Architecture, site: str, batch: Batch) -> torc
 
 
 @register
-class GradMaxWiden(Morphism):
+class GradMaxWiden(_Widening):
     """GradMax (Evci et al., 2022): zero incoming weights, outgoing weights along the
     top-``k`` left singular vectors of :func:`gradmax_matrix`, which maximises the
     gradient norm of the new incoming weights (eq. 11). Exactly preserving.
@@ -346,12 +344,6 @@ class GradMaxWiden(Morphism):
     name = "widen.gradmax"
     needs_batch = True
     description = "GradMax: zero incoming, outgoing = top singular vectors of dL/dz h^T"
-
-    def sites(self, arch: Architecture) -> list[str]:
-        return widen_sites(arch)
-
-    def why_not(self, arch: Architecture, site: str) -> str | None:
-        return why_not_widen(arch, site)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
