@@ -103,6 +103,10 @@ def main() -> None:
                 "trials": args.trials,
                 "max_concurrent": args.concurrent,
                 "epochs_per_trial": epochs,
+                # every trial trains its full ~5 s: no early stopping, children train as
+                # long as the seed (the defaults would shorten trials and inflate the ratio)
+                "child_epochs": epochs,
+                "patience": None,
                 "batch_size": args.batch_size,
             },
             "morphisms": {"widen.random": {"k": [1, 8]}, "widen.split": {"k": [1, 8]}},

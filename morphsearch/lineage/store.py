@@ -239,6 +239,33 @@ class LineageStore:
             lambda s: writes.add_metrics(s, trial_id, budget, values, arch_id), write=True
         )
 
+    def record_metrics_many(
+        self,
+        trial_id: str,
+        reports: Sequence[tuple[int, Mapping[str, float]]],
+        *,
+        arch_id: str | None = None,
+    ) -> int:
+        """Record several ``(budget, values)`` reports of one trial in ONE transaction.
+
+        The search callback buffers a trial's per-epoch metrics until the trial's
+        architecture is known; writing them together costs one commit instead of one per
+        epoch (a commit is most of a small write's cost on SQLite).
+
+        Returns:
+            How many values were stored.
+
+        Raises:
+            NotFound: no such trial or architecture.
+        """
+        return self._run(
+            lambda s: sum(
+                writes.add_metrics(s, trial_id, budget, values, arch_id)
+                for budget, values in reports
+            ),
+            write=True,
+        )
+
     def record_growth(
         self,
         trial_id: str,

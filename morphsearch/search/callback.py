@@ -135,8 +135,7 @@ class LineageCallback(Callback):
         for i, event in enumerate(grown):
             self._record_growth(trial_id, event, last if i == len(grown) - 1 else None)
         measured = last.get("final_arch_id") if grown else None
-        for budget, values in self._pending.pop(trial_id, []):
-            self.store.record_metrics(trial_id, budget, values, arch_id=measured)
+        self.store.record_metrics_many(trial_id, self._pending.pop(trial_id, []), arch_id=measured)
         return True
 
     def _record_growth(

@@ -209,6 +209,17 @@ def test_nan_metrics_are_skipped_and_inf_kept(store: LineageStore) -> None:
     assert store.best("alpha", "loss")[0].value == math.inf
 
 
+def test_metrics_of_many_epochs_in_one_write_are_all_there(store: LineageStore) -> None:
+    reports = [(epoch, {"val_acc": 0.5 + epoch / 100, "loss": 1.0 / epoch}) for epoch in range(1, 8)]
+    assert store.record_metrics_many("t1", reports) == 14
+    stored = {(m.budget, m.name): m.value for m in store.metrics("t1")}
+    assert stored[(7, "val_acc")] == pytest.approx(0.57) and stored[(3, "loss")] == pytest.approx(1 / 3)
+    assert store.record_metrics_many("t1", reports) == 14  # idempotent: replaced, not added
+    assert len([m for m in store.metrics("t1") if m.budget in range(1, 8)]) == 14
+    with pytest.raises(NotFound):
+        store.record_metrics_many("no-such-trial", reports)
+
+
 def test_read_only_store_refuses_writes(module_db_url: str, built: LineageStore) -> None:
     with open_store(module_db_url) as reader:
         assert [n.arch_id for n in reader.ancestors("C")] == ["C", "A", "S"]
