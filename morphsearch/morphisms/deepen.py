@@ -193,8 +193,20 @@ def _checked_site(parent: Architecture, site: str) -> tuple[int, ...]:
 # --------------------------------------------------------------- operators
 
 
+class _Deepening(Morphism):
+    """Shared by the deepening morphisms: the sites are hidden activation nodes."""
+
+    def sites(self, arch: Architecture) -> list[str]:
+        return deepen_sites(arch)
+
+    def why_not(self, arch: Architecture, site: str) -> str | None:
+        if site in deepen_sites(arch):
+            return None
+        return f"{site!r} is {arch.op(site)}; new depth goes after a hidden activation node"
+
+
 @register
-class DeepenIdentity(Morphism):
+class DeepenIdentity(_Deepening):
     """Insert an identity-initialised layer (and the site's activation if idempotent)."""
 
     name = "deepen.identity"
@@ -204,9 +216,6 @@ class DeepenIdentity(Morphism):
         "insert a linear/conv layer initialised to the identity after a hidden activation "
         "(followed by the activation when it is idempotent, e.g. relu)"
     )
-
-    def sites(self, arch: Architecture) -> list[str]:
-        return deepen_sites(arch)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
@@ -248,7 +257,7 @@ class DeepenIdentity(Morphism):
 
 
 @register
-class DeepenSkip(Morphism):
+class DeepenSkip(_Deepening):
     """Insert a residual branch whose last layer is zero, joined to the site by ``add``."""
 
     name = "deepen.skip"
@@ -258,9 +267,6 @@ class DeepenSkip(Morphism):
         "insert a residual branch (1 or 2 layers, last one zero) after a hidden activation, "
         "joined by add"
     )
-
-    def sites(self, arch: Architecture) -> list[str]:
-        return deepen_sites(arch)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
