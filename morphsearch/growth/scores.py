@@ -20,9 +20,9 @@ compares the best value with its threshold.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -116,8 +116,31 @@ class Scorer(abc.ABC):
         return type(self).__name__
 
 
+T = TypeVar("T")
+
+
 def _ranked(scores: list[Score]) -> list[Score]:
     return sorted(scores, key=lambda s: -s.value)
+
+
+def _per_width_site(
+    candidates: Sequence[Candidate], compute: Callable[[str], T]
+) -> list[tuple[Candidate, T]]:
+    """``compute(site)`` once per site of the width candidates; sites it refuses are skipped."""
+    by_site: dict[str, T | None] = {}
+    out = []
+    for cand in candidates:
+        if growth_kind(cand.morphism) != "width":
+            continue
+        if cand.site not in by_site:
+            try:
+                by_site[cand.site] = compute(cand.site)
+            except MorphismNotApplicable:
+                by_site[cand.site] = None
+        value = by_site[cand.site]
+        if value is not None:
+            out.append((cand, value))
+    return out
 
 
 @dataclass
@@ -131,20 +154,14 @@ class GradMaxScore(Scorer):
     ) -> list[Score]:
         from morphsearch.morphisms.widen import gradmax_singular_values
 
-        by_site: dict[str, torch.Tensor] = {}
-        out = []
-        for cand in candidates:
-            if growth_kind(cand.morphism) != "width":
-                continue
-            if cand.site not in by_site:
-                try:
-                    values = torch.as_tensor(gradmax_singular_values(arch, cand.site, batch))
-                except MorphismNotApplicable:
-                    continue
-                by_site[cand.site] = values.flatten().sort(descending=True).values
-            top = by_site[cand.site][: self.k]
-            out.append(Score(cand, float(top.sum()), {"sigma_1": float(top[0])}))
-        return _ranked(out)
+        def top(site: str) -> torch.Tensor:
+            values = torch.as_tensor(gradmax_singular_values(arch, site, batch))
+            return values.flatten().sort(descending=True).values[: self.k]
+
+        return _ranked([
+            Score(cand, float(values.sum()), {"sigma_1": float(values[0])})
+            for cand, values in _per_width_site(candidates, top)
+        ])
 
 
 @dataclass
@@ -156,20 +173,13 @@ class SplittingScore(Scorer):
     ) -> list[Score]:
         from morphsearch.morphisms.splitting import splitting_eigenvalues
 
-        by_site: dict[str, float] = {}
-        out = []
-        for cand in candidates:
-            if growth_kind(cand.morphism) != "width":
-                continue
-            if cand.site not in by_site:
-                try:
-                    values, _vectors = splitting_eigenvalues(arch, cand.site, batch)
-                except MorphismNotApplicable:
-                    continue
-                by_site[cand.site] = float(values.min())
-            lam = by_site[cand.site]
-            out.append(Score(cand, -lam, {"min_eigenvalue": lam}))
-        return _ranked(out)
+        def smallest(site: str) -> float:
+            return float(splitting_eigenvalues(arch, site, batch)[0].min())
+
+        return _ranked([
+            Score(cand, -lam, {"min_eigenvalue": lam})
+            for cand, lam in _per_width_site(candidates, smallest)
+        ])
 
 
 @dataclass
