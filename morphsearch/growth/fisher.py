@@ -26,7 +26,7 @@ from torch.func import functional_call, grad, vmap
 
 from morphsearch.arch import Architecture
 from morphsearch.errors import ConfigError
-from morphsearch.growth._loss import per_sample_loss
+from morphsearch.losses import per_sample_loss
 from morphsearch.morphisms import Batch
 
 __all__ = ["natural_expansion_eta"]

@@ -26,10 +26,10 @@ from morphsearch import morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset
 from morphsearch.errors import ConfigError
-from morphsearch.growth._loss import accuracy, task_loss
 from morphsearch.growth.events import EvalRecord, GrowthEvent, TrainResult
 from morphsearch.growth.scores import RoundRobin, Score, Scorer, candidates
 from morphsearch.growth.triggers import ScoreThreshold, Trigger
+from morphsearch.losses import accuracy, task_loss
 from morphsearch.morphisms import Batch, MorphismResult
 from morphsearch.morphisms.optim import transfer_optimizer
 
@@ -241,10 +241,12 @@ class GrowingTrainer:
         return self.config.seed * 100_003 + len(self.events)
 
     def _grow(self, step: int, scores: list[Score]) -> None:
+        if not scores:
+            return  # no candidate could be scored now; that is not a size cap
         parent = self.arch.with_weights_from(self.module)
         chosen = self._first_fitting(parent, scores)
         if chosen is None:
-            self.capped = True  # nothing fits under max_params: stop trying
+            self.capped = True  # every scored candidate is over max_params: stop trying
             return
         _, result = chosen
         child = result.child

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from morphsearch.arch import Architecture, NodeSpec
 from morphsearch.arch.ops import OPS
 from morphsearch.errors import MorphismNotApplicable
+from morphsearch.losses import task_loss
 
 __all__ = [
     "Consumer",
@@ -240,8 +240,4 @@ def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
     return sum(norms) / len(norms)
 
 
-def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean loss of a batch: cross-entropy for integer targets, else mean squared error."""
-    if targets.is_floating_point():
-        return F.mse_loss(outputs, targets.to(outputs.dtype).reshape(outputs.shape))
-    return F.cross_entropy(outputs, targets)
+batch_loss = task_loss  # the Batch convention's loss, see morphsearch.losses

@@ -28,6 +28,7 @@ from ray import tune
 from morphsearch import artifacts, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
+from morphsearch.losses import accuracy, task_loss
 from morphsearch.morphisms._registry import PROBE_SIZE
 
 __all__ = ["TrialSetup", "child_arch_id", "morphism_flops", "train_child", "train_epoch_flops"]
@@ -85,24 +86,13 @@ def probe_batch(data: Dataset, batch_size: int) -> Batch:
     return data.x_train[:batch_size], data.y_train[:batch_size]
 
 
-def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if targets.dtype.is_floating_point:
-        return torch.nn.functional.mse_loss(outputs, targets)
-    return torch.nn.functional.cross_entropy(outputs, targets)
-
-
 def _evaluate(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Loss and accuracy (NaN for regression) in eval mode."""
     module.eval()
     with torch.no_grad():
         out = module(x)
-        loss = float(_loss(out, y))
-        acc = (
-            float((out.argmax(1) == y).float().mean())
-            if not y.dtype.is_floating_point
-            else math.nan
-        )
-    return loss, acc
+        acc = accuracy(out, y)
+        return float(task_loss(out, y)), math.nan if acc is None else acc
 
 
 def morphism_flops(name: str, parent: Architecture, child: Architecture, batch: int) -> int:
@@ -166,7 +156,7 @@ def _epoch(
         idx = order[start : start + batch_size]
         x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = _loss(module(x), y)
+        loss = task_loss(module(x), y)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(idx)
@@ -253,8 +243,6 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         state["epoch"] = epoch
         # forward + backward = 3x forward FLOPs per training sample (evaluation not counted)
         state["train_flops"] = int(state.get("train_flops", 0)) + train_epoch_flops(child, data)
-        trained = child.with_weights_from(module.cpu())
-        module.to(device)
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -276,13 +264,17 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         }
         stalled = _stalled(state, metrics, setup)
         last = epoch == epochs or stalled
+        checkpoint = last or time.perf_counter() - saved_at >= setup.checkpoint_every_s
+        # the weights leave the module only when they are saved (not every epoch: on a GPU
+        # that is two full copies per epoch)
+        trained = child.with_weights_from(module) if checkpoint else child
         if last:
             ref = artifacts.save_architecture(trained, setup.artifacts_uri, name, versioned=True)
             metrics.update(
                 weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
             )
             metrics["stopped_early"] = stalled and epoch < epochs
-        if last or time.perf_counter() - saved_at >= setup.checkpoint_every_s:
+        if checkpoint:
             # checkpoints cost a save and a copy to storage: not after every short epoch
             _report(metrics, trained, state, optimizer)
             saved_at = time.perf_counter()

@@ -1,4 +1,8 @@
-"""The training loss implied by the targets' dtype (the :data:`morphisms.Batch` convention)."""
+"""The loss a batch implies by its targets' dtype (the :data:`morphisms.Batch` convention).
+
+One definition for morphisms, growth and search trials: integer targets are class labels
+(cross-entropy), float targets are regression targets (mean squared error).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     """Loss of each sample: cross-entropy for integer targets, mean squared error otherwise."""
     if not targets.is_floating_point():
         return F.cross_entropy(outputs, targets, reduction="none")
-    diff = (outputs - targets.reshape(outputs.shape)).pow(2)
+    diff = (outputs - targets.to(outputs.dtype).reshape(outputs.shape)).pow(2)
     return diff.reshape(len(diff), -1).mean(dim=1)
 
 
