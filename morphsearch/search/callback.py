@@ -94,6 +94,12 @@ class LineageCallback(Callback):
         if result.get("weights_uri"):
             self._record(trial, "RUNNING", None)
 
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        # the driver goes on (summary, a next search): release the engine's connections
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finish(trial, "TERMINATED", None)
 
