@@ -204,9 +204,13 @@ class NaturalExpansionScore(Scorer):
         eta = natural_expansion_eta(arch, batch, fisher=self.fisher, damping=self.damping)
         out = []
         for cand in candidates:
-            result = morphisms.apply(
-                cand.morphism, arch, cand.site, batch=batch, seed=seed, **cand.params
-            )
+            try:
+                result = morphisms.apply(
+                    cand.morphism, arch, cand.site, batch=batch, seed=seed, check=False,
+                    **cand.params,
+                )
+            except MorphismNotApplicable:
+                continue  # like the other scorers: a refused candidate is not scored
             added = max(result.child.num_params - arch.num_params, 1)
             child_eta = natural_expansion_eta(
                 result.child, batch, fisher=self.fisher, damping=self.damping

@@ -154,3 +154,23 @@ def test_growth_keeps_the_old_units_adam_state() -> None:
     assert event.step == 30
     # new rows started at zero and have seen only the 10 steps since the growth
     assert state["exp_avg_sq"][8:].abs().max() < state["exp_avg_sq"][:8].abs().max()
+
+
+def test_an_empty_scoring_round_does_not_stop_later_growth() -> None:
+    # A round where no candidate can be scored is not a size cap: growth must go on
+    # once candidates score again (it used to switch growth off for the whole run).
+    from morphsearch.growth.scores import RoundRobin
+
+    class EmptyFirst(RoundRobin):
+        calls = 0
+
+        def score(self, arch, batch, candidates, *, seed=0):  # type: ignore[no-untyped-def]
+            EmptyFirst.calls += 1
+            return [] if EmptyFirst.calls == 1 else super().score(arch, batch, candidates, seed=seed)
+
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    cfg = GrowthConfig(steps=40, batch_size=None, trigger=Schedule(start=10, every=10, max_growths=3),
+                       scorer=EmptyFirst(), morphisms=("widen.random",))
+    result = train(builders.mlp([6, 2, 3]), (x, y), cfg)
+    assert EmptyFirst.calls >= 2
+    assert len(result.events) >= 1
