@@ -19,6 +19,7 @@ from ray.tune import Callback
 
 from morphsearch import artifacts
 from morphsearch.lineage import ArchitectureIn, LineageStore
+from morphsearch.search.trainable import EPOCH_HISTORY
 
 __all__ = ["METRIC_NAMES", "LineageCallback"]
 
@@ -80,17 +81,16 @@ class LineageCallback(Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         trial_id = str(trial.trial_id)
-        values = {
-            name: float(result[name])
-            for name in METRIC_NAMES
-            if isinstance(result.get(name), (int, float)) and not math.isnan(float(result[name]))
+        # the epochs trained since the previous report, then this report's own
+        reports = [*json.loads(result.get(EPOCH_HISTORY) or "[]"), result]
+        rows = [(_budget(r), _values(r)) for r in reports]
+        self._last[trial_id] = {
+            k: v for k, v in result.items() if _plain(v) and k != EPOCH_HISTORY
         }
-        budget = int(result.get("epoch", result.get("training_iteration", 0)))
-        self._last[trial_id] = {k: v for k, v in result.items() if _plain(v)}
         if trial_id in self._recorded:
-            self.store.record_metrics(trial_id, budget, values)
+            self.store.record_metrics_many(trial_id, rows)
             return
-        self._pending.setdefault(trial_id, []).append((budget, values))
+        self._pending.setdefault(trial_id, []).extend(rows)
         if result.get("weights_uri"):
             self._record(trial, "RUNNING", None)
 
@@ -177,6 +177,18 @@ class LineageCallback(Callback):
             weights_uri=last.get("weights_uri") if with_weights else None,
             weights_sha256=last.get("weights_sha256") if with_weights else None,
         )
+
+
+def _values(report: dict[str, Any]) -> dict[str, float]:
+    return {
+        name: float(report[name])
+        for name in METRIC_NAMES
+        if isinstance(report.get(name), (int, float)) and not math.isnan(float(report[name]))
+    }
+
+
+def _budget(report: dict[str, Any]) -> int:
+    return int(report.get("epoch", report.get("training_iteration", 0)))
 
 
 def _plain(value: Any) -> bool:

@@ -99,6 +99,10 @@ class BudgetConfig(_Frozen):
     max_params: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
     checkpoint_every_s: float = Field(default=10.0, ge=0)
+    # report to Tune at most this often (seconds of training; 0: every epoch). Every
+    # report is a round trip through the driver while the trial waits; epochs between
+    # reports travel in the next one, so lineage still gets every epoch's metrics.
+    report_every_s: float = Field(default=1.0, ge=0)
     # a compute budget: stop the whole search once its trials have spent this many
     # training FLOPs (the ``train_flops`` metric summed over trials); None: no limit
     max_train_flops: float | None = Field(default=None, gt=0)

@@ -35,6 +35,13 @@ __all__ = ["TrialSetup", "child_arch_id", "morphism_flops", "train_child", "trai
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+# A report carries, under this key, the metrics of the epochs trained since the previous
+# report (JSON list of {name: number}, oldest first): with short epochs a trial reports
+# every ``report_every_s`` seconds instead of every epoch (each report is a round trip
+# through the driver while the trial waits), and the lineage callback still records every
+# epoch.
+EPOCH_HISTORY = "epoch_history"
+
 
 @dataclass(frozen=True)
 class TrialSetup:
@@ -50,6 +57,8 @@ class TrialSetup:
     cpus: float
     growth: dict[str, Any]
     checkpoint_every_s: float = 10.0
+    # report to Tune at most every this many seconds (0: every epoch); see EPOCH_HISTORY
+    report_every_s: float = 0.0
     inherit_weights: bool = True
     # epochs of a child that inherits a trained parent (None: ``epochs``, as the seed)
     child_epochs: int | None = None
@@ -232,7 +241,8 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         _train_growing(child, data, setup, config, device, base, probe_dev)
         return
     val = (data.x_val.to(device), data.y_val.to(device))
-    saved_at = time.perf_counter()
+    saved_at = reported_at = time.perf_counter()
+    unreported: list[dict[str, float]] = []
     epochs = setup.epochs_for(config)
     for epoch in range(int(state["epoch"]) + 1, epochs + 1):
         tick = time.perf_counter()
@@ -274,14 +284,29 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
                 weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
             )
             metrics["stopped_early"] = stalled and epoch < epochs
+        if not (checkpoint or time.perf_counter() - reported_at >= setup.report_every_s):
+            unreported.append(_numbers(metrics))
+            continue
+        metrics[EPOCH_HISTORY] = json.dumps(unreported)
+        unreported = []
         if checkpoint:
             # checkpoints cost a save and a copy to storage: not after every short epoch
             _report(metrics, trained, state, optimizer)
             saved_at = time.perf_counter()
         else:
             tune.report(metrics)
+        reported_at = time.perf_counter()
         if last:
             return
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of one epoch (what an epoch-history entry keeps)."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    }
 
 
 def _stalled(state: dict[str, Any], metrics: dict[str, Any], setup: TrialSetup) -> bool:

@@ -1,0 +1,54 @@
+"""Trials report to Tune less often than every epoch, and lineage still gets every epoch."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from morphsearch.search.runner import run_search
+from tests.search.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _reports_per_trial(experiment: Path) -> dict[str, list[dict[str, object]]]:
+    """Tune's own record of each trial's reports (one JSON line per report)."""
+    out = {}
+    for path in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[str(rows[0]["trial_id"])] = rows
+    return out
+
+
+def _epochs_in_lineage(db: Path) -> dict[str, list[int]]:
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "select t.trial_id, m.budget from metrics m join trials t on t.id = m.trial_id "
+            "where m.name = 'train_loss' order by t.trial_id, m.budget"
+        ).fetchall()
+    out: dict[str, list[int]] = {}
+    for trial, budget in rows:
+        out.setdefault(trial, []).append(budget)
+    return out
+
+
+@pytest.mark.parametrize("every, reports", [(0.0, 4), (3600.0, 1)])
+def test_every_epoch_reaches_lineage_however_often_trials_report(
+    tmp_path: Path, local_ray: None, every: float, reports: int
+) -> None:
+    base = tiny_config(tmp_path, trials=2, epochs_per_trial=4)
+    budget = {**base.budget.model_dump(), "report_every_s": every, "child_epochs": 4,
+              "patience": None}
+    config = base.model_validate({**base.model_dump(), "budget": budget})
+    run_search(config)
+
+    tune_reports = _reports_per_trial(tmp_path / "runs" / "tiny")
+    assert len(tune_reports) == 2
+    for rows in tune_reports.values():
+        assert len(rows) == reports  # every epoch, or only the last one
+        assert rows[-1]["epoch"] == 4
+    # lineage has all four epochs of both trials either way
+    assert _epochs_in_lineage(tmp_path / "lineage.db") == {t: [1, 2, 3, 4] for t in tune_reports}
