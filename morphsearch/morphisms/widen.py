@@ -22,10 +22,14 @@ preserves the function exactly (train and eval mode):
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from morphsearch.arch import Architecture
 from morphsearch.errors import MorphismNotApplicable
@@ -247,6 +251,13 @@ def gradmax_matrix(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
     appendix C), pooling and the flatten boundary are all exact; for a conv site the
     rows are im2col-flattened filters (appendix B).
 
+    Where the path is a chain of activations with a known f'(0), batchnorms and at most
+    one flatten (linear -> act -> linear, conv -> [bn] -> act -> conv, conv -> act ->
+    flatten -> linear, ...), the same matrix is computed in closed form from one
+    backward pass of the parent (no auxiliary network; see
+    :func:`_closed_form_gradmax_matrix`); pooling, dropout and branching paths take the
+    auxiliary route.
+
     Args:
         arch: the network; unchanged.
         site: a widen site.
@@ -257,8 +268,9 @@ def gradmax_matrix(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
         ``d_in`` of its incoming weights.
     """
     wp = widen_path(arch, site)
-    if _dense_closed_form_applies(arch, wp):
-        return _dense_gradmax_matrix(arch, wp, batch)
+    form = _closed_form(arch, wp)
+    if form is not None:
+        return _closed_form_gradmax_matrix(arch, wp, batch, form)
     return _auxiliary_gradmax_matrix(arch, wp, batch)
 
 
@@ -284,24 +296,68 @@ def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -
     return grad[wp.width :].reshape(d_out, -1).detach()
 
 
-# Activations with a known, exact derivative at 0 (the IR's relu is clamp: 1 at 0).
-_SLOPE_AT_ZERO = {"relu": 1.0, "tanh": 1.0, "identity": 1.0}
+# Activations with a known, exact derivative at 0 (the IR's relu is clamp: 1 at 0;
+# gelu'(0) = Phi(0) = 1/2).
+_SLOPE_AT_ZERO = {"relu": 1.0, "tanh": 1.0, "identity": 1.0, "gelu": 0.5}
 
 
-def _dense_closed_form_applies(arch: Architecture, wp: WidenPath) -> bool:
-    """linear -> one activation with a known f'(0) -> linear consumers (no BN, no flatten)."""
-    return (
-        arch.op(wp.site) == "linear"
-        and len(wp.path) == 1
-        and arch.op(wp.path[0][0]) in _SLOPE_AT_ZERO
-        and all(arch.op(c.node) == "linear" and c.multiplicity == 1 for c in wp.consumers)
-    )
+@dataclass(frozen=True)
+class _ClosedForm:
+    """How the path acts on the gradient of a new, all-zero unit (a linear map).
+
+    ``scale``: the product of f'(0) of the activations and ``1/sqrt(eps)`` of the new
+    batchnorm channels (weight 1, batch variance 0). ``centre``: batchnorm in train mode
+    also subtracts the mean of the gradient, over the batch and the spatial positions of
+    its channel (``"units"``, batchnorm before any flatten) or over the batch alone
+    (``"features"``, a batchnorm after the flatten; it implies the other); None: no
+    batchnorm on the path.
+    """
+
+    scale: float
+    centre: str | None
 
 
-def _dense_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Tensor:
-    """Eq. 11 in closed form, ``M = f'(0) * (dL/dz_{l+1})^T h_{l-1}``, from one backward
-    pass of the parent itself: the common dense case without building an auxiliary
-    network (which costs several training steps of Python overhead on small MLPs)."""
+def _closed_form(arch: Architecture, wp: WidenPath) -> _ClosedForm | None:
+    """The path's action when :func:`gradmax_matrix` has a closed form, else None.
+
+    Closed forms: the site (linear or conv2d) feeds a chain of activations with a known
+    f'(0), batchnorms and, after a conv site, at most one flatten; the end of the chain
+    feeds only the consumers (linear or conv2d). Pooling, dropout or a branching path
+    go through the auxiliary network.
+    """
+    site_op = arch.op(wp.site)
+    chain = [wp.site, *wp.path_ops]
+    for node, nxt in itertools.pairwise(chain):
+        if arch.consumers(node) != (nxt,):
+            return None
+    if set(arch.consumers(chain[-1])) != {c.node for c in wp.consumers}:
+        return None
+    scale, centre, flattened = 1.0, None, False
+    for node in wp.path_ops:
+        op = arch.op(node)
+        if op in _SLOPE_AT_ZERO:
+            scale *= _SLOPE_AT_ZERO[op]
+        elif op == "batchnorm":
+            scale /= math.sqrt(arch.spec(node)["eps"])
+            centre = "features" if flattened else (centre or "units")
+        elif op == "flatten" and site_op == "conv2d":
+            flattened = True
+        else:
+            return None
+    for c in wp.consumers:
+        if arch.op(c.node) == "conv2d" and (site_op != "conv2d" or flattened):
+            return None
+        if arch.op(c.node) == "linear" and (site_op == "conv2d") != flattened:
+            return None
+        if site_op == "linear" and c.multiplicity != 1:
+            return None
+    return _ClosedForm(scale, centre)
+
+
+def _site_input_and_consumer_grads(
+    arch: Architecture, wp: WidenPath, batch: Batch
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The site's input and ``dL/dz`` of each consumer's output, one pass of the parent."""
     module = arch.to_module().train()
     seen: dict[str, torch.Tensor] = {}
     hooks = [module.get_submodule(f"layers.{wp.site}").register_forward_hook(
@@ -316,8 +372,78 @@ def _dense_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> to
     for hook in hooks:
         hook.remove()
     grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
-    slope = _SLOPE_AT_ZERO[arch.op(wp.path[0][0])]
-    return (slope * torch.cat(grads, dim=1).T @ seen["h"]).detach()
+    return seen["h"].detach(), [g.detach() for g in grads]
+
+
+def _closed_form_gradmax_matrix(
+    arch: Architecture, wp: WidenPath, batch: Batch, form: _ClosedForm
+) -> torch.Tensor:
+    """Eq. 11 in closed form from one backward pass of the parent itself (no auxiliary
+    network): ``M = scale * sum_{b,p} G(b, p) P(b, p)^T`` with ``P`` the site's input
+    rows (im2col patches for a conv site) and ``G`` the gradient a new unit's output
+    would get, per outgoing weight: the consumer's output gradient, shifted by the
+    consumer's kernel tap (conv consumer) or at one position (after a flatten), and
+    centred as batchnorm does."""
+    h, grads = _site_input_and_consumer_grads(arch, wp, batch)
+    if arch.op(wp.site) == "linear":
+        blocks = []
+        for g in grads:
+            if form.centre is not None:
+                g = g - g.mean(dim=0)
+            blocks.append(g.T @ h)
+        return form.scale * torch.cat(blocks)
+    spec = arch.spec(wp.site)
+    k, out_hw = spec["kernel_size"], arch.shape(wp.site)[1:]
+    patches = F.unfold(h, k, padding=spec["padding"], stride=spec["stride"])  # [B, D, L]
+    return form.scale * torch.cat([
+        _conv_consumer_block(arch, c.node, patches, out_hw, g, form.centre)
+        if arch.op(c.node) == "conv2d"
+        else _flat_consumer_block(patches, g, form.centre)
+        for c, g in zip(wp.consumers, grads, strict=True)
+    ])
+
+
+def _conv_consumer_block(
+    arch: Architecture, consumer: str, patches: torch.Tensor, out_hw: tuple[int, ...],
+    g: torch.Tensor, centre: str | None,
+) -> torch.Tensor:
+    """Rows ``(o, ti, tj)`` for a conv consumer: ``M[(o, t)] = sum_{b,q} g[b, o, q]
+    P[b, q * s + t - pad]`` (zero where that position is padding), one matmul per tap
+    on a shifted view of the patches."""
+    spec = arch.spec(consumer)
+    kc, s, pad = spec["kernel_size"], spec["stride"], spec["padding"]
+    b, d, _ = patches.shape
+    hq, wq = g.shape[2:]
+    # positions-major patches, zero-padded by the consumer's padding: [B, H+2p, W+2p, D]
+    padded = F.pad(patches.transpose(1, 2).reshape(b, *out_hw, d), (0, 0, pad, pad, pad, pad))
+    g_rows = g.permute(1, 0, 2, 3).reshape(g.shape[1], -1)  # [O, B*Q]
+    if centre is not None:
+        ones = F.pad(torch.ones(out_hw, dtype=g.dtype), (pad, pad, pad, pad))
+        g_sum = g.sum(dim=0)  # [O, Hq, Wq]
+        p_mean = patches.sum(dim=(0, 2)) / (b * out_hw[0] * out_hw[1])  # [D]
+    taps = []
+    for ti in range(kc):
+        for tj in range(kc):
+            rows, cols = slice(ti, ti + s * (hq - 1) + 1, s), slice(tj, tj + s * (wq - 1) + 1, s)
+            block = g_rows @ padded[:, rows, cols].reshape(-1, d)  # [O, D]
+            if centre is not None:
+                # batchnorm: the gradient minus its mean over the batch and positions
+                inside = (g_sum * ones[rows, cols]).sum(dim=(1, 2))  # [O]
+                block = block - torch.outer(inside, p_mean)
+            taps.append(block)
+    return torch.stack(taps, dim=1).reshape(-1, d)
+
+
+def _flat_consumer_block(patches: torch.Tensor, g: torch.Tensor, centre: str | None) -> torch.Tensor:
+    """Rows ``(o, p)`` for a linear consumer after the flatten (channel ``c`` owns
+    features ``c * L + p``): ``M[(o, p)] = sum_b g[b, o] P[b, p]``."""
+    b, d, n = patches.shape
+    if centre == "features":  # batchnorm after the flatten: per feature, over the batch
+        g = g - g.mean(dim=0)
+    block = (g.T @ patches.reshape(b, d * n)).reshape(-1, d, n).transpose(1, 2)  # [O, L, D]
+    if centre == "units":  # batchnorm before it: per channel, over batch and positions
+        block = block - (g.sum(dim=0) / (b * n))[:, None, None] * patches.sum(dim=(0, 2))
+    return block.reshape(-1, d)
 
 
 def gradmax_singular_values(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:

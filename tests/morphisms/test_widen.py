@@ -198,16 +198,108 @@ def test_gradmax_refuses_more_units_than_directions() -> None:
                         k=2)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
-def test_dense_closed_form_equals_the_auxiliary_network_path(activation: str) -> None:
-    # The dense fast path (one backward pass of the parent) must give exactly the matrix
-    # of the general auxiliary-network path it shortcuts.
-    arch = builders.mlp([6, 4, 5, 3], activation=activation, dtype=torch.float64)
+def _chain(site_op: str, path: list[tuple[str, dict]], consumers: list[dict],
+           input_shape: tuple[int, ...] = (2, 7, 6), **site_attrs: int) -> Architecture:
+    """input -> [flatten ->] site -> path chain -> consumers (summed) -> output, float64."""
+    b = GraphBuilder(input_shape if site_op == "conv2d" else (6,))
+    if site_op == "conv2d":
+        h = b.add("conv2d", b.input, name="site",
+                  **{"out_channels": 3, "kernel_size": 3, "padding": 1, **site_attrs})
+    else:
+        h = b.add("linear", b.input, out_features=4, name="site")
+    for i, (op, attrs) in enumerate(path):
+        h = b.add(op, h, name=f"p{i}", **attrs)
+    outs = []
+    for j, attrs in enumerate(consumers):
+        op = "conv2d" if "kernel_size" in attrs else "linear"
+        z = b.add(op, h, name=f"c{j}", **attrs)
+        if op == "conv2d":
+            z = b.add("flatten", z, name=f"cf{j}")
+            z = b.add("linear", z, out_features=3, name=f"head{j}")
+        outs.append(z)
+    out = outs[0] if len(outs) == 1 else b.add("add", *outs, name="join")
+    return b.build(out, dtype=F64, seed=2)
+
+
+def _conv(**kw: int) -> dict:
+    return {"out_channels": 4, "kernel_size": 3, "padding": 1, **kw}
+
+
+_LIN = {"out_features": 3}
+_BN: tuple[str, dict] = ("batchnorm", {})
+_BN_EPS: tuple[str, dict] = ("batchnorm", {"eps": 1e-3})
+_FLAT: tuple[str, dict] = ("flatten", {})
+
+# (label, architecture, site) whose gradmax matrix has a closed form
+CLOSED_FORM_CASES = [
+    *[(f"mlp_{act}", builders.mlp([6, 4, 5, 3], activation=act, dtype=F64, seed=1), site)
+      for act in ("relu", "tanh", "identity", "gelu") for site in ("fc1", "fc2")],
+    ("mlp_bn_tanh", _arch("mlp_bn_tanh"), "fc1"),
+    ("mlp_bn_relu", builders.mlp([6, 4, 5, 3], batchnorm=True, dtype=F64, seed=1), "fc2"),
+    ("linear_act_bn", _chain("linear", [("relu", {}), _BN_EPS], [_LIN]), "site"),
+    ("linear_linear", _chain("linear", [], [_LIN]), "site"),
+    ("linear_relu_tanh", _chain("linear", [("relu", {}), ("tanh", {})], [_LIN]), "site"),
+    ("linear_two_consumers", _chain("linear", [("tanh", {})], [_LIN, _LIN]), "site"),
+    ("linear_bn_two_consumers", _chain("linear", [_BN, ("relu", {})], [_LIN, _LIN]), "site"),
+    ("cnn_relu", _arch("cnn"), "conv1"),
+    ("conv_conv", _chain("conv2d", [], [_conv()]), "site"),
+    ("conv_stride2_pad0", _chain("conv2d", [("tanh", {})], [_conv(stride=2, padding=0)]),
+     "site"),
+    ("conv_k5_stride2", _chain("conv2d", [("relu", {})], [_conv(kernel_size=5, stride=2,
+                                                                  padding=2)]), "site"),
+    ("conv_site_stride2_k2", _chain("conv2d", [("relu", {})], [_conv()], (2, 9, 8), stride=2,
+                                    kernel_size=2, padding=0), "site"),
+    ("conv_k1", _chain("conv2d", [("gelu", {})], [_conv(kernel_size=1, padding=0)]), "site"),
+    ("conv_two_consumers", _chain("conv2d", [("relu", {})], [_conv(), _conv(stride=3)]),
+     "site"),
+    ("cnn_bn_relu", _arch("cnn_bn"), "conv1"),
+    ("conv_relu_bn", _chain("conv2d", [("relu", {}), _BN_EPS], [_conv(stride=2)]), "site"),
+    ("conv_bn_two_consumers", _chain("conv2d", [_BN, ("tanh", {})], [_conv(), _conv(padding=0)]),
+     "site"),
+    ("conv_flatten", _chain("conv2d", [("relu", {}), _FLAT], [_LIN]), "site"),
+    ("conv_bn_flatten", _chain("conv2d", [_BN, ("relu", {}), _FLAT], [_LIN]), "site"),
+    ("conv_flatten_bn", _chain("conv2d", [("relu", {}), _FLAT, _BN_EPS], [_LIN]), "site"),
+    ("conv_bn_flatten_bn", _chain("conv2d", [_BN, ("tanh", {}), _FLAT, _BN], [_LIN, _LIN]),
+     "site"),
+]
+
+
+@pytest.mark.parametrize(("label", "arch", "site"), CLOSED_FORM_CASES,
+                         ids=[c[0] for c in CLOSED_FORM_CASES])
+def test_closed_form_equals_the_auxiliary_network_path(label: str, arch: Architecture,
+                                                       site: str) -> None:
+    # Each closed form (one backward pass of the parent) must give exactly the matrix of
+    # the general auxiliary-network path it shortcuts: same rows, same columns, float64.
     g = torch.Generator().manual_seed(1)
-    batch = (torch.randn(32, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (32,), generator=g))
-    for site in ("fc1", "fc2"):
-        wp = widen_path(arch, site)
-        assert widen._dense_closed_form_applies(arch, wp)
-        fast = widen._dense_gradmax_matrix(arch, wp, batch)
-        general = widen._auxiliary_gradmax_matrix(arch, wp, batch)
-        torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-12)
+    n = 10
+    x = torch.randn(n, *arch.input_shape, generator=g, dtype=F64)
+    batch = (x, torch.randint(0, arch.output_shape[0], (n,), generator=g))
+    wp = widen_path(arch, site)
+    form = widen._closed_form(arch, wp)
+    assert form is not None, label
+    fast = widen._closed_form_gradmax_matrix(arch, wp, batch, form)
+    general = widen._auxiliary_gradmax_matrix(arch, wp, batch)
+    assert fast.shape == general.shape
+    assert float(general.abs().max()) > 0.0
+    torch.testing.assert_close(fast, general, rtol=1e-10,
+                               atol=1e-10 * float(general.abs().max()))
+    torch.testing.assert_close(widen.gradmax_matrix(arch, site, batch), fast, rtol=0, atol=0)
+
+
+def _branching_path() -> Architecture:
+    b = GraphBuilder((6,))
+    h = b.add("relu", b.add("linear", b.input, out_features=4, name="fc1"))
+    a = b.add("linear", h, out_features=3, name="fa")
+    c = b.add("linear", b.add("tanh", h), out_features=3, name="fb")
+    return b.build(b.add("add", a, c), dtype=F64)
+
+
+@pytest.mark.parametrize(("arch", "site"), [
+    (_arch("cnn"), "conv2"),  # relu -> maxpool -> flatten
+    (builders.mlp([6, 4, 3], dropout=0.25, dtype=F64), "fc1"),
+    (builders.mlp([6, 4, 3], activation="selu", dtype=F64), "fc1"),  # f'(0) not tabled
+    (_branching_path(), "fc1"),
+])
+def test_pooling_dropout_and_unknown_slopes_take_the_auxiliary_path(arch: Architecture,
+                                                                    site: str) -> None:
+    assert widen._closed_form(arch, widen_path(arch, site)) is None
