@@ -28,8 +28,11 @@ __all__ = [
     "graph_uri_for",
     "join",
     "load_architecture",
+    "load_optimizer",
+    "optimizer_uri_for",
     "read_bytes",
     "save_architecture",
+    "save_optimizer",
     "sha256_of",
     "write_bytes",
 ]
@@ -146,6 +149,51 @@ def graph_uri_for(weights_uri: str) -> str:
         weights_uri[: -len(".safetensors")] if weights_uri.endswith(".safetensors") else weights_uri
     )
     return stem + ".json"
+
+
+def optimizer_uri_for(weights_uri: str) -> str:
+    """The optimizer state saved beside a weights file (``<stem>.optim.pt``)."""
+    return graph_uri_for(weights_uri)[: -len(".json")] + ".optim.pt"
+
+
+def save_optimizer(weights_uri: str, state: dict[str, Any]) -> ArtifactRef:
+    """Write an optimizer's state (``torch.save`` of plain tensors and numbers) beside
+    the weights at ``weights_uri``, so a child grown from them can continue it.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_bytes(optimizer_uri_for(weights_uri), buffer.getvalue())
+
+
+def load_optimizer(weights_uri: str) -> dict[str, Any] | None:
+    """The optimizer state saved beside ``weights_uri``; ``None`` when there is none
+    (the seed before training, or weights written without one).
+
+    Raises:
+        WeightsError: the file exists but cannot be read.
+    """
+    import io
+
+    import torch
+
+    uri = optimizer_uri_for(weights_uri)
+    if _is_local(uri) and not _local_path(uri).exists():
+        return None
+    try:
+        data = read_bytes(uri)
+    except WeightsError:
+        if _is_local(uri):
+            raise
+        return None  # remote: a missing object reads as an error
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:  # torch raises pickle/runtime errors for corrupt files
+        raise WeightsError(f"{uri}: not an optimizer state ({exc}); re-run its trial") from None
+    return state if isinstance(state, dict) else None
 
 
 def save_architecture(arch: Any, base: str, name: str, *, versioned: bool = False) -> ArtifactRef:

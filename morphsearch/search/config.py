@@ -106,6 +106,9 @@ class BudgetConfig(_Frozen):
     # a compute budget: stop the whole search once its trials have spent this many
     # training FLOPs (the ``train_flops`` metric summed over trials); None: no limit
     max_train_flops: float | None = Field(default=None, gt=0)
+    # learning rate within a trial: constant, or a cosine decay from the trial's lr to 0
+    # over its planned epochs (the lr of epoch e of E is lr * (1 + cos(pi * (e-1) / E)) / 2)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
     @property
     def epochs_per_child(self) -> int:
@@ -159,17 +162,31 @@ class SelectionConfig(_Frozen):
     many children (suggested or recorded) leaves the pool while other trained
     architectures can take its place, instead of re-growing close relatives of the same
     best parent (``None``: no limit). When every candidate is used up, all are eligible.
+
+    ``inherit_optimizer`` (with ``inherit_weights``): a child continues its parent's
+    optimizer state (Adam moments and step counts; the state is saved beside every
+    trial's final weights, and moments of units a morphism adds start at zero, see
+    :func:`morphsearch.morphisms.optim.transfer_optimizer`) instead of a fresh Adam.
+
+    ``child_lr_factor: [low, high]``: a child that fine-tunes a trained parent takes the
+    parent's learning rate times a factor Optuna draws (log scale) from this range,
+    instead of a learning rate from ``lr`` (``None``: every trial draws from ``lr``).
     """
 
     pool_size: int = Field(default=4, ge=1)
     lr: tuple[float, float] = (1e-3, 3e-2)
     inherit_weights: bool = True
+    inherit_optimizer: bool = True
+    child_lr_factor: tuple[float, float] | None = None
     max_children: int | None = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _lr_ordered(self) -> SelectionConfig:
         if not 0 < self.lr[0] <= self.lr[1]:
             raise ValueError("'lr' must be [low, high] with 0 < low <= high")
+        factor = self.child_lr_factor
+        if factor is not None and not 0 < factor[0] <= factor[1]:
+            raise ValueError("'child_lr_factor' must be [low, high] with 0 < low <= high")
         return self
 
 

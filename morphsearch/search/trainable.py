@@ -30,6 +30,7 @@ from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.losses import accuracy, task_loss
 from morphsearch.morphisms._registry import PROBE_SIZE
+from morphsearch.morphisms.optim import transfer_optimizer
 
 __all__ = ["TrialSetup", "child_arch_id", "morphism_flops", "train_child", "train_epoch_flops"]
 
@@ -142,6 +143,55 @@ def _grow_child(
     return child, [result.record.to_json()], spent
 
 
+def _optimizer(
+    config: dict[str, Any], setup: TrialSetup, child: Architecture, module: torch.nn.Module
+) -> torch.optim.Optimizer:
+    """The trial's Adam at ``config["lr"]``: fresh, or continuing its parent's state.
+
+    With ``config["inherit_optimizer"]`` (``selection.inherit_optimizer``), a child that
+    inherits its parent's weights also inherits the optimizer state saved beside them
+    (moments of added units start at zero: ``transfer_optimizer``); without a saved state
+    (the untrained seed) it starts fresh.
+    """
+    lr = float(config["lr"])
+    fresh = torch.optim.Adam(module.parameters(), lr=lr)
+    if not (config.get("morphism") and config.get("inherit_optimizer") and setup.inherit_weights):
+        return fresh
+    saved = artifacts.load_optimizer(config["parent_uri"])
+    if saved is None:
+        return fresh
+    parent = artifacts.load_architecture(config["parent_uri"], config.get("parent_sha256"))
+    device = next(module.parameters()).device
+    parent_module = parent.to_module(device=device)
+    previous = torch.optim.Adam(parent_module.parameters(), lr=lr)
+    previous.load_state_dict(saved["state"])
+    carried = transfer_optimizer(previous, parent_module, module, parent, child)
+    for group in carried.param_groups:
+        group["lr"] = lr
+    return carried
+
+
+def _schedule_lr(
+    optimizer: torch.optim.Optimizer, config: dict[str, Any], epoch: int, epochs: int
+) -> None:
+    """Set epoch ``epoch``'s learning rate (``budget.lr_schedule``; stateless, so a
+    restored trial continues the same schedule): constant, or cosine from the trial's lr
+    to 0 over its ``epochs``."""
+    if config.get("lr_schedule", "constant") != "cosine":
+        return
+    lr = float(config["lr"]) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _save_optimizer(
+    weights_uri: str, optimizer: torch.optim.Optimizer, config: dict[str, Any]
+) -> None:
+    """Save the optimizer's final state beside the trial's weights, for its children."""
+    state = {"state": optimizer.state_dict(), "lr": float(config["lr"])}
+    artifacts.save_optimizer(weights_uri, state)
+
+
 def _restore(checkpoint: tune.Checkpoint) -> tuple[Architecture, dict[str, Any], dict[str, Any]]:
     with checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / "state.json").read_text())
@@ -225,7 +275,7 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
     probe_dev = (probe[0].to(device), probe[1].to(device))
     if state["first_batch_loss"] is None:
         state["first_batch_loss"] = _evaluate(module, *probe_dev)[0]
-    optimizer = torch.optim.Adam(module.parameters(), lr=float(config["lr"]))
+    optimizer = _optimizer(config, setup, child, module)
     if optim_state is not None:
         optimizer.load_state_dict(optim_state)
     setup_s = time.perf_counter() - started
@@ -247,6 +297,7 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
     for epoch in range(int(state["epoch"]) + 1, epochs + 1):
         tick = time.perf_counter()
         generator = torch.Generator().manual_seed(int(config.get("trial_seed", 0)) * 1009 + epoch)
+        _schedule_lr(optimizer, config, epoch, epochs)
         train_loss = _epoch(module, optimizer, data, setup.batch_size, generator, device)
         val_loss, val_acc = _evaluate(module, *val)
         final_loss = _evaluate(module, *probe_dev)[0]
@@ -280,6 +331,7 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         trained = child.with_weights_from(module) if checkpoint else child
         if last:
             ref = artifacts.save_architecture(trained, setup.artifacts_uri, name, versioned=True)
+            _save_optimizer(ref.uri, optimizer, config)
             metrics.update(
                 weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
             )

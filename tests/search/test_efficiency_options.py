@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,141 @@ def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
     unlimited = space.config.selection.model_copy(update={"max_children": None})
     space.config = space.config.model_copy(update={"selection": unlimited})
     assert [p.arch_id for p in space.pool()] == ["a", "b"]
+
+
+# ----------------------------------------------------- optimizer carry, lr schedule, lr factor
+
+
+def test_optimizer_options_parse_and_validate(tmp_path: Path) -> None:
+    config = SearchConfig.model_validate(TINY)
+    assert config.selection.inherit_optimizer is True
+    assert config.selection.child_lr_factor is None
+    assert config.budget.lr_schedule == "constant"
+    path = tmp_path / "x.yaml"
+    head = "seed_graph: {builder: mlp}\ndataset: {name: digits}\n"
+    path.write_text(
+        head + "selection: {inherit_optimizer: false, child_lr_factor: [0.2, 1.0]}\n"
+        "budget: {lr_schedule: cosine}\n"
+    )
+    loaded = load_config(path)
+    assert loaded.selection.inherit_optimizer is False
+    assert loaded.selection.child_lr_factor == (0.2, 1.0)
+    assert loaded.budget.lr_schedule == "cosine"
+    for bad, field in (
+        ("selection: {child_lr_factor: [1.0, 0.5]}", "child_lr_factor"),
+        ("selection: {child_lr_factor: [0, 1]}", "child_lr_factor"),
+        ("budget: {lr_schedule: step}", "lr_schedule"),
+    ):
+        path.write_text(head + bad + "\n")
+        with pytest.raises(ConfigError, match=field):
+            load_config(path)
+
+
+def test_child_continues_its_parents_optimizer_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the parent trial (no morphism) saves its Adam state beside its final weights
+    config = {**_parent_config(tmp_path, None), "lr": 0.01}
+    reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
+    parent_uri = reports[-1]["weights_uri"]
+    saved = artifacts.load_optimizer(parent_uri)
+    assert saved is not None and saved["lr"] == 0.01
+    parent = artifacts.load_architecture(parent_uri)
+    data = load_dataset("digits", seed=0)
+    steps = -(-len(data.x_train) // 64) * 2
+    old = saved["state"]["state"]
+    assert all(int(s["step"]) == steps for s in old.values())
+    # a child widened by 4 units continues it: old units keep their moments, new ones 0
+    child_config = {
+        **_parent_config(tmp_path, "widen.split"),
+        "parent_uri": parent_uri,
+        "parent_sha256": reports[-1]["weights_sha256"],
+        "inherit_optimizer": True,
+        "lr": 0.003,
+    }
+    setup = TrialSetup("s", str(tmp_path), "digits", (), 0, 2, 64, 1, {})
+    child, _, _ = _grow_child(child_config, (data.x_train[:32], data.y_train[:32]))
+    module = child.to_module()
+    optimizer = trainable._optimizer(child_config, setup, child, module)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.003]
+    names = [n for n, _ in parent.to_module().named_parameters()]
+    params = dict(module.named_parameters())
+    fc1_w = optimizer.state[params["layers.fc1.weight"]]
+    parent_w = old[names.index("layers.fc1.weight")]
+    assert int(fc1_w["step"]) == steps
+    assert torch.equal(fc1_w["exp_avg_sq"][:8], parent_w["exp_avg_sq"])
+    assert torch.count_nonzero(fc1_w["exp_avg_sq"][8:]) == 0  # the 4 added units
+    out_w = optimizer.state[params["layers.fc2.weight"]]  # grown along its input axis
+    assert out_w["exp_avg"].shape == (10, 12)
+    assert torch.equal(out_w["exp_avg"][:, :8], old[names.index("layers.fc2.weight")]["exp_avg"])
+    # off (or with re-initialised children, or no saved state): a fresh Adam
+    for change, fields in (
+        ({"inherit_optimizer": False}, {}),
+        ({}, {"inherit_weights": False}),
+        ({"parent_uri": _parent_config(tmp_path, None)["parent_uri"]}, {}),
+    ):
+        other = TrialSetup("s", str(tmp_path), "digits", (), 0, 2, 64, 1, {}, **fields)
+        fresh = trainable._optimizer({**child_config, **change}, other, child, module)
+        assert not fresh.state
+    # the carried optimizer trains the child end to end
+    reports = _run_trial(tmp_path, monkeypatch, child_config, epochs=1)
+    assert "weights_uri" in reports[-1]
+    assert artifacts.load_optimizer(reports[-1]["weights_uri"]) is not None
+
+
+def test_cosine_lr_schedule() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=0.1)
+    seen = []
+    for epoch in range(1, 5):
+        trainable._schedule_lr(optimizer, {"lr": 0.1, "lr_schedule": "cosine"}, epoch, 4)
+        seen.append(optimizer.param_groups[0]["lr"])
+    want = [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+    assert seen == pytest.approx(want) and seen[0] == pytest.approx(0.1)
+    trainable._schedule_lr(optimizer, {"lr": 0.5, "lr_schedule": "constant"}, 3, 4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(want[-1])  # untouched
+
+
+def test_child_lr_factor_scales_the_parents_lr(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, seed = _space(tmp_path, **{"widen.split": {"k": [2, 4]}})
+    selection = space.config.selection.model_copy(update={"child_lr_factor": (0.25, 0.5)})
+    budget = space.config.budget.model_copy(update={"lr_schedule": "cosine"})
+    space.config = space.config.model_copy(update={"selection": selection, "budget": budget})
+    graph = seed.to_json()
+
+    class Store:
+        def best(self, *args: Any, **kwargs: Any) -> list[Any]:
+            return [SimpleNamespace(arch_id="a", trial_id="ta")]
+
+        def architecture(self, arch_id: str) -> Any:
+            return SimpleNamespace(
+                arch_id=arch_id, weights_uri="a.st", weights_sha256=None, graph=graph,
+                structure_hash="h",
+            )
+
+        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
+            return [SimpleNamespace(arch_id=arch_id)]
+
+        def trial(self, trial_id: str) -> Any:
+            return SimpleNamespace(config={"lr": 0.02})
+
+    space._store = Store()
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    out = space(trial)
+    assert "lr" not in trial.params and 0.25 <= trial.params["lr_factor"] <= 0.5
+    assert out["lr"] == pytest.approx(0.02 * trial.params["lr_factor"])
+    assert out["parent_id"] == "a" and out["fine_tune"] is True
+    assert out["lr_schedule"] == "cosine" and out["inherit_optimizer"] is True
+    # without a factor every trial draws its own lr from selection.lr
+    space.config = space.config.model_copy(
+        update={"selection": selection.model_copy(update={"child_lr_factor": None})}
+    )
+    trial = study.ask()
+    out = space(trial)
+    assert out["lr"] == trial.params["lr"] and 0.005 <= out["lr"] <= 0.02
