@@ -72,6 +72,9 @@ class Task:
     widen_fraction: tuple[float, float] = (0.25, 1.0)
     patience: int = 3  # every trial of every method stops after 3 epochs without a gain
     lr: tuple[float, float] = (1e-3, 3e-2)
+    lr_schedule: str = "constant"  # within every trial of every method (budget.lr_schedule)
+    # morphsearch config overrides, dotted paths (--grow selection.child_lr_factor=[0.3,1])
+    grow: tuple[tuple[str, Any], ...] = ()
 
     def max_params(self, data: Dataset) -> int:
         """The largest MLP of the scratch space: morphsearch may not grow beyond it."""
@@ -146,11 +149,13 @@ class ScratchSpace:
 
     task: Task
 
-    def __call__(self, trial: Any) -> None:
+    def __call__(self, trial: Any) -> dict[str, Any]:
         trial.suggest_float("lr", *self.task.lr, log=True)
         depth = trial.suggest_int("depth", 1, self.task.max_depth)
         for i in range(1, depth + 1):
             trial.suggest_int(f"w{i}", *self.task.widths, log=True)
+        # the same schedule within a trial as morphsearch's (budget.lr_schedule)
+        return {"lr_schedule": self.task.lr_schedule}
 
 
 def scratch_trial(config: dict[str, Any], setup: TrialSetup, shape: tuple[int, int]) -> None:
@@ -169,6 +174,7 @@ def scratch_trial(config: dict[str, Any], setup: TrialSetup, shape: tuple[int, i
         "morphism": None,
         "lr": config["lr"],
         "trial_seed": seed,
+        "lr_schedule": config.get("lr_schedule", "constant"),
     }
     train_child(child, setup)
 
@@ -231,46 +237,56 @@ def run_scratch(task: Task, seed: int, sampler: str, root: Path, name: str) -> f
     return start
 
 
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict (``--grow`` overrides)."""
+    *path, last = dotted.split(".")
+    for key in path:
+        tree = tree.setdefault(key, {})
+    tree[last] = value
+
+
 def run_grow(task: Task, seed: int, inherit: bool, root: Path, name: str, data: Dataset) -> float:
-    config = SearchConfig.model_validate(
-        {
-            "name": name,
-            "seed": seed,
-            "seed_graph": {
-                "builder": "mlp",
-                "hidden": list(task.seed_hidden),
-                "args": {"activation": ACTIVATION},
-            },
-            "dataset": {"name": task.dataset},
-            "objectives": [{"metric": "val_accuracy", "mode": "max"}],
-            "budget": {
-                "trials": task.trials,
-                "max_concurrent": 2,
-                "epochs_per_trial": task.epochs,
-                "child_epochs": task.child_epochs,
-                "patience": task.patience,
-                "batch_size": task.batch_size,
-                "max_params": task.max_params(data),
-                "max_train_flops": task.max_train_flops,
-            },
-            "morphisms": {
-                "widen.gradmax": {"k_fraction": list(task.widen_fraction)},
-                "widen.split": {"k_fraction": list(task.widen_fraction)},
-                "split.steepest": {"k_fraction": list(task.widen_fraction)},
-                "deepen.identity": {},
-                "deepen.skip": {},
-            },
-            "selection": {
-                "pool_size": 3,
-                "lr": list(task.lr),
-                "inherit_weights": inherit,
-                "max_children": 3,
-            },
-            "resources": {"cpus": 1},
-            "storage": str(root),
-            "database": f"sqlite:///{root}/{name}.db",
-        }
-    )
+    raw: dict[str, Any] = {
+        "name": name,
+        "seed": seed,
+        "seed_graph": {
+            "builder": "mlp",
+            "hidden": list(task.seed_hidden),
+            "args": {"activation": ACTIVATION},
+        },
+        "dataset": {"name": task.dataset},
+        "objectives": [{"metric": "val_accuracy", "mode": "max"}],
+        "budget": {
+            "trials": task.trials,
+            "max_concurrent": 2,
+            "epochs_per_trial": task.epochs,
+            "child_epochs": task.child_epochs,
+            "patience": task.patience,
+            "batch_size": task.batch_size,
+            "max_params": task.max_params(data),
+            "max_train_flops": task.max_train_flops,
+            "lr_schedule": task.lr_schedule,
+        },
+        "morphisms": {
+            "widen.gradmax": {"k_fraction": list(task.widen_fraction)},
+            "widen.split": {"k_fraction": list(task.widen_fraction)},
+            "split.steepest": {"k_fraction": list(task.widen_fraction)},
+            "deepen.identity": {},
+            "deepen.skip": {},
+        },
+        "selection": {
+            "pool_size": 3,
+            "lr": list(task.lr),
+            "inherit_weights": inherit,
+            "max_children": 3,
+        },
+        "resources": {"cpus": 1},
+        "storage": str(root),
+        "database": f"sqlite:///{root}/{name}.db",
+    }
+    for dotted, value in task.grow:
+        _set(raw, dotted, value)
+    config = SearchConfig.model_validate(raw)
     start = time.time()
     run_search(config)
     return start
@@ -390,7 +406,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, a quarter of the budget")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".png")))
     parser.add_argument("--json", default=None, help="also write the raw runs here")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default=Task.lr_schedule,
+        help="learning rate within every trial of every method",
+    )
+    parser.add_argument(
+        "--grow",
+        nargs="*",
+        default=[],
+        metavar="KEY=YAML",
+        help="morphsearch config overrides, e.g. selection.child_lr_factor=[0.3,1.0]",
+    )
     args = parser.parse_args()
+    import yaml
+
+    grow = tuple((k, yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.grow))
     import ray
 
     torch.set_num_threads(1)
@@ -402,6 +434,7 @@ def main() -> None:
         root = Path(tmp)
         for dataset in args.datasets:
             task = TASKS[dataset]
+            task = Task(**{**task.__dict__, "lr_schedule": args.lr_schedule, "grow": grow})
             if args.quick:
                 budget = task.max_train_flops / 4
                 task = Task(**{**task.__dict__, "trials": 12, "max_train_flops": budget})
