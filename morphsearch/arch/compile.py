@@ -17,6 +17,7 @@ is exactly 0; with relu'(0) = 0 they would never receive a gradient and stay fro
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CompiledArchitecture",
     "compile_module",
+    "evaluate",
     "init_weights",
     "make_layer",
     "relu",
@@ -253,15 +255,119 @@ def compile_module(
     """
     layers = _build_layers(arch, initialise=False)  # the weights are assigned below
     dtype = dtype or arch.dtype
-    state = {
-        f"{node}.{pname}": tensor.to(
-            device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype, copy=True
-        )
-        for node, params in arch.weights.items()
-        for pname, tensor in params.items()
-    }
-    layers.load_state_dict(state, strict=True, assign=True)
+    for node, params in arch.weights.items():
+        _assign(layers[node], params, device, dtype)
     return CompiledArchitecture(layers, generate_code(arch))
+
+
+def _assign(
+    layer: nn.Module, params: Mapping[str, torch.Tensor], device: torch.device | str | None,
+    dtype: torch.dtype,
+) -> None:
+    """Put copies of ``params`` into the layer's parameter and buffer slots.
+
+    What ``load_state_dict(assign=True)`` does for these layers, without its per-key
+    machinery (a third of compile time on small nets); the architecture has already
+    checked every shape against the layer's.
+    """
+    slots, buffers = layer._parameters, layer._buffers
+    for pname, tensor in params.items():
+        value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None,
+                          copy=True)
+        if pname in slots:
+            slots[pname] = nn.Parameter(value)
+        else:
+            buffers[pname] = value
+
+
+def evaluate(
+    arch: Architecture,
+    x: torch.Tensor,
+    *,
+    train: bool = False,
+    hook: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """Run ``arch`` on ``x`` without building a module.
+
+    The same generated forward as :func:`compile_module`, over functional layers that
+    read the architecture's weights (never written: in train mode batchnorm uses batch
+    statistics and does not update its running ones). Costs the forward pass alone,
+    where compiling first costs a module per layer: for one-off passes (a morphism's
+    batch gradient, a preservation check) on small networks.
+
+    Args:
+        arch: the architecture; unchanged.
+        x: a batch, cast to the architecture's dtype.
+        train: batch statistics and dropout (from the global RNG, like the module).
+        hook: ``hook(node, input, output)`` after each layer (linear, conv2d, batchnorm,
+            layernorm, dropout); a tensor it returns replaces the output.
+    """
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for node in arch.nodes:
+        spec = arch.spec(node)
+        make = _FUNCTIONAL.get(spec.op)
+        if make is None:
+            continue
+        fn = make(spec.attrs, arch.weights.get(node, {}), train, arch.shape(node))
+        fns[node] = fn if hook is None else _hooked(node, fn, hook)
+    runner = types.SimpleNamespace(layers=types.SimpleNamespace(**fns))
+    return _compiled(generate_code(arch))(runner, x.to(arch.dtype))
+
+
+_Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _hooked(
+    node: str, fn: _Fn, hook: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor | None]
+) -> _Fn:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = fn(x)
+        replaced = hook(node, x, out)
+        return out if replaced is None else replaced
+
+    return run
+
+
+def _f_linear(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
+              shape: tuple[int, ...]) -> _Fn:
+    weight, bias = w["weight"], w.get("bias")
+    return lambda x: F.linear(x, weight, bias)
+
+
+def _f_conv2d(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
+              shape: tuple[int, ...]) -> _Fn:
+    weight, bias, stride, padding = w["weight"], w.get("bias"), a["stride"], a["padding"]
+    return lambda x: F.conv2d(x, weight, bias, stride, padding)
+
+
+def _f_batchnorm(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
+                 shape: tuple[int, ...]) -> _Fn:
+    mean, var = (None, None) if train else (w["running_mean"], w["running_var"])
+    weight, bias, eps = w["weight"], w["bias"], a["eps"]
+    return lambda x: F.batch_norm(x, mean, var, weight, bias, train, 0.0, eps)
+
+
+def _f_layernorm(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
+                 shape: tuple[int, ...]) -> _Fn:
+    weight, bias, eps = w["weight"], w["bias"], a["eps"]
+    return lambda x: F.layer_norm(x, shape, weight, bias, eps)
+
+
+def _f_dropout(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
+               shape: tuple[int, ...]) -> _Fn:
+    p = a["p"]
+    return lambda x: F.dropout(x, p, train)
+
+
+_FUNCTIONAL: dict[str, Callable[[Mapping[str, Any], Mapping[str, torch.Tensor], bool,
+                                 tuple[int, ...]], _Fn]] = {
+    "linear": _f_linear,
+    "conv2d": _f_conv2d,
+    "batchnorm": _f_batchnorm,
+    "layernorm": _f_layernorm,
+    "dropout": _f_dropout,
+}
+assert set(_FUNCTIONAL) == set(_LAYERS)
 
 
 def weights_from_module(arch: Architecture, module: nn.Module) -> dict[str, dict[str, Any]]:

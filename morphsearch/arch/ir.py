@@ -75,6 +75,41 @@ class Architecture:
             weights = init_weights(self, seed=seed, dtype=dtype)
         self._weights = checked_weights(self, weights)
 
+    def _respecified(self, specs: Mapping[str, NodeSpec], weights: Weights) -> Architecture:
+        """Internal: this graph with the attributes of some nodes changed, and new weights.
+
+        For morphisms that keep every node, edge and op and change only attributes
+        (widening changes ``out_features``/``out_channels``). The child reuses what this
+        architecture has already validated and those changes cannot break (node names,
+        topological order, arity and ports) and checks the rest as the constructor does:
+        every shape is inferred again and every weight tensor checked against it (the
+        unchanged tensors, this architecture's private copies, are shared, not copied).
+
+        Raises:
+            InvalidArchitecture: as the constructor, or when a spec changes a node's op.
+        """
+        for node, spec in specs.items():
+            if not isinstance(spec, NodeSpec) or spec.op != self.op(node):
+                raise InvalidArchitecture(
+                    f"node {node!r}: _respecified keeps every op, got {spec!r}"
+                )
+        graph = nx.DiGraph()
+        graph.graph.update(self._graph.graph)
+        graph.add_nodes_from(
+            (node, {"spec": specs.get(node, data["spec"])})
+            for node, data in self._graph.nodes.items()
+        )
+        graph.add_edges_from(self._graph.edges(data=True))
+        child = object.__new__(Architecture)
+        child._graph = nx.freeze(graph)
+        child._order = self._order
+        child._inputs = self._inputs
+        child._infos = shapes.infer(
+            child._order, {n: child._graph.nodes[n]["spec"] for n in child._order}, child._inputs
+        )
+        child._weights = checked_weights(child, weights)
+        return child
+
     # ------------------------------------------------------------- structure
     @property
     def graph(self) -> nx.DiGraph:

@@ -17,14 +17,17 @@ parametrised over :func:`list_morphisms`, so registering a morphism puts it unde
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 
 from morphsearch.arch import Architecture
+from morphsearch.arch.compile import evaluate
 from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
 
 __all__ = [
@@ -116,12 +119,19 @@ class Morphism(abc.ABC):
         return None
 
     def param_defaults(self) -> dict[str, Any]:
-        signature = inspect.signature(self.transform)
-        return {
-            name: p.default
-            for name, p in signature.parameters.items()
-            if p.kind is p.KEYWORD_ONLY and name not in ("batch", "generator")
-        }
+        return dict(_param_defaults(type(self)))
+
+
+@functools.cache
+def _param_defaults(cls: type[Morphism]) -> Mapping[str, Any]:
+    """Keyword-only parameters of ``cls.transform`` and their defaults (read once per
+    class: ``inspect.signature`` costs more than a cheap morphism itself)."""
+    signature = inspect.signature(cls.transform)
+    return MappingProxyType({
+        name: p.default
+        for name, p in signature.parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in ("batch", "generator")
+    })
 
 
 _REGISTRY: dict[str, Morphism] = {}
@@ -217,9 +227,11 @@ def preservation_error(
 ) -> float:
     """Max absolute difference of parent and child outputs (eval mode) on ``inputs``."""
     dtype = parent.dtype
-    with torch.no_grad():
-        a = parent.to_module(dtype=dtype).eval()(inputs.to(dtype))
-        b = child.to_module(dtype=dtype).eval()(inputs.to(dtype))
+    if child.dtype != dtype:
+        child = child.to(dtype)
+    with torch.no_grad():  # the compiled modules' function, without building them
+        a = evaluate(parent, inputs, train=False)
+        b = evaluate(child, inputs, train=False)
     if a.shape != b.shape:
         return float("inf")
     return float((a - b).abs().max())

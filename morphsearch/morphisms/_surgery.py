@@ -199,11 +199,11 @@ def widened(
     """
     k = in_weight.shape[0]
     dtype = parent.dtype
-    graph = parent.editable_graph()
-    spec: NodeSpec = graph.nodes[wp.site]["spec"]
+    spec: NodeSpec = parent.spec(wp.site)
     attr = _WIDTH_ATTR[spec.op]
-    graph.nodes[wp.site]["spec"] = spec.replace(**{attr: spec[attr] + k})
-    weights = parent.weights_copy()
+    # unchanged tensors are shared (architectures never write them); changed ones are
+    # new tensors from torch.cat
+    weights = {node: dict(params) for node, params in parent.weights.items()}
     site_w = weights[wp.site]
     site_w["weight"] = torch.cat([site_w["weight"], in_weight.to(dtype)])
     if "bias" in site_w:
@@ -218,7 +218,7 @@ def widened(
                 weights[node][name] = torch.cat([tensor, given[name].to(dtype)])
     for c, new in zip(wp.consumers, outgoing, strict=True):
         weights[c.node]["weight"] = _grow_outgoing(weights[c.node]["weight"], new)
-    return Architecture(graph, weights)
+    return parent._respecified({wp.site: spec.replace(**{attr: spec[attr] + k})}, weights)
 
 
 def site_rows_shape(arch: Architecture, site: str) -> tuple[int, ...]:
@@ -233,11 +233,13 @@ def outgoing_shapes(arch: Architecture, wp: WidenPath) -> list[tuple[int, ...]]:
 
 def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
     """Mean over the site's units of the norm of each unit's outgoing weights."""
-    norms = []
-    for unit in range(wp.width):
-        parts = unit_outgoing(arch, wp, unit)
-        norms.append(float(torch.sqrt(sum((p**2).sum() for p in parts))))  # type: ignore[arg-type]
-    return sum(norms) / len(norms)
+    squares = torch.zeros(wp.width, dtype=torch.float64)
+    for c in wp.consumers:
+        weight = arch.weights[c.node]["weight"].to(torch.float64)
+        if weight.dim() == 2:  # linear: unit u owns columns [u*m, (u+1)*m)
+            weight = weight.reshape(weight.shape[0], wp.width, c.multiplicity)
+        squares += weight.pow(2).sum(dim=(0, *range(2, weight.dim())))
+    return float(squares.sqrt().mean())
 
 
 batch_loss = task_loss  # the Batch convention's loss, see morphsearch.losses

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from morphsearch.arch import Architecture
+from morphsearch.arch.compile import evaluate
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._surgery import (
@@ -267,7 +268,10 @@ def gradmax_matrix(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
         ``[d_out, d_in]`` with ``d_out`` the size of one unit's outgoing weights and
         ``d_in`` of its incoming weights.
     """
-    wp = widen_path(arch, site)
+    return _gradmax_matrix(arch, widen_path(arch, site), batch)
+
+
+def _gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Tensor:
     form = _closed_form(arch, wp)
     if form is not None:
         return _closed_form_gradmax_matrix(arch, wp, batch, form)
@@ -357,22 +361,28 @@ def _closed_form(arch: Architecture, wp: WidenPath) -> _ClosedForm | None:
 def _site_input_and_consumer_grads(
     arch: Architecture, wp: WidenPath, batch: Batch
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The site's input and ``dL/dz`` of each consumer's output, one pass of the parent."""
-    module = arch.to_module().train()
+    """The site's input and ``dL/dz`` of each consumer's output, one pass of the parent.
+
+    Run with :func:`~morphsearch.arch.compile.evaluate` (no module is built) and with
+    autograd only from the consumers' outputs on.
+    """
+    consumers = {c.node for c in wp.consumers}
     seen: dict[str, torch.Tensor] = {}
-    hooks = [module.get_submodule(f"layers.{wp.site}").register_forward_hook(
-        lambda _m, args, _out: seen.__setitem__("h", args[0]))]
-    for c in wp.consumers:
-        hooks.append(module.get_submodule(f"layers.{c.node}").register_forward_hook(
-            lambda _m, _args, out, name=c.node: seen.__setitem__(name, out)))
+
+    def hook(node: str, inp: torch.Tensor, out: torch.Tensor) -> None:
+        if node == wp.site:
+            seen["h"] = inp
+        elif node in consumers:
+            if not out.requires_grad:  # the first consumer: the graph starts here
+                out.requires_grad_()
+            seen[node] = out
+
     inputs, targets = batch
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(0)  # as the general path: fixed dropout masks
-        loss = batch_loss(module(inputs.to(arch.dtype)), targets)
-    for hook in hooks:
-        hook.remove()
+        loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
     grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
-    return seen["h"].detach(), [g.detach() for g in grads]
+    return seen["h"].detach(), list(grads)
 
 
 def _closed_form_gradmax_matrix(
@@ -484,9 +494,9 @@ class GradMaxWiden(_Widening):
     ) -> Architecture:
         if batch is None:
             raise MorphismNotApplicable(f"{self.name} needs a batch=(inputs, targets)")
-        matrix = gradmax_matrix(parent, site, batch)
-        _check_k(self.name, k, matrix.shape[0])
         wp = widen_path(parent, site)
+        matrix = _gradmax_matrix(parent, wp, batch)
+        _check_k(self.name, k, matrix.shape[0])
         c = _target_norm(self.name, scale, scale_mode, mean_outgoing_norm(parent, wp))
         u, _, _ = torch.linalg.svd(matrix, full_matrices=True)
         directions = _fixed_signs(u[:, :k].T)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import pytest
 import torch
@@ -174,3 +176,30 @@ def test_concat_and_ports_keep_order() -> None:
     m = arch.to_module()
     expected = torch.cat([m.layers.c(x), m.layers.a(x)], dim=1).mean((2, 3))
     torch.testing.assert_close(out, expected)
+
+
+def test_respecified_child_equals_a_fully_validated_one() -> None:
+    # the internal constructor widening uses: same result as the full constructor, and
+    # the same refusals for weights that do not fit the new attributes
+    parent = builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3)
+    spec = parent.spec("conv1").replace(out_channels=5)
+    weights = {node: dict(params) for node, params in parent.weights.items()}
+    weights["conv1"]["weight"] = torch.randn(5, 1, 3, 3)
+    weights["conv1"]["bias"] = torch.randn(5)
+    weights["conv2"]["weight"] = torch.randn(4, 5, 3, 3)
+    child = parent._respecified({"conv1": spec}, weights)
+    graph = parent.editable_graph()
+    graph.nodes["conv1"]["spec"] = spec
+    full = Architecture(graph, weights)
+    assert (child.structure_hash, child.weights_hash) == (full.structure_hash, full.weights_hash)
+    assert [child.shape(n) for n in child] == [full.shape(n) for n in full]
+    assert (child.num_params, child.flops) == (full.num_params, full.flops)
+    assert child.shape("conv1") == (5, 6, 6) and parent.shape("conv1") == (3, 6, 6)
+    assert child.weights["fc2"]["weight"] is parent.weights["fc2"]["weight"]  # shared copy
+    with pytest.raises(InvalidArchitecture, match=r"'conv2' weight 'weight' has shape"):
+        parent._respecified({"conv1": spec}, {**weights, "conv2": parent.weights["conv2"]})
+    with pytest.raises(InvalidArchitecture, match="NaN"):
+        bad = {**weights, "conv1": {**weights["conv1"], "bias": torch.full((5,), math.nan)}}
+        parent._respecified({"conv1": spec}, bad)
+    with pytest.raises(InvalidArchitecture, match="keeps every op"):
+        parent._respecified({"conv1": NodeSpec("linear", out_features=3)}, weights)

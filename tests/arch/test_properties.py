@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from morphsearch.arch import Architecture, load
+from morphsearch.arch.compile import evaluate
 from morphsearch.builders import GraphBuilder
 
 ACTS = st.sampled_from(["relu", "tanh", "gelu", "selu", "identity"])
@@ -125,3 +126,32 @@ def test_hashes_are_deterministic_and_name_independent(arch: Architecture, seed:
     assert renamed.structure_hash == arch.structure_hash
     assert renamed.weights_hash == arch.weights_hash
     assert Architecture(arch.graph, arch.weights).weights_hash == arch.weights_hash
+
+
+def _layernorm_net() -> Architecture:
+    b = GraphBuilder((5,))
+    h = b.add("layernorm", b.add("linear", b.input, out_features=4), eps=1e-3)
+    return b.build(b.add("linear", b.add("dropout", b.add("gelu", h), p=0.3), out_features=3),
+                   seed=2)
+
+
+@SETTINGS
+@given(arch=st.one_of(ARCHS, st.just(_layernorm_net())), batch=st.integers(2, 4),
+       train=st.booleans())
+def test_evaluate_equals_the_compiled_module(arch: Architecture, batch: int,
+                                             train: bool) -> None:
+    # the functional forward (no module) computes the compiled module's function, with
+    # the same dropout masks from the same global seed, and leaves the weights alone
+    x = torch.randn(batch, *arch.input_shape)
+    before = arch.weights_hash
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        expected = arch.to_module().train(train)(x)
+        torch.manual_seed(5)
+        got = evaluate(arch, x, train=train)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert Architecture(arch.graph, arch.weights).weights_hash == before
+    seen: list[str] = []
+    evaluate(arch, x, hook=lambda node, _inp, _out: seen.append(node))
+    assert seen == [n for n in arch.nodes if arch.op(n) in
+                    ("linear", "conv2d", "batchnorm", "layernorm", "dropout")]

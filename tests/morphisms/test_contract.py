@@ -60,12 +60,27 @@ def _check_trains(child: Architecture) -> None:
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
+def _check_fully_valid(child: Architecture) -> None:
+    """The child passes the full constructor's validation (morphisms may build children
+    through internal shortcuts that skip what cannot change) with the same result."""
+    again = Architecture(child.editable_graph(), child.weights_copy())
+    assert again.nodes == child.nodes
+    assert all(again.inputs(n) == child.inputs(n) for n in child.nodes)
+    assert all(again.spec(n) == child.spec(n) for n in child.nodes)
+    assert all(again.shape(n) == child.shape(n) for n in child.nodes)
+    assert all(dict(again.param_specs(n)) == dict(child.param_specs(n)) for n in child.nodes)
+    assert (again.structure_hash, again.weights_hash) == (child.structure_hash,
+                                                          child.weights_hash)
+    assert (again.num_params, again.flops) == (child.num_params, child.flops)
+
+
 def _check_site(name: str, parent: Architecture, site: str, *, full: bool) -> None:
     hashes = (parent.structure_hash, parent.weights_hash)
     result = _apply(name, parent, site, seed=3)
     child = result.child
     assert isinstance(child, Architecture)
     assert (parent.structure_hash, parent.weights_hash) == hashes, f"{name} changed its parent"
+    _check_fully_valid(child)
     if morphisms.get(name).preserves_function:
         _check_preserved(name, parent, child, site)
     if not full:
