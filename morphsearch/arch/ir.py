@@ -83,7 +83,9 @@ class Architecture:
         architecture has already validated and those changes cannot break (node names,
         topological order, arity and ports) and checks the rest as the constructor does:
         every shape is inferred again and every weight tensor checked against it (the
-        unchanged tensors, this architecture's private copies, are shared, not copied).
+        unchanged tensors, this architecture's private copies, are shared; the new ones
+        are handed over by the caller, who must hold no other reference to them, and are
+        not copied either).
 
         Raises:
             InvalidArchitecture: as the constructor, or when a spec changes a node's op.
@@ -107,7 +109,7 @@ class Architecture:
         child._infos = shapes.infer(
             child._order, {n: child._graph.nodes[n]["spec"] for n in child._order}, child._inputs
         )
-        child._weights = checked_weights(child, weights)
+        child._weights = checked_weights(child, weights, handed_over=True)
         return child
 
     # ------------------------------------------------------------- structure

@@ -141,7 +141,14 @@ def ordered_inputs(graph: nx.DiGraph, name: str) -> tuple[str, ...]:
     return tuple(inputs)
 
 
-def checked_weights(arch: Architecture, weights: Weights) -> Mapping[str, Mapping[str, Any]]:
+def checked_weights(
+    arch: Architecture, weights: Weights, *, handed_over: bool = False
+) -> Mapping[str, Mapping[str, Any]]:
+    """Check ``weights`` against ``arch``'s parameter specs; returns private copies.
+
+    With ``handed_over`` the caller gives up the tensors that are not already some
+    architecture's: they are checked (shape, dtype, finite) but not copied.
+    """
     extra = sorted(set(weights) - set(arch.nodes))
     if extra:
         raise InvalidArchitecture(f"weights given for {extra[0]!r}, which is not a node")
@@ -158,7 +165,7 @@ def checked_weights(arch: Architecture, weights: Weights) -> Mapping[str, Mappin
             )
         params: dict[str, torch.Tensor] = {}
         for pname, pspec in specs.items():
-            tensor = _checked_tensor(node, pname, pspec, given.get(pname))
+            tensor = _checked_tensor(node, pname, pspec, given.get(pname), handed_over)
             if tensor.is_floating_point():
                 if float_dtype is None:
                     float_dtype = tensor.dtype
@@ -173,7 +180,9 @@ def checked_weights(arch: Architecture, weights: Weights) -> Mapping[str, Mappin
     return MappingProxyType(checked)
 
 
-def _checked_tensor(node: str, pname: str, pspec: ParamSpec, value: Any) -> torch.Tensor:
+def _checked_tensor(
+    node: str, pname: str, pspec: ParamSpec, value: Any, handed_over: bool = False
+) -> torch.Tensor:
     where = f"node {node!r} weight {pname!r}"
     if value is None:
         raise InvalidArchitecture(f"{where} is missing; expected shape {list(pspec.shape)}")
@@ -189,7 +198,9 @@ def _checked_tensor(node: str, pname: str, pspec: ParamSpec, value: Any) -> torc
         return _own(value.detach().to("cpu", torch.int64).clone())
     if not value.is_floating_point():
         raise InvalidArchitecture(f"{where} must be a float tensor, got {value.dtype}")
-    tensor = value.detach().to("cpu").clone()
+    tensor = value.detach()
+    if not handed_over or tensor.device.type != "cpu":
+        tensor = tensor.to("cpu").clone()
     if not bool(torch.isfinite(tensor).all()):
         raise InvalidArchitecture(
             f"{where} contains NaN or infinite values; re-export the weights from a healthy model"

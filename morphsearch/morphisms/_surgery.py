@@ -233,13 +233,14 @@ def outgoing_shapes(arch: Architecture, wp: WidenPath) -> list[tuple[int, ...]]:
 
 def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
     """Mean over the site's units of the norm of each unit's outgoing weights."""
-    squares = torch.zeros(wp.width, dtype=torch.float64)
+    per_consumer = []
     for c in wp.consumers:
-        weight = arch.weights[c.node]["weight"].to(torch.float64)
+        weight = arch.weights[c.node]["weight"]
         if weight.dim() == 2:  # linear: unit u owns columns [u*m, (u+1)*m)
             weight = weight.reshape(weight.shape[0], wp.width, c.multiplicity)
-        squares += weight.pow(2).sum(dim=(0, *range(2, weight.dim())))
-    return float(squares.sqrt().mean())
+        per_consumer.append(torch.linalg.vector_norm(weight, dim=(0, *range(2, weight.dim()))))
+    norms = per_consumer[0] if len(per_consumer) == 1 else torch.stack(per_consumer).norm(dim=0)
+    return float(norms.mean())
 
 
 batch_loss = task_loss  # the Batch convention's loss, see morphsearch.losses

@@ -22,9 +22,11 @@ preserves the function exactly (train and eval mode):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,6 +280,21 @@ def _gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Te
     return _auxiliary_gradmax_matrix(arch, wp, batch)
 
 
+@contextlib.contextmanager
+def _fixed_dropout(arch: Architecture) -> Iterator[None]:
+    """Dropout masks from a fixed seed (reproducible), leaving the global RNG as it was.
+
+    CPU generator only: torch.manual_seed would also seed every lazy accelerator (~1 ms
+    a call). Without dropout nothing draws from the RNG, and nothing is done.
+    """
+    if not any(arch.op(node) == "dropout" for node in arch.nodes):
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(0)
+        yield
+
+
 def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Tensor:
     """The general case: one backward pass through an auxiliary widened network."""
     site = wp.site
@@ -291,10 +308,7 @@ def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -
     weight = module.get_submodule(f"layers.{site}").weight
     assert isinstance(weight, torch.Tensor)
     inputs, targets = batch
-    with torch.random.fork_rng(devices=[]):
-        # dropout on the path: a fixed mask, for reproducibility (CPU generator only:
-        # torch.manual_seed would also seed every lazy accelerator, ~1 ms a call)
-        torch.default_generator.manual_seed(0)
+    with _fixed_dropout(arch):
         loss = batch_loss(module(inputs.to(dtype)), targets)
     (grad,) = torch.autograd.grad(loss, weight)
     return grad[wp.width :].reshape(d_out, -1).detach()
@@ -378,8 +392,7 @@ def _site_input_and_consumer_grads(
             seen[node] = out
 
     inputs, targets = batch
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(0)  # as the general path: fixed dropout masks
+    with _fixed_dropout(arch):  # the same masks as the general path
         loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
     grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
     return seen["h"].detach(), list(grads)
@@ -509,4 +522,4 @@ class GradMaxWiden(_Widening):
 def _fixed_signs(vectors: torch.Tensor) -> torch.Tensor:
     """Flip each row so its largest-magnitude entry is positive (SVD signs are arbitrary)."""
     pivot = vectors.gather(1, vectors.abs().argmax(dim=1, keepdim=True))
-    return vectors * torch.where(pivot < 0, -1.0, 1.0).to(vectors.dtype)
+    return vectors * pivot.sign()  # sign 0 only for an all-zero row, which stays zero

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -10,7 +12,12 @@ from morphsearch.arch import Architecture
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms import widen
-from morphsearch.morphisms._surgery import batch_loss, widen_path
+from morphsearch.morphisms._surgery import (
+    batch_loss,
+    mean_outgoing_norm,
+    unit_outgoing,
+    widen_path,
+)
 
 F64 = torch.float64
 OPERATORS = ["widen.random", "widen.split", "widen.gradmax"]
@@ -303,3 +310,16 @@ def _branching_path() -> Architecture:
 def test_pooling_dropout_and_unknown_slopes_take_the_auxiliary_path(arch: Architecture,
                                                                     site: str) -> None:
     assert widen._closed_form(arch, widen_path(arch, site)) is None
+
+
+@pytest.mark.parametrize(("arch", "site"), [
+    *[(_arch(kind), site) for kind, site in CASES],
+    (_chain("linear", [("tanh", {})], [_LIN, _LIN]), "site"),
+    (_chain("conv2d", [("relu", {})], [_conv(), _conv(kernel_size=1, padding=0)]), "site"),
+])
+def test_mean_outgoing_norm_is_the_mean_of_per_unit_norms(arch: Architecture,
+                                                          site: str) -> None:
+    wp = widen_path(arch, site)
+    norms = [math.sqrt(sum(float((p**2).sum()) for p in unit_outgoing(arch, wp, u)))
+             for u in range(wp.width)]
+    assert mean_outgoing_norm(arch, wp) == pytest.approx(sum(norms) / len(norms), rel=1e-12)
