@@ -237,6 +237,14 @@ _BN: tuple[str, dict] = ("batchnorm", {})
 _BN_EPS: tuple[str, dict] = ("batchnorm", {"eps": 1e-3})
 _FLAT: tuple[str, dict] = ("flatten", {})
 
+def _dropout_upstream() -> Architecture:
+    # dropout before the site: the closed form must draw the auxiliary path's masks
+    b = GraphBuilder((6,))
+    h = b.add("relu", b.add("linear", b.add("dropout", b.input, p=0.5), out_features=4,
+                            name="fc1"))
+    return b.build(b.add("linear", h, out_features=3, name="fc2"), dtype=F64, seed=3)
+
+
 # (label, architecture, site) whose gradmax matrix has a closed form
 CLOSED_FORM_CASES = [
     *[(f"mlp_{act}", builders.mlp([6, 4, 5, 3], activation=act, dtype=F64, seed=1), site)
@@ -244,6 +252,7 @@ CLOSED_FORM_CASES = [
     ("mlp_bn_tanh", _arch("mlp_bn_tanh"), "fc1"),
     ("mlp_bn_relu", builders.mlp([6, 4, 5, 3], batchnorm=True, dtype=F64, seed=1), "fc2"),
     ("linear_act_bn", _chain("linear", [("relu", {}), _BN_EPS], [_LIN]), "site"),
+    ("dropout_upstream", _dropout_upstream(), "fc1"),
     ("linear_linear", _chain("linear", [], [_LIN]), "site"),
     ("linear_relu_tanh", _chain("linear", [("relu", {}), ("tanh", {})], [_LIN]), "site"),
     ("linear_two_consumers", _chain("linear", [("tanh", {})], [_LIN, _LIN]), "site"),
