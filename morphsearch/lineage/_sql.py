@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, overload
 
@@ -32,32 +34,43 @@ def as_utc(value: datetime | None) -> datetime | None:
 def insert_on_conflict(
     session: Session,
     table: Any,
-    values: dict[str, Any],
+    values: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     keys: list[str],
     update: list[str] | None = None,
 ) -> None:
-    """``INSERT`` that ignores (or, with ``update``, overwrites) a row clashing on ``keys``.
+    """``INSERT`` that ignores (or, with ``update``, overwrites) rows clashing on ``keys``.
 
     The database decides, not a prior ``SELECT``: two writers recording the same
-    trial at once cannot both insert it, on SQLite or PostgreSQL.
+    trial at once cannot both insert it, on SQLite or PostgreSQL. ``values`` is one row
+    or a list of rows (sent as one executemany).
     """
+    rows = [dict(values)] if isinstance(values, Mapping) else [dict(v) for v in values]
+    if rows:
+        statement = _upsert(
+            session.get_bind().dialect.name, table, tuple(keys), tuple(update or ())
+        )
+        session.execute(statement, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert(dialect: str, table: Any, keys: tuple[str, ...], update: tuple[str, ...]) -> Any:
+    """The upsert statement, built once per table and conflict rule (building the
+    ``excluded`` column proxies costs more than a small insert itself)."""
     # dialect modules imported here: read-only CLI queries never pay for them
     statement: Any
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        statement = postgresql.insert(table).values(**values)
+        statement = postgresql.insert(table)
     else:
         from sqlalchemy.dialects import sqlite
 
-        statement = sqlite.insert(table).values(**values)
+        statement = sqlite.insert(table)
     if update:
-        statement = statement.on_conflict_do_update(
-            index_elements=keys, set_={name: statement.excluded[name] for name in update}
+        return statement.on_conflict_do_update(
+            index_elements=list(keys), set_={name: statement.excluded[name] for name in update}
         )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=keys)
-    session.execute(statement)
+    return statement.on_conflict_do_nothing(index_elements=list(keys))
 
 
 def search_pk(session: Session, name: str) -> int:

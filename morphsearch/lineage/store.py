@@ -259,11 +259,7 @@ class LineageStore:
             NotFound: no such trial or architecture.
         """
         return self._run(
-            lambda s: sum(
-                writes.add_metrics(s, trial_id, budget, values, arch_id)
-                for budget, values in reports
-            ),
-            write=True,
+            lambda s: writes.add_metrics_many(s, trial_id, reports, arch_id), write=True
         )
 
     def record_growth(

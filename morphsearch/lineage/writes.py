@@ -191,26 +191,39 @@ def add_metrics(
     Returns:
         The number of values stored.
     """
+    return add_metrics_many(session, trial_id, [(budget, values)], arch_id)
+
+
+def add_metrics_many(
+    session: Session,
+    trial_id: str,
+    reports: Sequence[tuple[int, Mapping[str, float]]],
+    arch_id: str | None,
+) -> int:
+    """:func:`add_metrics` for several ``(budget, values)`` reports, in one statement.
+
+    Returns:
+        The number of values stored.
+    """
     trial = trial_row(session, trial_id)
     arch = arch_pk(session, arch_id) if arch_id is not None else trial.child_id
-    stored = 0
-    for name, value in values.items():
-        number = float(value)
-        if math.isnan(number):
-            continue
-        row = {
+    rows = [
+        {
             "trial_id": trial.id,
             "arch_id": arch,
             "search_id": trial.search_id,
             "budget": int(budget),
             "name": name,
-            "value": number,
+            "value": float(value),
         }
-        insert_on_conflict(
-            session, Metric.__table__, row, ["trial_id", "budget", "name"], ["value", "arch_id"]
-        )
-        stored += 1
-    return stored
+        for budget, values in reports
+        for name, value in values.items()
+        if not math.isnan(float(value))
+    ]
+    insert_on_conflict(
+        session, Metric.__table__, rows, ["trial_id", "budget", "name"], ["value", "arch_id"]
+    )
+    return len(rows)
 
 
 def add_growth(
