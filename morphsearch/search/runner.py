@@ -312,14 +312,13 @@ def _summary(
 ) -> SearchResult:
     best = store.best(name, config.metric, config.mode, k=1)
     seed_value = None
-    for node in store.descendants(seed_arch_id(name), max_depth=1)[1:]:
-        if not node.morphisms:  # the trial that trained the seed as it is
-            found = [
-                b
-                for b in store.best(name, config.metric, config.mode, k=10_000)
-                if b.arch_id == node.arch_id
-            ]
-            seed_value = found[0].value if found else None
+    # the trial that trained the seed as it is: a child of the seed without a morphism
+    plain = [n.arch_id for n in store.descendants(seed_arch_id(name), max_depth=1)[1:]
+             if not n.morphisms]
+    if plain:
+        values = {b.arch_id: b.value
+                  for b in store.best(name, config.metric, config.mode, k=10_000)}
+        seed_value = values.get(plain[-1])
     return SearchResult(
         name,
         best[0].arch_id if best else None,
