@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from morphsearch.errors import ExportError, WeightsError
+from morphsearch.errors import ExportError, NotFound, WeightsError
 
 if TYPE_CHECKING:
     from morphsearch.arch import Architecture
@@ -305,6 +305,11 @@ def export_from_store(
         if arch_id is None:
             arch_id = best_arch_id(store, search, metric, mode)
         record = store.architecture(arch_id)
+        if search is not None and record.search != search:
+            raise NotFound(
+                f"architecture {arch_id!r} belongs to search {record.search!r}, not "
+                f"{search!r}; drop --search or pass an architecture of {search!r}"
+            )
         arch = _stored_architecture(record)
         card = model_card(store, record, metric=metric, mode=mode)
     meta = {"search": record.search, "arch_id": record.arch_id}

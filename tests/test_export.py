@@ -247,6 +247,7 @@ def test_cli_export_and_errors(
         ("--best", "--search", "missing"): "missing",
         ("--arch", "b", "--format", "onnx,tflite"): "tflite",
         ("--best", "--metric", "val_loss"): "no val_loss values",
+        ("--arch", "b", "--search", "other"): "belongs to search",
     }
     for extra, named in cases.items():
         code, out, err = _cli(capsys, "export", "--db", db, "--out", str(tmp_path / "x"), *extra)
