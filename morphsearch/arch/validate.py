@@ -154,6 +154,7 @@ def checked_weights(
         raise InvalidArchitecture(f"weights given for {extra[0]!r}, which is not a node")
     checked: dict[str, Mapping[str, torch.Tensor]] = {}
     float_dtype: torch.dtype | None = None
+    unchecked: list[tuple[str, torch.Tensor]] = []  # new float tensors: finite?
     for node in arch.nodes:
         specs = arch.param_specs(node)
         given = weights.get(node, {})
@@ -165,7 +166,8 @@ def checked_weights(
             )
         params: dict[str, torch.Tensor] = {}
         for pname, pspec in specs.items():
-            tensor = _checked_tensor(node, pname, pspec, given.get(pname), handed_over)
+            tensor = _checked_tensor(node, pname, pspec, given.get(pname), handed_over,
+                                     unchecked)
             if tensor.is_floating_point():
                 if float_dtype is None:
                     float_dtype = tensor.dtype
@@ -177,12 +179,29 @@ def checked_weights(
             params[pname] = tensor
         if params:
             checked[node] = MappingProxyType(params)
+    _check_finite(unchecked)
     return MappingProxyType(checked)
 
 
+def _check_finite(tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """One check for all new tensors (each costs a few tensor ops); names the first bad one."""
+    if not tensors:
+        return
+    flat = [t.reshape(-1) for _, t in tensors]
+    if bool(torch.isfinite(flat[0] if len(flat) == 1 else torch.cat(flat)).all()):
+        return
+    where = next(w for w, t in tensors if not bool(torch.isfinite(t).all()))
+    raise InvalidArchitecture(
+        f"{where} contains NaN or infinite values; re-export the weights from a healthy model"
+    )
+
+
 def _checked_tensor(
-    node: str, pname: str, pspec: ParamSpec, value: Any, handed_over: bool = False
+    node: str, pname: str, pspec: ParamSpec, value: Any, handed_over: bool,
+    unchecked: list[tuple[str, torch.Tensor]],
 ) -> torch.Tensor:
+    """The private tensor for one weight; a new float one is appended to ``unchecked``
+    for the caller's finiteness check."""
     where = f"node {node!r} weight {pname!r}"
     if value is None:
         raise InvalidArchitecture(f"{where} is missing; expected shape {list(pspec.shape)}")
@@ -201,10 +220,7 @@ def _checked_tensor(
     tensor = value.detach()
     if not handed_over or tensor.device.type != "cpu":
         tensor = tensor.to("cpu").clone()
-    if not bool(torch.isfinite(tensor).all()):
-        raise InvalidArchitecture(
-            f"{where} contains NaN or infinite values; re-export the weights from a healthy model"
-        )
+    unchecked.append((where, tensor))
     return _own(tensor)
 
 

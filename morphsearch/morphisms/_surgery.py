@@ -14,6 +14,7 @@ a new unit would change the others) or the network output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -118,7 +119,7 @@ def why_not_widen(arch: Architecture, site: str) -> str | None:
 
 
 def _spatial(shape: tuple[int, ...]) -> int:
-    return int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
+    return math.prod(shape[1:])
 
 
 def consumer_unit_slice(consumer: Consumer, unit: int) -> slice:

@@ -78,7 +78,7 @@ def _split_rows(vectors: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[to
     """``[k, d_out]`` flat outgoing vectors -> per consumer ``[k, *shape]``."""
     out, start = [], 0
     for shape in shapes:
-        n = int(torch.tensor(shape).prod())
+        n = math.prod(shape)
         out.append(vectors[:, start : start + n].reshape(len(vectors), *shape))
         start += n
     return out
@@ -132,7 +132,7 @@ class RandomWiden(_Widening):
         dtype = parent.dtype
         rows = site_rows_shape(parent, site)
         shapes = outgoing_shapes(parent, wp)
-        d_out = sum(int(torch.tensor(s).prod()) for s in shapes)
+        d_out = sum(math.prod(s) for s in shapes)
         if zero == "incoming":
             c = _target_norm(self.name, scale, scale_mode, mean_outgoing_norm(parent, wp))
             out = _random_directions(k, d_out, generator, dtype) * c
@@ -140,7 +140,7 @@ class RandomWiden(_Widening):
                            _split_rows(out, shapes))
         if zero == "outgoing":
             c = _target_norm(self.name, scale, scale_mode, _mean_incoming_norm(parent, site))
-            d_in = int(torch.tensor(rows).prod())
+            d_in = math.prod(rows)
             incoming = (_random_directions(k, d_in, generator, dtype) * c).reshape(k, *rows)
             zeros = torch.zeros(k, d_out, dtype=dtype)
             return widened(parent, wp, incoming, None, _split_rows(zeros, shapes))
@@ -300,7 +300,7 @@ def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -
     site = wp.site
     dtype = arch.dtype
     shapes = outgoing_shapes(arch, wp)
-    d_out = sum(int(torch.tensor(s).prod()) for s in shapes)
+    d_out = sum(math.prod(s) for s in shapes)
     rows = site_rows_shape(arch, site)
     aux = widened(arch, wp, torch.zeros(d_out, *rows, dtype=dtype), None,
                   _split_rows(torch.eye(d_out, dtype=dtype), shapes))
