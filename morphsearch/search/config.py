@@ -167,26 +167,18 @@ class SelectionConfig(_Frozen):
     optimizer state (Adam moments and step counts; the state is saved beside every
     trial's final weights, and moments of units a morphism adds start at zero, see
     :func:`morphsearch.morphisms.optim.transfer_optimizer`) instead of a fresh Adam.
-
-    ``child_lr_factor: [low, high]``: a child that fine-tunes a trained parent takes the
-    parent's learning rate times a factor Optuna draws (log scale) from this range,
-    instead of a learning rate from ``lr`` (``None``: every trial draws from ``lr``).
     """
 
     pool_size: int = Field(default=4, ge=1)
     lr: tuple[float, float] = (1e-3, 3e-2)
     inherit_weights: bool = True
     inherit_optimizer: bool = True
-    child_lr_factor: tuple[float, float] | None = None
     max_children: int | None = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _lr_ordered(self) -> SelectionConfig:
         if not 0 < self.lr[0] <= self.lr[1]:
             raise ValueError("'lr' must be [low, high] with 0 < low <= high")
-        factor = self.child_lr_factor
-        if factor is not None and not 0 < factor[0] <= factor[1]:
-            raise ValueError("'child_lr_factor' must be [low, high] with 0 < low <= high")
         return self
 
 

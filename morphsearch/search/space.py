@@ -42,8 +42,6 @@ class ParentInfo:
     weights_uri: str
     weights_sha256: str | None
     graph: dict[str, Any]
-    # the learning rate the parent trained with (None: the untrained seed)
-    lr: float | None = None
 
 
 class MorphismSpace:
@@ -88,22 +86,16 @@ class MorphismSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Suggest one trial; returns the resolved constants Ray adds to its config."""
+        lr = trial.suggest_float("lr", *self.config.selection.lr, log=True)
         selection = self.config.selection
         base: dict[str, Any] = {
+            "lr": lr,
             "trial_seed": self.config.seed * 100_003 + int(trial.number),
             # per-trial training options the trainable reads from the trial's config
             "lr_schedule": self.config.budget.lr_schedule,
             "inherit_optimizer": selection.inherit_weights and selection.inherit_optimizer,
         }
         pool = self.pool()
-        # children of a trained parent with child_lr_factor scale the parent's lr
-        # (resolved per parent below); every other trial draws its own
-        scaled = bool(pool) and selection.child_lr_factor is not None
-        if scaled:
-            assert selection.child_lr_factor is not None
-            factor = trial.suggest_float("lr_factor", *selection.child_lr_factor, log=True)
-        else:
-            base["lr"] = trial.suggest_float("lr", *selection.lr, log=True)
         seed_key = (self.seed_info.arch_id, "train")
         if not pool and seed_key not in self.suggested:
             # First trial: train the seed as it is, so children have a trained parent
@@ -134,8 +126,6 @@ class MorphismSpace:
         for parent in ordered_pool:
             choice = self._resolve(parent, name, position, k)
             if choice is not None:
-                if scaled:
-                    base["lr"] = self._scaled_lr(parent, factor)
                 return {**base, **self._parent_fields(parent), **choice}
         raise SearchError(
             f"search {self.search!r}: every enabled morphism at every site of the parent pool "
@@ -151,7 +141,6 @@ class MorphismSpace:
         """
         k = self.config.selection.pool_size
         limit = self.config.selection.max_children
-        scaled = self.config.selection.child_lr_factor is not None
         found = self.store.best(self.search, self.config.metric, self.config.mode, k=4 * k)
         fresh: list[ParentInfo] = []
         used: list[ParentInfo] = []
@@ -164,8 +153,6 @@ class MorphismSpace:
                 record.weights_uri,
                 record.weights_sha256,
                 record.graph,
-                # the parent's lr, for children that scale it (a query per parent)
-                self._trained_lr(result.trial_id) if scaled else None,
             )
             if limit is not None and self.children(record.arch_id) >= limit:
                 used.append(info)
@@ -180,19 +167,6 @@ class MorphismSpace:
         """How many distinct children ``parent_id`` has: suggested here or in lineage."""
         mine = {key for key in self.suggested if key[0] == parent_id}
         return len(mine | self._grown_from(parent_id))
-
-    def _trained_lr(self, trial_id: str) -> float | None:
-        """The learning rate trial ``trial_id`` trained with (from its recorded config)."""
-        try:
-            value = self.store.trial(trial_id).config.get("lr")
-        except MorphSearchError:
-            return None
-        return float(value) if isinstance(value, (int, float)) else None
-
-    def _scaled_lr(self, parent: ParentInfo, factor: float) -> float:
-        """The parent's lr times ``factor`` (the geometric middle of ``lr`` if unknown)."""
-        low, high = self.config.selection.lr
-        return (parent.lr if parent.lr is not None else (low * high) ** 0.5) * factor
 
     @staticmethod
     def _parent_fields(parent: ParentInfo) -> dict[str, Any]:

@@ -297,21 +297,18 @@ def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
 def test_optimizer_options_parse_and_validate(tmp_path: Path) -> None:
     config = SearchConfig.model_validate(TINY)
     assert config.selection.inherit_optimizer is True
-    assert config.selection.child_lr_factor is None
     assert config.budget.lr_schedule == "constant"
     path = tmp_path / "x.yaml"
     head = "seed_graph: {builder: mlp}\ndataset: {name: digits}\n"
     path.write_text(
-        head + "selection: {inherit_optimizer: false, child_lr_factor: [0.2, 1.0]}\n"
+        head + "selection: {inherit_optimizer: false}\n"
         "budget: {lr_schedule: cosine}\n"
     )
     loaded = load_config(path)
     assert loaded.selection.inherit_optimizer is False
-    assert loaded.selection.child_lr_factor == (0.2, 1.0)
     assert loaded.budget.lr_schedule == "cosine"
     for bad, field in (
-        ("selection: {child_lr_factor: [1.0, 0.5]}", "child_lr_factor"),
-        ("selection: {child_lr_factor: [0, 1]}", "child_lr_factor"),
+        ("selection: {inherit_optimizer: maybe}", "inherit_optimizer"),
         ("budget: {lr_schedule: step}", "lr_schedule"),
     ):
         path.write_text(head + bad + "\n")
@@ -384,46 +381,35 @@ def test_cosine_lr_schedule() -> None:
     assert optimizer.param_groups[0]["lr"] == pytest.approx(want[-1])  # untouched
 
 
-def test_child_lr_factor_scales_the_parents_lr(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
+def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space, seed = _space(tmp_path, **{"widen.split": {"k": [2, 4]}})
-    selection = space.config.selection.model_copy(update={"child_lr_factor": (0.25, 0.5)})
+    space, _ = _space(tmp_path, **{"widen.split": {"k": [2, 4]}})
     budget = space.config.budget.model_copy(update={"lr_schedule": "cosine"})
-    space.config = space.config.model_copy(update={"selection": selection, "budget": budget})
-    graph = seed.to_json()
+    space.config = space.config.model_copy(update={"budget": budget})
 
-    class Store:
+    class EmptyStore:  # no trained architecture yet: the first trials
         def best(self, *args: Any, **kwargs: Any) -> list[Any]:
-            return [SimpleNamespace(arch_id="a", trial_id="ta")]
-
-        def architecture(self, arch_id: str) -> Any:
-            return SimpleNamespace(
-                arch_id=arch_id, weights_uri="a.st", weights_sha256=None, graph=graph,
-                structure_hash="h",
-            )
+            return []
 
         def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
-            return [SimpleNamespace(arch_id=arch_id)]
+            return [arch_id]
 
-        def trial(self, trial_id: str) -> Any:
-            return SimpleNamespace(config={"lr": 0.02})
-
-    space._store = Store()
+    space._store = EmptyStore()
     study = optuna.create_study(direction="maximize")
-    trial = study.ask()
-    out = space(trial)
-    assert "lr" not in trial.params and 0.25 <= trial.params["lr_factor"] <= 0.5
-    assert out["lr"] == pytest.approx(0.02 * trial.params["lr_factor"])
-    assert out["parent_id"] == "a" and out["fine_tune"] is True
-    assert out["lr_schedule"] == "cosine" and out["inherit_optimizer"] is True
-    # without a factor every trial draws its own lr from selection.lr
-    space.config = space.config.model_copy(
-        update={"selection": selection.model_copy(update={"child_lr_factor": None})}
+    seen = []
+    for inherit in (True, False):
+        selection = space.config.selection.model_copy(update={"inherit_optimizer": inherit})
+        space.config = space.config.model_copy(update={"selection": selection})
+        trial = study.ask()
+        out = space(trial)  # the seed, then a child of the (untrained) seed
+        assert out["lr"] == trial.params["lr"] and out["lr_schedule"] == "cosine"
+        seen.append(out["inherit_optimizer"])
+    assert seen == [True, False]
+    # re-initialised children have no optimizer state to continue
+    selection = space.config.selection.model_copy(
+        update={"inherit_optimizer": True, "inherit_weights": False}
     )
-    trial = study.ask()
-    out = space(trial)
-    assert out["lr"] == trial.params["lr"] and 0.005 <= out["lr"] <= 0.02
+    space.config = space.config.model_copy(update={"selection": selection})
+    assert space(study.ask())["inherit_optimizer"] is False
