@@ -2,14 +2,16 @@
 
 Four methods, one Ray Tune harness (same trainable ``train_child``, same epochs for a
 network trained from scratch, the same early stopping (3 epochs without a validation
-gain), Adam with an Optuna-chosen lr from the same range, batch size, resources,
-concurrency and the same compute budget: ``budget.max_train_flops`` training FLOPs and a
-trial cap), on digits and MNIST-1D, several seeds each:
+gain), Adam with an Optuna-chosen lr from the same range on the same schedule within a
+trial (cosine by default, ``--lr-schedule``), batch size, resources, concurrency and the
+same compute budget: ``budget.max_train_flops`` training FLOPs and a trial cap), on
+digits and MNIST-1D, several seeds each:
 
 - ``morphsearch``: ``run_search`` with GradMax, Net2Wider split, splitting steepest
   descent, identity and skip deepening, children inherit their parent's weights and
-  fine-tune for ``budget.child_epochs``; widening adds 25-100 % of the layer's width
-  (``k_fraction``); a parent leaves the pool after 3 children (``max_children``);
+  Adam state (``selection.inherit_optimizer``) and fine-tune for
+  ``budget.child_epochs``; widening adds 25-100 % of the layer's width (``k_fraction``);
+  a parent leaves the pool after 3 children (``max_children``);
 - ``morphsearch, no inheritance``: the same search with ``selection.inherit_weights:
   false`` (every child re-initialised), isolating the value of inheritance;
 - ``scratch TPE``: Optuna TPE over MLP depth and widths (``OptunaSearch`` in Tune),
@@ -72,8 +74,8 @@ class Task:
     widen_fraction: tuple[float, float] = (0.25, 1.0)
     patience: int = 3  # every trial of every method stops after 3 epochs without a gain
     lr: tuple[float, float] = (1e-3, 3e-2)
-    lr_schedule: str = "constant"  # within every trial of every method (budget.lr_schedule)
-    # morphsearch config overrides, dotted paths (--grow selection.child_lr_factor=[0.3,1])
+    lr_schedule: str = "cosine"  # within every trial of every method (budget.lr_schedule)
+    # morphsearch config overrides, dotted paths (--grow selection.inherit_optimizer=false)
     grow: tuple[tuple[str, Any], ...] = ()
 
     def max_params(self, data: Dataset) -> int:
@@ -417,7 +419,7 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="KEY=YAML",
-        help="morphsearch config overrides, e.g. selection.child_lr_factor=[0.3,1.0]",
+        help="morphsearch config overrides, e.g. selection.inherit_optimizer=false",
     )
     args = parser.parse_args()
     import yaml

@@ -297,16 +297,16 @@ def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
 def test_optimizer_options_parse_and_validate(tmp_path: Path) -> None:
     config = SearchConfig.model_validate(TINY)
     assert config.selection.inherit_optimizer is True
-    assert config.budget.lr_schedule == "constant"
+    assert config.budget.lr_schedule == "cosine"
     path = tmp_path / "x.yaml"
     head = "seed_graph: {builder: mlp}\ndataset: {name: digits}\n"
     path.write_text(
         head + "selection: {inherit_optimizer: false}\n"
-        "budget: {lr_schedule: cosine}\n"
+        "budget: {lr_schedule: constant}\n"
     )
     loaded = load_config(path)
     assert loaded.selection.inherit_optimizer is False
-    assert loaded.budget.lr_schedule == "cosine"
+    assert loaded.budget.lr_schedule == "constant"
     for bad, field in (
         ("selection: {inherit_optimizer: maybe}", "inherit_optimizer"),
         ("budget: {lr_schedule: step}", "lr_schedule"),
@@ -381,12 +381,26 @@ def test_cosine_lr_schedule() -> None:
     assert optimizer.param_groups[0]["lr"] == pytest.approx(want[-1])  # untouched
 
 
+def test_a_trial_trains_on_the_cosine_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the last of 2 epochs trains at half the lr; the saved optimizer state shows it
+    for schedule, last_lr in (("cosine", 0.005), ("constant", 0.01), (None, 0.01)):
+        config = {**_parent_config(tmp_path, None), "lr": 0.01}
+        if schedule is not None:
+            config["lr_schedule"] = schedule
+        reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
+        saved = artifacts.load_optimizer(reports[-1]["weights_uri"])
+        assert saved is not None and saved["lr"] == 0.01
+        assert saved["state"]["param_groups"][0]["lr"] == pytest.approx(last_lr)
+
+
 def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space, _ = _space(tmp_path, **{"widen.split": {"k": [2, 4]}})
-    budget = space.config.budget.model_copy(update={"lr_schedule": "cosine"})
+    budget = space.config.budget.model_copy(update={"lr_schedule": "constant"})
     space.config = space.config.model_copy(update={"budget": budget})
 
     class EmptyStore:  # no trained architecture yet: the first trials
@@ -404,7 +418,7 @@ def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> Non
         space.config = space.config.model_copy(update={"selection": selection})
         trial = study.ask()
         out = space(trial)  # the seed, then a child of the (untrained) seed
-        assert out["lr"] == trial.params["lr"] and out["lr_schedule"] == "cosine"
+        assert out["lr"] == trial.params["lr"] and out["lr_schedule"] == "constant"
         seen.append(out["inherit_optimizer"])
     assert seen == [True, False]
     # re-initialised children have no optimizer state to continue
