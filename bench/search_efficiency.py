@@ -86,8 +86,9 @@ class Task:
 
 
 TASKS = {
-    "digits": Task("digits", 64, 10, 5, 30e9, 40, (16,)),
-    # MNIST-1D needs wider networks than digits: a wider seed
+    # seed 64:64:10 for both: a 16-unit digits seed spent the search growing to the widths
+    # that win (its best was 0.955 vs 0.969 from this seed, same budget; BENCHMARKS.md)
+    "digits": Task("digits", 64, 10, 5, 30e9, 40, (64,)),
     "mnist1d": Task("mnist1d", 128, 20, 10, 120e9, 40, (64,)),
 }
 

@@ -187,7 +187,10 @@ def _schedule_lr(
 def _save_optimizer(
     weights_uri: str, optimizer: torch.optim.Optimizer, config: dict[str, Any]
 ) -> None:
-    """Save the optimizer's final state beside the trial's weights, for its children."""
+    """Save the optimizer's final state beside the trial's weights, for its children
+    (only in searches whose children continue it: ``inherit_optimizer``)."""
+    if not config.get("inherit_optimizer"):
+        return
     state = {"state": optimizer.state_dict(), "lr": float(config["lr"])}
     artifacts.save_optimizer(weights_uri, state)
 

@@ -296,16 +296,16 @@ def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
 
 def test_optimizer_options_parse_and_validate(tmp_path: Path) -> None:
     config = SearchConfig.model_validate(TINY)
-    assert config.selection.inherit_optimizer is True
+    assert config.selection.inherit_optimizer is False
     assert config.budget.lr_schedule == "cosine"
     path = tmp_path / "x.yaml"
     head = "seed_graph: {builder: mlp}\ndataset: {name: digits}\n"
     path.write_text(
-        head + "selection: {inherit_optimizer: false}\n"
+        head + "selection: {inherit_optimizer: true}\n"
         "budget: {lr_schedule: constant}\n"
     )
     loaded = load_config(path)
-    assert loaded.selection.inherit_optimizer is False
+    assert loaded.selection.inherit_optimizer is True
     assert loaded.budget.lr_schedule == "constant"
     for bad, field in (
         ("selection: {inherit_optimizer: maybe}", "inherit_optimizer"),
@@ -319,8 +319,12 @@ def test_optimizer_options_parse_and_validate(tmp_path: Path) -> None:
 def test_child_continues_its_parents_optimizer_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the parent trial (no morphism) saves its Adam state beside its final weights
-    config = {**_parent_config(tmp_path, None), "lr": 0.01}
+    # without inherit_optimizer a trial saves no optimizer state
+    config = {**_parent_config(tmp_path, None), "lr": 0.01, "lr_schedule": "constant"}
+    reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
+    assert artifacts.load_optimizer(reports[-1]["weights_uri"]) is None
+    # with it, the parent trial (no morphism) saves its Adam state beside its weights
+    config["inherit_optimizer"] = True
     reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
     parent_uri = reports[-1]["weights_uri"]
     saved = artifacts.load_optimizer(parent_uri)
@@ -357,7 +361,7 @@ def test_child_continues_its_parents_optimizer_state(
     for change, fields in (
         ({"inherit_optimizer": False}, {}),
         ({}, {"inherit_weights": False}),
-        ({"parent_uri": _parent_config(tmp_path, None)["parent_uri"]}, {}),
+        ({"parent_uri": _parent_config(tmp_path, None)["parent_uri"]}, {}),  # no state
     ):
         other = TrialSetup("s", str(tmp_path), "digits", (), 0, 2, 64, 1, {}, **fields)
         fresh = trainable._optimizer({**child_config, **change}, other, child, module)
@@ -385,8 +389,9 @@ def test_a_trial_trains_on_the_cosine_schedule(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the last of 2 epochs trains at half the lr; the saved optimizer state shows it
+    # (a trial config without lr_schedule, as a hand-written one, trains at a constant lr)
     for schedule, last_lr in (("cosine", 0.005), ("constant", 0.01), (None, 0.01)):
-        config = {**_parent_config(tmp_path, None), "lr": 0.01}
+        config = {**_parent_config(tmp_path, None), "lr": 0.01, "inherit_optimizer": True}
         if schedule is not None:
             config["lr_schedule"] = schedule
         reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
@@ -413,7 +418,7 @@ def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> Non
     space._store = EmptyStore()
     study = optuna.create_study(direction="maximize")
     seen = []
-    for inherit in (True, False):
+    for inherit in (True, False):  # passed on with inherit_weights (the default)
         selection = space.config.selection.model_copy(update={"inherit_optimizer": inherit})
         space.config = space.config.model_copy(update={"selection": selection})
         trial = study.ask()
