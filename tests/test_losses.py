@@ -1,0 +1,31 @@
+"""The batch loss convention: integer targets are classes, float targets regression."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from morphsearch.losses import accuracy, per_sample_loss, task_loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_task_loss_is_the_mean_of_the_per_sample_losses(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    outputs = torch.randn(37, 10, generator=g, dtype=dtype)
+    labels = torch.randint(0, 10, (37,), generator=g)
+    targets = torch.randn(37, 10, generator=g, dtype=torch.float64)  # cast to outputs' dtype
+    for t in (labels, targets):
+        assert torch.allclose(task_loss(outputs, t), per_sample_loss(outputs, t).mean(),
+                              rtol=1e-6, atol=0)
+    manual = ((outputs - targets.to(dtype)) ** 2).mean(dim=1)
+    assert torch.allclose(per_sample_loss(outputs, targets), manual, rtol=1e-6)
+    # a flat regression target against [N, 1] outputs is reshaped, not broadcast to [N, N]
+    flat = torch.randn(37, generator=g, dtype=dtype)
+    expected = ((outputs[:, :1].squeeze(1) - flat) ** 2).mean()
+    assert torch.allclose(task_loss(outputs[:, :1], flat), expected, rtol=1e-6)
+
+
+def test_accuracy() -> None:
+    outputs = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]])
+    assert accuracy(outputs, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    assert accuracy(outputs, torch.zeros(3, 2)) is None
