@@ -27,8 +27,8 @@ not counted. At each trial's completion the curve takes the trial with the best
 validation accuracy so far and plots its TEST accuracy (measured here from its saved
 weights), against the cumulative training FLOPs of completed trials and wall time.
 
-    /work/main/.venv/bin/python bench/search_efficiency.py            # full (~10 min on 2 cores)
-    /work/main/.venv/bin/python bench/search_efficiency.py --quick    # 1 seed, a quarter of the budget (~3 min)
+    /work/main/.venv/bin/python bench/search_efficiency.py            # full (~7 min on 2 cores)
+    /work/main/.venv/bin/python bench/search_efficiency.py --quick    # 1 seed, a quarter of the budget (~1.5 min)
 """
 
 from __future__ import annotations
