@@ -200,6 +200,8 @@ def apply(
         raise MorphismNotApplicable(
             f"{name} needs a data batch: pass batch=(inputs, targets)"
         )
+    if batch is not None:
+        _check_batch(name, parent, batch)
     generator = torch.Generator().manual_seed(seed)
     child = morphism.transform(parent, site, batch=batch, generator=generator, **full_params)
     error = None
@@ -208,6 +210,32 @@ def apply(
         error = preservation_error(parent, child, probe)
     record = MorphismRecord(name, site, full_params, seed, error)
     return MorphismResult(child, record)
+
+
+def _check_batch(name: str, parent: Architecture, batch: Batch) -> None:
+    """A batch the morphism's gradient pass can use, or a one-line reason why not."""
+    try:
+        inputs, targets = batch
+    except (TypeError, ValueError):
+        raise MorphismNotApplicable(
+            f"{name}: batch must be a pair (inputs, targets) of tensors"
+        ) from None
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise MorphismNotApplicable(f"{name}: batch must be a pair (inputs, targets) of tensors")
+    if tuple(inputs.shape[1:]) != tuple(parent.input_shape) or len(inputs) != len(targets):
+        raise MorphismNotApplicable(
+            f"{name}: batch inputs {tuple(inputs.shape)} with {len(targets)} targets do not "
+            f"fit the network's input shape {tuple(parent.input_shape)}; pass [N, "
+            f"{', '.join(map(str, parent.input_shape))}] inputs and N targets"
+        )
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise MorphismNotApplicable(f"{name}: the batch inputs contain NaN or infinite values")
+    if targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        raise MorphismNotApplicable(f"{name}: the batch targets contain NaN or infinite values")
+    if len(inputs) < 2 and any(parent.op(n) == "batchnorm" for n in parent.nodes):
+        raise MorphismNotApplicable(
+            f"{name}: batchnorm needs a batch of at least 2 samples, got {len(inputs)}"
+        )
 
 
 def replay(

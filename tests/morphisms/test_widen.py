@@ -332,3 +332,23 @@ def test_mean_outgoing_norm_is_the_mean_of_per_unit_norms(arch: Architecture,
     norms = [math.sqrt(sum(float((p**2).sum()) for p in unit_outgoing(arch, wp, u)))
              for u in range(wp.width)]
     assert mean_outgoing_norm(arch, wp) == pytest.approx(sum(norms) / len(norms), rel=1e-12)
+
+
+def test_a_batch_gradmax_cannot_use_is_refused_with_the_reason() -> None:
+    plain, normed = builders.mlp([6, 4, 3]), builders.mlp([6, 4, 3], batchnorm=True)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    bad_x = x.clone()
+    bad_x[2, 1] = float("nan")
+    cases = [
+        ((bad_x, y), "inputs contain NaN"),
+        ((x, torch.full((8, 3), float("inf"))), "targets contain NaN or infinite"),
+        ((torch.randn(8, 5), y), r"do not fit the network's input shape \(6,\)"),
+        ((x, y[:5]), "with 5 targets"),
+        ((x,), "must be a pair"),
+    ]
+    for batch, reason in cases:
+        with pytest.raises(MorphismNotApplicable, match=reason):
+            morphisms.apply("widen.gradmax", plain, "fc1", batch=batch)  # type: ignore[arg-type]
+    with pytest.raises(MorphismNotApplicable, match="at least 2 samples"):
+        morphisms.apply("widen.gradmax", normed, "fc1", batch=(x[:1], y[:1]))
+    morphisms.apply("widen.gradmax", normed, "fc1", batch=(x[:2], y[:2]))  # 2 is enough
