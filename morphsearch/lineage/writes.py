@@ -207,18 +207,24 @@ def add_metrics_many(
     """
     trial = trial_row(session, trial_id)
     arch = arch_pk(session, arch_id) if arch_id is not None else trial.child_id
+    # one row per (budget, name), the last report winning: a retried or resumed trial
+    # re-reports epochs, and one multi-row upsert may not touch a row twice (PostgreSQL)
+    latest = {
+        (int(budget), name): float(value)
+        for budget, values in reports
+        for name, value in values.items()
+        if not math.isnan(float(value))
+    }
     rows = [
         {
             "trial_id": trial.id,
             "arch_id": arch,
             "search_id": trial.search_id,
-            "budget": int(budget),
+            "budget": budget,
             "name": name,
-            "value": float(value),
+            "value": value,
         }
-        for budget, values in reports
-        for name, value in values.items()
-        if not math.isnan(float(value))
+        for (budget, name), value in latest.items()
     ]
     insert_on_conflict(
         session, Metric.__table__, rows, ["trial_id", "budget", "name"], ["value", "arch_id"]

@@ -220,6 +220,15 @@ def test_metrics_of_many_epochs_in_one_write_are_all_there(store: LineageStore) 
         store.record_metrics_many("no-such-trial", reports)
 
 
+def test_a_re_reported_epoch_in_one_write_keeps_the_last_value(store: LineageStore) -> None:
+    # a retried or resumed trial reports an epoch again; PostgreSQL refuses a multi-row
+    # upsert that touches one row twice, so the rows are merged first (the last wins)
+    reports = [(1, {"loss": 3.0}), (2, {"loss": 2.0}), (1, {"loss": 2.5, "acc": 0.4})]
+    assert store.record_metrics_many("t1", reports) == 3
+    stored = {(m.budget, m.name): m.value for m in store.metrics("t1") if m.name in {"loss", "acc"}}
+    assert stored == {(1, "loss"): 2.5, (2, "loss"): 2.0, (1, "acc"): 0.4}
+
+
 def test_read_only_store_refuses_writes(module_db_url: str, built: LineageStore) -> None:
     with open_store(module_db_url) as reader:
         assert [n.arch_id for n in reader.ancestors("C")] == ["C", "A", "S"]
