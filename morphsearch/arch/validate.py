@@ -183,12 +183,19 @@ def checked_weights(
     return MappingProxyType(checked)
 
 
+_SMALL = 1 << 16  # elements
+
+
 def _check_finite(tensors: list[tuple[str, torch.Tensor]]) -> None:
     """One check for all new tensors (each costs a few tensor ops); names the first bad one."""
     if not tensors:
         return
-    flat = [t.reshape(-1) for _, t in tensors]
-    if bool(torch.isfinite(flat[0] if len(flat) == 1 else torch.cat(flat)).all()):
+    # small tensors are checked together (one op); large ones alone (no extra copy)
+    small = [t.reshape(-1) for _, t in tensors if t.numel() <= _SMALL]
+    large = [t for _, t in tensors if t.numel() > _SMALL]
+    if (not small or bool(torch.isfinite(torch.cat(small)).all())) and all(
+        bool(torch.isfinite(t).all()) for t in large
+    ):
         return
     where = next(w for w, t in tensors if not bool(torch.isfinite(t).all()))
     raise InvalidArchitecture(
