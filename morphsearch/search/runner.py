@@ -27,7 +27,7 @@ from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
 from morphsearch.search.trainable import TrialSetup, probe_batch, train_child
 
-__all__ = ["SearchResult", "TrainFlopsStopper", "build_seed", "run_search"]
+__all__ = ["SearchResult", "TrainFlopsStopper", "asha_milestones", "build_seed", "run_search"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
         growth=config.growth.model_dump(),
         checkpoint_every_s=config.budget.checkpoint_every_s,
         report_every_s=config.budget.report_every_s,
+        report_epochs=asha_milestones(config),
         inherit_weights=config.selection.inherit_weights,
         child_epochs=config.budget.epochs_per_child,
         patience=config.budget.patience,
@@ -168,6 +169,19 @@ def _recorded_seed(store: LineageStore, arch_id: str) -> artifacts.ArtifactRef |
     except NotFound:
         return None
     return artifacts.ArtifactRef(record.weights_uri or "", record.weights_sha256 or "")
+
+
+def asha_milestones(config: SearchConfig) -> tuple[int, ...]:
+    """The epochs at which ASHA compares trials (its rungs: ``grace_period * rf**k`` up to
+    ``epochs_per_trial``); trials always report these, however ``report_every_s`` batches
+    the others. Empty without ASHA."""
+    if not config.scheduler.asha:
+        return ()
+    epoch, out = config.scheduler.grace_period, []
+    while epoch <= config.budget.epochs_per_trial:
+        out.append(epoch)
+        epoch *= config.scheduler.reduction_factor
+    return tuple(out)
 
 
 class TrainFlopsStopper(Stopper):

@@ -60,6 +60,8 @@ class TrialSetup:
     checkpoint_every_s: float = 10.0
     # report to Tune at most every this many seconds (0: every epoch); see EPOCH_HISTORY
     report_every_s: float = 0.0
+    # epochs always reported (ASHA's rung milestones: the scheduler compares trials there)
+    report_epochs: tuple[int, ...] = ()
     inherit_weights: bool = True
     # epochs of a child that inherits a trained parent (None: ``epochs``, as the seed)
     child_epochs: int | None = None
@@ -339,7 +341,8 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
                 weights_uri=ref.uri, weights_sha256=ref.sha256, weights_hash=trained.weights_hash
             )
             metrics["stopped_early"] = stalled and epoch < epochs
-        if not (checkpoint or time.perf_counter() - reported_at >= setup.report_every_s):
+        due = checkpoint or epoch in setup.report_epochs
+        if not (due or time.perf_counter() - reported_at >= setup.report_every_s):
             unreported.append(_numbers(metrics))
             continue
         metrics[EPOCH_HISTORY] = json.dumps(unreported)

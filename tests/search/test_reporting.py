@@ -52,3 +52,36 @@ def test_every_epoch_reaches_lineage_however_often_trials_report(
         assert rows[-1]["epoch"] == 4
     # lineage has all four epochs of both trials either way
     assert _epochs_in_lineage(tmp_path / "lineage.db") == {t: [1, 2, 3, 4] for t in tune_reports}
+
+
+@pytest.mark.parametrize("grace, rf, epochs", [(1, 2, 4), (1, 3, 10), (2, 2, 9), (3, 3, 20)])
+def test_asha_milestones_are_rays_rungs(grace: int, rf: int, epochs: int) -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from morphsearch.search.runner import asha_milestones
+
+    base = tiny_config(Path("/tmp"), epochs_per_trial=epochs)
+    config = base.model_validate({**base.model_dump(), "scheduler": {
+        "asha": True, "grace_period": grace, "reduction_factor": rf}})
+    scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max",
+                              max_t=epochs, grace_period=grace, reduction_factor=rf)
+    rungs = sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+    assert list(asha_milestones(config)) == rungs
+    assert asha_milestones(base) == ()  # no ASHA, nothing forced
+
+
+def test_asha_sees_every_rung_when_reports_are_batched(tmp_path: Path, local_ray: None) -> None:
+    base = tiny_config(tmp_path, trials=3, epochs_per_trial=4)
+    budget = {**base.budget.model_dump(), "report_every_s": 3600.0, "child_epochs": 4,
+              "patience": None}
+    scheduler = {"asha": True, "grace_period": 1, "reduction_factor": 2}
+    config = base.model_validate({**base.model_dump(), "budget": budget,
+                                  "scheduler": scheduler})
+    run_search(config)
+    reports = _reports_per_trial(tmp_path / "runs" / "tiny")
+    lineage = _epochs_in_lineage(tmp_path / "lineage.db")
+    for trial, rows in reports.items():
+        last = rows[-1]["epoch"]
+        # every rung (1, 2, 4) the trial reached was reported at that epoch, nothing else
+        assert [r["epoch"] for r in rows] == [e for e in (1, 2, 4) if e <= last]
+        assert lineage[trial] == list(range(1, int(last) + 1))  # type: ignore[call-overload]
