@@ -15,6 +15,7 @@ optimizer state is carried over, and a :class:`GrowthEvent` is recorded.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class GrowthConfig:
     Attributes:
         steps: optimizer steps in total.
         optimizer: ``"sgd"`` or ``"adam"``; ``lr``, ``momentum`` (SGD), ``weight_decay``.
+        lr_schedule: ``"constant"``, or ``"cosine"``: step ``t`` of ``steps`` trains at
+            ``lr * (1 + cos(pi * t / steps)) / 2`` (across growths: the schedule follows
+            the step count, not the architecture).
         batch_size: minibatch size; None trains full-batch.
         trigger: when to grow; None never grows.
         scorer: where to grow; None cycles through the candidates (:class:`RoundRobin`).
@@ -59,6 +63,7 @@ class GrowthConfig:
     steps: int = 1000
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = 1e-2
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int | None = 64
@@ -78,6 +83,10 @@ class GrowthConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer {self.optimizer!r} must be 'sgd' or 'adam'")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(
+                f"lr_schedule {self.lr_schedule!r} must be 'constant' or 'cosine'"
+            )
         if self.steps < 1 or self.lr <= 0:
             raise ConfigError(f"steps ({self.steps}) must be >= 1 and lr ({self.lr}) > 0")
         if self.batch_size is not None and self.batch_size < 1:
@@ -155,6 +164,7 @@ class GrowingTrainer:
         start = time.perf_counter()
         stopped = False
         for step in range(self.config.steps):
+            self._set_lr(step)
             self._train_step()
             self._maybe_grow(step)
             every = self.config.eval_every
@@ -178,6 +188,13 @@ class GrowingTrainer:
         idx, self._order = self._order[:size], self._order[size:]
         idx = idx.to(self.device)
         return self.x[idx], self.y[idx]
+
+    def _set_lr(self, step: int) -> None:
+        if self.config.lr_schedule != "cosine":
+            return
+        lr = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.config.steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _train_step(self) -> None:
         x, y = self._next_batch()

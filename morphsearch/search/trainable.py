@@ -408,6 +408,7 @@ def _train_growing(
         batch_size=setup.batch_size,
         lr=float(config["lr"]),
         seed=int(config.get("trial_seed", 0)),
+        lr_schedule=str(config.get("lr_schedule", "constant")),
         device=device,
         base=setup.artifacts_uri,
         arch_id=base["arch_id"],

@@ -174,3 +174,28 @@ def test_an_empty_scoring_round_does_not_stop_later_growth() -> None:
     result = train(builders.mlp([6, 2, 3]), (x, y), cfg)
     assert EmptyFirst.calls >= 2
     assert len(result.events) >= 1
+
+
+def test_cosine_schedule_follows_the_step_count_across_growth() -> None:
+    import math
+
+    from morphsearch.growth.trainer import GrowingTrainer
+
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    cfg = GrowthConfig(steps=20, lr=0.1, optimizer="sgd", lr_schedule="cosine",
+                       batch_size=None, trigger=Schedule(start=7, every=1000))
+    trainer = GrowingTrainer(builders.mlp([4, 2, 3]), (x, y), cfg)
+    seen: list[float] = []
+    step = trainer._train_step
+
+    def recording() -> None:
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        step()
+
+    trainer._train_step = recording  # type: ignore[method-assign]
+    result = trainer.run()
+    assert [e.step for e in result.events] == [7]  # the optimizer was rebuilt at step 7
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * t / 20)) for t in range(20)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ConfigError, match="lr_schedule 'step'"):
+        GrowthConfig(lr_schedule="step")  # type: ignore[arg-type]
