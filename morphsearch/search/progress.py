@@ -12,6 +12,7 @@ only translates Tune's hooks into its events.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from ray.tune import Callback
+
+from morphsearch.search.trainable import EPOCH_HISTORY
 
 __all__ = ["ProgressState", "SearchProgress", "format_duration", "use_live"]
 
@@ -73,7 +76,12 @@ class ProgressState:
         self.running.add(trial_id)
 
     def result(self, trial_id: str, result: dict[str, Any]) -> bool:
-        """Take a reported result; True when it is a new best value."""
+        """Take a reported result (and the epochs batched into it); True on a new best."""
+        batched = json.loads(result.get(EPOCH_HISTORY) or "[]")
+        improved = [self._value(trial_id, r) for r in (*batched, result)]
+        return any(improved)
+
+    def _value(self, trial_id: str, result: dict[str, Any]) -> bool:
         value = result.get(self.metric)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False

@@ -76,6 +76,9 @@ def test_min_mode_and_time_budget_cap() -> None:
     assert state.result("a", {"val_loss": 0.5}) and not state.result("b", {"val_loss": 0.7})
     assert state.result("b", {"val_loss": 0.2}) and state.best == (0.2, "b")
     assert not state.result("c", {"val_loss": "n/a"}) and not state.result("c", {"x": 1})
+    # epochs batched into a report count too (the best may be an earlier epoch)
+    batched = {"val_loss": 0.3, "epoch_history": '[{"val_loss": 0.25}, {"val_loss": 0.1}]'}
+    assert state.result("c", batched) and state.best == (0.1, "c")
     clock.now += 30
     assert state.eta() == 30  # no trial finished yet: the time budget bounds it
     state.finished("a")
