@@ -179,6 +179,9 @@ class SelectionConfig(_Frozen):
     inherit_weights: bool = True
     inherit_optimizer: bool = False
     max_children: int | None = Field(default=3, ge=1)
+    # rank the parent pool by this metric and mode instead of the first objective (e.g.
+    # val_loss/min: a smoother signal than accuracy on a small validation split)
+    rank_by: Objective | None = None
 
     @model_validator(mode="after")
     def _lr_ordered(self) -> SelectionConfig:

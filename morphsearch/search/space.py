@@ -141,7 +141,9 @@ class MorphismSpace:
         """
         k = self.config.selection.pool_size
         limit = self.config.selection.max_children
-        found = self.store.best(self.search, self.config.metric, self.config.mode, k=4 * k)
+        rank = self.config.selection.rank_by
+        metric, mode = (rank.metric, rank.mode) if rank else (self.config.metric, self.config.mode)
+        found = self.store.best(self.search, metric, mode, k=4 * k)
         fresh: list[ParentInfo] = []
         used: list[ParentInfo] = []
         for result in found:

@@ -432,3 +432,42 @@ def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> Non
     )
     space.config = space.config.model_copy(update={"selection": selection})
     assert space(study.ask())["inherit_optimizer"] is False
+
+
+def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    space, seed = _space(tmp_path)
+    graph = seed.to_json()
+    values = {"val_accuracy": {"a": 0.91, "b": 0.90, "c": 0.89},
+              "val_loss": {"a": 0.40, "b": 0.20, "c": 0.30}}
+
+    class Store:  # ranks like LineageStore.best would
+        def best(self, search: str, metric: str, mode: str, k: int = 1) -> list[Any]:
+            ranked = sorted(values[metric], key=values[metric].get, reverse=mode == "max")
+            return [SimpleNamespace(arch_id=a) for a in ranked[:k]]
+
+        def architecture(self, arch_id: str) -> Any:
+            return SimpleNamespace(arch_id=arch_id, weights_uri=f"{arch_id}.st",
+                                   weights_sha256=None, graph=graph)
+
+        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
+            return [SimpleNamespace(arch_id=arch_id)]
+
+    space._store = Store()
+    assert [p.arch_id for p in space.pool()] == ["a", "b"]  # the objective: val_accuracy
+    data = {**TINY, "selection": {**TINY["selection"],
+                                  "rank_by": {"metric": "val_loss", "mode": "min"}}}
+    space.config = SearchConfig.model_validate(data)
+    assert [p.arch_id for p in space.pool()] == ["b", "c"]
+    with pytest.raises(ConfigError, match="rank_by"):
+        load_config_text(tmp_path, "selection: {rank_by: {metric: val_loss}}")
+
+
+def load_config_text(tmp_path: Path, extra: str) -> SearchConfig:
+    import yaml
+
+    base = yaml.safe_dump({k: v for k, v in TINY.items() if k != "selection"})
+    path = tmp_path / "c.yaml"
+    path.write_text(base + extra + "\n")
+    return load_config(path)
