@@ -246,7 +246,11 @@ def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
         ],
         failure_config=tune.FailureConfig(max_failures=config.retries),
         stop=_stopper(config),
-        # num_to_keep would force an experiment snapshot after every epoch's checkpoint
+        # num_to_keep=1 makes Tune snapshot the experiment after every trial checkpoint
+        # (trials checkpoint at their end and at most every budget.checkpoint_every_s):
+        # a driver killed right after a trial finished then resumes knowing that trial,
+        # instead of from a snapshot up to 10 s old that would run a replacement for it
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=0,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
