@@ -87,12 +87,9 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
         MorphSearchError: the output path has an unsupported suffix or no folder.
     """
     path = _checked_out(out)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from morphsearch.arch.ops import ACTIVATIONS
+
+    plt = _pyplot()
 
     pos = _positions(arch)
     depth = 1 - min(y for _, y in pos.values())
@@ -119,7 +116,6 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
 
 
 # ------------------------------------------------------------------ lineage pictures
