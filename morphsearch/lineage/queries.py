@@ -13,7 +13,6 @@ from typing import Any, Literal
 from sqlalchemy import Integer, Select, bindparam, func, literal, select, text
 from sqlalchemy.orm import Session, aliased
 
-from morphsearch.errors import NotFound
 from morphsearch.lineage._sql import arch_pk, as_utc, search_pk
 from morphsearch.lineage.models import Architecture, Edge, GrowthEvent, Metric, Search, Trial
 from morphsearch.lineage.objective import objective
@@ -29,6 +28,7 @@ from morphsearch.lineage.records import (
     SearchRecord,
     SearchSummary,
 )
+from morphsearch.lineage.writes import trial_row
 
 __all__ = [
     "ancestors",
@@ -346,20 +346,13 @@ def summary(
     )
 
 
-def _trial_key(session: Session, trial_id: str) -> int:
-    key = session.scalar(select(Trial.id).where(Trial.trial_id == trial_id))
-    if key is None:
-        raise NotFound(f"no trial {trial_id!r} in the lineage database")
-    return key
-
-
 def metrics(session: Session, trial_id: str) -> list[MetricRecord]:
     """Every value trial ``trial_id`` reported, by budget then name.
 
     Raises:
         NotFound: no such trial.
     """
-    key = _trial_key(session, trial_id)
+    key = trial_row(session, trial_id).id
     rows = session.execute(
         select(Architecture.arch_id, Metric.budget, Metric.name, Metric.value)
         .join(Architecture, Architecture.id == Metric.arch_id)
@@ -375,7 +368,7 @@ def growth_events(session: Session, trial_id: str) -> list[GrowthEventRecord]:
     Raises:
         NotFound: no such trial.
     """
-    key = _trial_key(session, trial_id)
+    key = trial_row(session, trial_id).id
     pre, post = aliased(Architecture), aliased(Architecture)
     rows = session.execute(
         select(GrowthEvent, pre.arch_id, post.arch_id, Edge.morphisms)
