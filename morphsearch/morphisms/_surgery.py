@@ -14,8 +14,9 @@ a new unit would change the others) or the network output.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "WidenPath",
     "batch_loss",
     "consumer_unit_slice",
+    "fixed_dropout",
     "path_params_copy",
     "unit_outgoing",
     "widen_path",
@@ -245,3 +247,18 @@ def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
 
 
 batch_loss = task_loss  # the Batch convention's loss, see morphsearch.losses
+
+
+@contextlib.contextmanager
+def fixed_dropout(arch: Architecture) -> Iterator[None]:
+    """Dropout masks from a fixed seed (reproducible), leaving the global RNG as it was.
+
+    CPU generator only: torch.manual_seed would also seed every lazy accelerator (~1 ms
+    a call). Without dropout nothing draws from the RNG, and nothing is done.
+    """
+    if not any(arch.op(node) == "dropout" for node in arch.nodes):
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(0)
+        yield

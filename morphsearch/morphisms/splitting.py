@@ -31,6 +31,7 @@ from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._surgery import (
     WidenPath,
     batch_loss,
+    fixed_dropout,
     unit_outgoing,
     widen_path,
     widened,
@@ -109,8 +110,7 @@ def _curvature_weights(
         ),
     ]
     inputs, targets = batch
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(0)  # CPU only: cheap, and the module is on CPU
+    with fixed_dropout(arch):
         loss = batch_loss(module(inputs.to(dtype)), targets)
     for handle in handles:
         handle.remove()

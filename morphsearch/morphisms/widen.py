@@ -22,11 +22,9 @@ preserves the function exactly (train and eval mode):
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +39,7 @@ from morphsearch.morphisms._surgery import (
     WidenPath,
     batch_loss,
     consumer_unit_slice,
+    fixed_dropout,
     mean_outgoing_norm,
     outgoing_shapes,
     path_params_copy,
@@ -280,21 +279,6 @@ def _gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Te
     return _auxiliary_gradmax_matrix(arch, wp, batch)
 
 
-@contextlib.contextmanager
-def _fixed_dropout(arch: Architecture) -> Iterator[None]:
-    """Dropout masks from a fixed seed (reproducible), leaving the global RNG as it was.
-
-    CPU generator only: torch.manual_seed would also seed every lazy accelerator (~1 ms
-    a call). Without dropout nothing draws from the RNG, and nothing is done.
-    """
-    if not any(arch.op(node) == "dropout" for node in arch.nodes):
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(0)
-        yield
-
-
 def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -> torch.Tensor:
     """The general case: one backward pass through an auxiliary widened network."""
     site = wp.site
@@ -308,7 +292,7 @@ def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -
     weight = module.get_submodule(f"layers.{site}").weight
     assert isinstance(weight, torch.Tensor)
     inputs, targets = batch
-    with _fixed_dropout(arch):
+    with fixed_dropout(arch):
         loss = batch_loss(module(inputs.to(dtype)), targets)
     (grad,) = torch.autograd.grad(loss, weight)
     return grad[wp.width :].reshape(d_out, -1).detach()
@@ -392,7 +376,7 @@ def _site_input_and_consumer_grads(
             seen[node] = out
 
     inputs, targets = batch
-    with _fixed_dropout(arch):  # the same masks as the general path
+    with fixed_dropout(arch):  # the same masks as the general path
         loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
     grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
     return seen["h"].detach(), list(grads)
