@@ -93,6 +93,12 @@ class GrowthConfig:
             raise ConfigError(f"batch_size {self.batch_size} must be >= 1 or None (full batch)")
 
 
+def cosine_lr(lr: float, step: float, total: int) -> float:
+    """Cosine decay: step ``step`` of ``total`` trains at ``lr * (1 + cos(pi * step /
+    total)) / 2`` (``lr`` at step 0, towards 0 at the end)."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+
 def train(
     arch: Architecture,
     data: Dataset | Batch,
@@ -192,7 +198,7 @@ class GrowingTrainer:
     def _set_lr(self, step: int) -> None:
         if self.config.lr_schedule != "cosine":
             return
-        lr = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.config.steps))
+        lr = cosine_lr(self.config.lr, step, self.config.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 

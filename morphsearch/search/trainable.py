@@ -28,6 +28,7 @@ from ray import tune
 from morphsearch import artifacts, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
+from morphsearch.growth.trainer import cosine_lr
 from morphsearch.losses import accuracy, task_loss
 from morphsearch.morphisms._registry import PROBE_SIZE
 from morphsearch.morphisms.optim import transfer_optimizer
@@ -121,11 +122,17 @@ def morphism_flops(name: str, parent: Architecture, child: Architecture, batch: 
     return int(flops)
 
 
+def _load_parent(config: dict[str, Any]) -> Architecture:
+    return artifacts.load_architecture(config["parent_uri"], config.get("parent_sha256"))
+
+
 def _grow_child(
-    config: dict[str, Any], probe: Batch, inherit: bool = True
+    config: dict[str, Any], probe: Batch, inherit: bool = True,
+    parent: Architecture | None = None,
 ) -> tuple[Architecture, list[dict[str, Any]], int]:
-    """The trial's child, its morphism records and the FLOPs spent growing it."""
-    parent = artifacts.load_architecture(config["parent_uri"], config.get("parent_sha256"))
+    """The trial's child, its morphism records and the FLOPs spent growing it (from
+    ``parent``, loaded from ``config["parent_uri"]`` when not given)."""
+    parent = parent or _load_parent(config)
     seed = int(config.get("trial_seed", 0))
     if not config.get("morphism"):
         return parent, [], 0
@@ -146,7 +153,8 @@ def _grow_child(
 
 
 def _optimizer(
-    config: dict[str, Any], setup: TrialSetup, child: Architecture, module: torch.nn.Module
+    config: dict[str, Any], setup: TrialSetup, child: Architecture, module: torch.nn.Module,
+    parent: Architecture | None = None,
 ) -> torch.optim.Optimizer:
     """The trial's Adam at ``config["lr"]``: fresh, or continuing its parent's state.
 
@@ -162,7 +170,7 @@ def _optimizer(
     saved = artifacts.load_optimizer(config["parent_uri"])
     if saved is None:
         return fresh
-    parent = artifacts.load_architecture(config["parent_uri"], config.get("parent_sha256"))
+    parent = parent or _load_parent(config)
     device = next(module.parameters()).device
     parent_module = parent.to_module(device=device)
     previous = torch.optim.Adam(parent_module.parameters(), lr=lr)
@@ -181,7 +189,7 @@ def _schedule_lr(
     to 0 over its ``epochs``."""
     if config.get("lr_schedule", "constant") != "cosine":
         return
-    lr = float(config["lr"]) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
+    lr = cosine_lr(float(config["lr"]), epoch - 1, epochs)
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -260,10 +268,12 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id() or "local"
     arch_id = child_arch_id(setup.search, trial_id)
     checkpoint = tune.get_checkpoint()
+    parent = None
     if checkpoint is not None:
         child, state, optim_state = _restore(checkpoint)
     else:
-        child, records, grow_flops = _grow_child(config, probe, setup.inherit_weights)
+        parent = _load_parent(config)
+        child, records, grow_flops = _grow_child(config, probe, setup.inherit_weights, parent)
         state = {
             "epoch": 0,
             "morphisms": records,
@@ -280,11 +290,8 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
     probe_dev = (probe[0].to(device), probe[1].to(device))
     if state["first_batch_loss"] is None:
         state["first_batch_loss"] = _evaluate(module, *probe_dev)[0]
-    optimizer = _optimizer(config, setup, child, module)
-    if optim_state is not None:
-        optimizer.load_state_dict(optim_state)
     setup_s = time.perf_counter() - started
-    if setup.growth.get("enabled"):
+    if setup.growth.get("enabled"):  # the growing trainer keeps its own optimizer
         base = {
             "arch_id": arch_id,
             "child_uri": child_uri,
@@ -295,6 +302,11 @@ def train_child(config: dict[str, Any], setup: TrialSetup) -> None:
         }
         _train_growing(child, data, setup, config, device, base, probe_dev)
         return
+    if optim_state is not None:  # restored: the checkpoint's own state
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(module.parameters())
+        optimizer.load_state_dict(optim_state)
+    else:
+        optimizer = _optimizer(config, setup, child, module, parent)
     val = (data.x_val.to(device), data.y_val.to(device))
     saved_at = reported_at = time.perf_counter()
     unreported: list[dict[str, float]] = []

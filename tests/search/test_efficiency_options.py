@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -379,8 +378,9 @@ def test_cosine_lr_schedule() -> None:
     for epoch in range(1, 5):
         trainable._schedule_lr(optimizer, {"lr": 0.1, "lr_schedule": "cosine"}, epoch, 4)
         seen.append(optimizer.param_groups[0]["lr"])
-    want = [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
-    assert seen == pytest.approx(want) and seen[0] == pytest.approx(0.1)
+    # cos(0), cos(pi/4), cos(pi/2), cos(3pi/4): 0.1, 0.1 (2 + sqrt 2) / 4, 0.05, 0.1 (2 - sqrt 2) / 4
+    want = [0.1, 0.0853553390593, 0.05, 0.0146446609407]
+    assert seen == pytest.approx(want, rel=1e-9)
     trainable._schedule_lr(optimizer, {"lr": 0.5, "lr_schedule": "constant"}, 3, 4)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(want[-1])  # untouched
 
