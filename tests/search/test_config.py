@@ -136,3 +136,13 @@ def test_unknown_growth_morphism_exits_2(
     path.write_text(QUICKSTART.read_text() + "growth: {enabled: true, morphism: widen.magic}\n")
     assert main(["search", str(path), "--db", f"sqlite:///{tmp_path}/l.db"]) == 2
     assert "growth.morphism" in capsys.readouterr().err
+
+
+def test_growth_with_asha_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(QUICKSTART.read_text() + "growth: {enabled: true}\nscheduler: {asha: true}\n")
+    assert main(["search", str(path), "--db", f"sqlite:///{tmp_path}/l.db"]) == 2
+    err = capsys.readouterr().err
+    assert "scheduler.asha" in err and "turn one of the two off" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "l.db").exists()  # refused before anything was written
