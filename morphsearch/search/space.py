@@ -227,13 +227,16 @@ class MorphismSpace:
             if not places:
                 continue
             first = min(int(position * len(places)), len(places) - 1)
+            seen: set[tuple[str, int | None]] = set()  # halved fractions round alike
             for amount in amounts if takes_k else [None]:
                 for i in range(len(places)):
                     site = places[(first + i) % len(places)]
                     params = dict(spec.params)
                     if amount is not None:
                         params["k"] = _units(arch, site, amount, spec.k_fraction is not None)
-                    yield morphism, site, params
+                    if (site, params.get("k")) not in seen:
+                        seen.add((site, params.get("k")))
+                        yield morphism, site, params
 
     def _grown_from(self, parent_id: str) -> set[tuple[str, str]]:
         """(parent, structure hash) of the children lineage already holds for ``parent_id``."""

@@ -251,7 +251,7 @@ def test_k_fraction_is_relative_to_the_site_width(tmp_path: Path) -> None:
     first = next(space._candidates(seed, "widen.split", 0.0, 0.5))
     assert first == ("widen.split", "fc1", {"k": 8})  # half of 16 units
     amounts = [p["k"] for _, _, p in space._candidates(seed, "widen.split", 0.0, 1.0)]
-    assert amounts == [16, 8, 4, 2, 1, 1]  # fallbacks halve (a child over max_params)
+    assert amounts == [16, 8, 4, 2, 1]  # fallbacks halve (a child over max_params), no repeats
     wide = builders.mlp([64, 200, 10], activation="tanh", seed=0)
     assert next(space._candidates(wide, "widen.split", 0.0, 0.25))[2] == {"k": 50}
     # absolute k as before when k_fraction is not given
