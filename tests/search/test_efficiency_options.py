@@ -79,7 +79,9 @@ def test_inherit_off_reinitialises_the_same_graph(tmp_path: Path) -> None:
     assert spent > morphism_flops("widen.split", parent, inherited, 32)
 
 
-def test_train_flops_reported_cumulatively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _run_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any], **setup: Any
+) -> list[dict[str, Any]]:
     reports: list[dict[str, Any]] = []
 
     class Context:
@@ -89,25 +91,29 @@ def test_train_flops_reported_cumulatively(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
     monkeypatch.setattr(trainable.tune, "get_context", lambda: Context())
     monkeypatch.setattr(trainable.tune, "report", lambda metrics, **_: reports.append(metrics))
-    setup = TrialSetup(
-        search="s",
-        artifacts_uri=str(tmp_path / "art"),
-        dataset="digits",
-        dataset_options=(),
-        data_seed=0,
-        epochs=3,
-        batch_size=64,
-        cpus=1,
-        growth={},
-        checkpoint_every_s=1e9,
-        inherit_weights=False,
-    )
+    fields: dict[str, Any] = {
+        "search": "s",
+        "artifacts_uri": str(tmp_path / "art"),
+        "dataset": "digits",
+        "dataset_options": (),
+        "data_seed": 0,
+        "epochs": 4,
+        "batch_size": 64,
+        "cpus": 1,
+        "growth": {},
+        "checkpoint_every_s": 1e9,
+        **setup,
+    }
+    train_child(config, TrialSetup(**fields))
+    return reports
+
+
+def test_train_flops_reported_cumulatively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _parent_config(tmp_path, "widen.split")
-    train_child(config, setup)
+    reports = _run_trial(tmp_path, monkeypatch, config, epochs=3, inherit_weights=False)
     data = load_dataset("digits", seed=0)
     child_arch = artifacts.load_architecture(reports[-1]["weights_uri"])
     per_epoch = train_epoch_flops(child_arch, data)
-    assert per_epoch == 3 * child_arch.flops * len(data.x_train)
     grow = reports[0]["train_flops"] - per_epoch
     assert grow > 0  # the morphism's probe passes are counted
     assert [r["train_flops"] for r in reports] == [grow + e * per_epoch for e in (1, 2, 3)]
@@ -153,35 +159,6 @@ def test_efficiency_defaults_and_validation(tmp_path: Path) -> None:
     path.write_text(head + "budget: {patience: null}\nselection: {max_children: null}\n")
     loaded = load_config(path)
     assert loaded.budget.patience is None and loaded.selection.max_children is None
-
-
-def _run_trial(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any], **setup: Any
-) -> list[dict[str, Any]]:
-    reports: list[dict[str, Any]] = []
-
-    class Context:
-        def get_trial_id(self) -> str:
-            return "t0"
-
-    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
-    monkeypatch.setattr(trainable.tune, "get_context", lambda: Context())
-    monkeypatch.setattr(trainable.tune, "report", lambda metrics, **_: reports.append(metrics))
-    fields: dict[str, Any] = {
-        "search": "s",
-        "artifacts_uri": str(tmp_path / "art"),
-        "dataset": "digits",
-        "dataset_options": (),
-        "data_seed": 0,
-        "epochs": 4,
-        "batch_size": 64,
-        "cpus": 1,
-        "growth": {},
-        "checkpoint_every_s": 1e9,
-        **setup,
-    }
-    train_child(config, TrialSetup(**fields))
-    return reports
 
 
 @pytest.mark.parametrize(
