@@ -24,6 +24,7 @@ from torch import nn
 from morphsearch import builders, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import load_dataset
+from morphsearch.losses import task_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -41,19 +42,13 @@ def median_seconds(fn: Callable[[], Any], repeats: int,
     return statistics.median(times)
 
 
-def _loss(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if targets.is_floating_point():
-        return nn.functional.mse_loss(out, targets)
-    return nn.functional.cross_entropy(out, targets)
-
-
 def train_step_seconds(arch: Architecture, batch: Batch, repeats: int) -> float:
     module = arch.to_module().train()
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
 
     def step() -> None:
         optimizer.zero_grad()
-        _loss(module(batch[0]), batch[1]).backward()
+        task_loss(module(batch[0]), batch[1]).backward()
         optimizer.step()
 
     return median_seconds(step, repeats)
@@ -98,7 +93,7 @@ def gromo_gradmax_seconds(sizes: tuple[int, int, int], batch: Batch, k: int,
 
 def _gromo_grow(model: Any, batch: Batch, k: int) -> None:
     model.init_computation()
-    _loss(model(batch[0]), batch[1]).backward()
+    task_loss(model(batch[0]), batch[1]).backward()
     model.update_computation()
     # GroMo's documented GradMax setting (compute_optimal_updates docstring).
     model.compute_optimal_updates(

@@ -49,6 +49,7 @@ import torch
 
 from morphsearch import artifacts, builders
 from morphsearch.data import Dataset, load_dataset
+from morphsearch.losses import accuracy
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.runner import TrainFlopsStopper, run_search
 from morphsearch.search.trainable import TrialSetup, train_child
@@ -303,8 +304,9 @@ def _test_accuracy(uri: str, data: Dataset) -> tuple[float, int]:
     module = arch.to_module()
     module.eval()
     with torch.no_grad():
-        pred = module(data.x_test).argmax(1)
-    return float((pred == data.y_test).float().mean()), arch.num_params
+        acc = accuracy(module(data.x_test), data.y_test)
+    assert acc is not None  # classification tasks only
+    return acc, arch.num_params
 
 
 def collect(path: Path, start: float, data: Dataset) -> list[TrialRow]:
