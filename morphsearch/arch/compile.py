@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -190,6 +190,25 @@ def generate_code(arch: Architecture) -> str:
     return "\n".join(lines) + "\n"
 
 
+def forward_function(arch: Architecture) -> Callable[..., torch.Tensor]:
+    """``arch``'s compiled generated forward, made once per architecture.
+
+    A child whose only changes are attributes of layer nodes (the ops with a module:
+    widening) has the same code, and :meth:`Architecture._respecified` hands it over
+    (see :func:`same_code_after`).
+    """
+    fn = arch.__dict__.get("_forward_fn")
+    if fn is None:
+        fn = arch.__dict__["_forward_fn"] = _compiled(generate_code(arch))
+    return fn
+
+
+def same_code_after(changed_ops: Iterable[str]) -> bool:
+    """Whether changing attributes of nodes with these ops keeps the generated code
+    (a layer node's line is ``layers.<node>(x)`` whatever its attributes)."""
+    return all(op in _LAYERS for op in changed_ops)
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(code: str) -> Callable[..., torch.Tensor]:
     namespace: dict[str, Any] = {"torch": torch, "F": F}
@@ -311,7 +330,8 @@ def evaluate(
         fn = make(spec.attrs, arch.weights.get(node, {}), train, arch.shape(node))
         fns[node] = fn if hook is None else _hooked(node, fn, hook)
     runner = types.SimpleNamespace(layers=types.SimpleNamespace(**fns))
-    return _compiled(generate_code(arch))(runner, x.to(arch.dtype))
+    dtype = arch.dtype
+    return forward_function(arch)(runner, x if x.dtype == dtype else x.to(dtype))
 
 
 _Fn = Callable[[torch.Tensor], torch.Tensor]

@@ -54,6 +54,8 @@ class Architecture:
         InvalidArchitecture: naming the node and the problem; nothing is kept.
     """
 
+    _template: nx.DiGraph  # a _respecified child's, until its graph is built
+
     def __init__(
         self,
         graph: nx.DiGraph,
@@ -67,8 +69,11 @@ class Architecture:
         self._graph = normalised_graph(graph)
         self._order = validated_order(self._graph)
         self._inputs = {n: ordered_inputs(self._graph, n) for n in self._order}
-        specs = {n: self._graph.nodes[n]["spec"] for n in self._order}
-        self._infos = shapes.infer(self._order, specs, self._inputs)
+        self._specs: Mapping[str, NodeSpec] = {
+            n: self._graph.nodes[n]["spec"] for n in self._order
+        }
+        self._consumers = {n: tuple(sorted(self._graph.successors(n))) for n in self._order}
+        self._infos = shapes.infer(self._order, self._specs, self._inputs)
         if weights is None:
             from morphsearch.arch.compile import init_weights
 
@@ -81,11 +86,12 @@ class Architecture:
         For morphisms that keep every node, edge and op and change only attributes
         (widening changes ``out_features``/``out_channels``). The child reuses what this
         architecture has already validated and those changes cannot break (node names,
-        topological order, arity and ports) and checks the rest as the constructor does:
-        every shape is inferred again and every weight tensor checked against it (the
-        unchanged tensors, this architecture's private copies, are shared; the new ones
-        are handed over by the caller, who must hold no other reference to them, and are
-        not copied either).
+        topological order, arity, ports and consumers) and checks the rest as the
+        constructor does: every shape is inferred again and every weight tensor checked
+        against it (the unchanged tensors, this architecture's private copies, are
+        shared; the new ones are handed over by the caller, who must hold no other
+        reference to them, and are not copied either). The child's networkx graph is
+        built when it is first asked for.
 
         Raises:
             InvalidArchitecture: as the constructor, or when a spec changes a node's op.
@@ -95,22 +101,32 @@ class Architecture:
                 raise InvalidArchitecture(
                     f"node {node!r}: _respecified keeps every op, got {spec!r}"
                 )
-        graph = nx.DiGraph()
-        graph.graph.update(self._graph.graph)
-        graph.add_nodes_from(
-            (node, {"spec": specs.get(node, data["spec"])})
-            for node, data in self._graph.nodes.items()
-        )
-        graph.add_edges_from(self._graph.edges(data=True))
         child = object.__new__(Architecture)
-        child._graph = nx.freeze(graph)
+        # for the lazy graph: a graph with the same nodes and edges (this one's, or, if
+        # this one is not built either, the one it would be built from)
+        template = self.__dict__.get("_template")
+        child._template = self._graph if template is None else template
         child._order = self._order
         child._inputs = self._inputs
-        child._infos = shapes.infer(
-            child._order, {n: child._graph.nodes[n]["spec"] for n in child._order}, child._inputs
-        )
+        child._specs = {**self._specs, **specs}
+        child._consumers = self._consumers
+        child._infos = shapes.infer(child._order, child._specs, child._inputs)
         child._weights = checked_weights(child, weights, handed_over=True)
+        from morphsearch.arch.compile import same_code_after
+
+        if "_forward_fn" in self.__dict__ and same_code_after(s.op for s in specs.values()):
+            child.__dict__["_forward_fn"] = self.__dict__["_forward_fn"]
         return child
+
+    @cached_property
+    def _graph(self) -> nx.DiGraph:
+        """A :meth:`_respecified` child's graph (the constructor sets it directly)."""
+        template = self._template
+        graph = nx.DiGraph()
+        graph.graph.update(template.graph)
+        graph.add_nodes_from((node, {"spec": self._specs[node]}) for node in template.nodes)
+        graph.add_edges_from(template.edges(data=True))
+        return nx.freeze(graph)
 
     # ------------------------------------------------------------- structure
     @property
@@ -129,7 +145,7 @@ class Architecture:
 
     def spec(self, node: str) -> NodeSpec:
         try:
-            return self._graph.nodes[node]["spec"]
+            return self._specs[node]
         except KeyError:
             raise InvalidArchitecture(
                 f"no node {node!r}; nodes: {', '.join(self._order)}"
@@ -143,7 +159,7 @@ class Architecture:
         return self._inputs[node]
 
     def consumers(self, node: str) -> tuple[str, ...]:
-        return tuple(sorted(self._graph.successors(node)))
+        return self._consumers[node]
 
     @cached_property
     def input_node(self) -> str:
@@ -192,7 +208,7 @@ class Architecture:
         return iter(self._order)
 
     def __contains__(self, node: object) -> bool:
-        return node in self._graph
+        return node in self._specs
 
     # --------------------------------------------------------------- weights
     @property

@@ -196,6 +196,21 @@ def test_respecified_child_equals_a_fully_validated_one() -> None:
     assert (child.num_params, child.flops) == (full.num_params, full.flops)
     assert child.shape("conv1") == (5, 6, 6) and parent.shape("conv1") == (3, 6, 6)
     assert child.weights["fc2"]["weight"] is parent.weights["fc2"]["weight"]  # shared copy
+    # the child's graph (built on first use) is the full constructor's, also two
+    # generations down from a child whose own graph was never built
+    grandchild = child._respecified({"fc1": child.spec("fc1").replace(out_features=6)}, {
+        **{node: dict(params) for node, params in child.weights.items()},
+        "fc1": {"weight": torch.randn(6, 36), "bias": torch.randn(6)},
+        "fc2": {"weight": torch.randn(3, 6), "bias": child.weights["fc2"]["bias"]},
+    })
+    graph.nodes["fc1"]["spec"] = grandchild.spec("fc1")
+    full_grandchild = Architecture(graph, grandchild.weights)
+    for lazy, built in ((grandchild, full_grandchild), (child, full)):
+        assert dict(lazy.graph.nodes(data=True)) == dict(built.graph.nodes(data=True))
+        assert list(lazy.graph.edges(data=True)) == list(built.graph.edges(data=True))
+        assert lazy.graph.graph == built.graph.graph and nx.is_frozen(lazy.graph)
+        assert lazy.to_json() == built.to_json()
+    assert child.spec("fc1") == parent.spec("fc1")
     with pytest.raises(InvalidArchitecture, match=r"'conv2' weight 'weight' has shape"):
         parent._respecified({"conv1": spec}, {**weights, "conv2": parent.weights["conv2"]})
     with pytest.raises(InvalidArchitecture, match="NaN"):
@@ -203,3 +218,17 @@ def test_respecified_child_equals_a_fully_validated_one() -> None:
         parent._respecified({"conv1": spec}, bad)
     with pytest.raises(InvalidArchitecture, match="keeps every op"):
         parent._respecified({"conv1": NodeSpec("linear", out_features=3)}, weights)
+
+
+def test_all_finite_is_exact_where_the_sum_overflows_or_cancels() -> None:
+    from morphsearch.arch.validate import all_finite
+
+    big = torch.full((1000,), 3e38)  # finite values whose float32 sum overflows
+    assert all_finite(big) and all_finite(torch.zeros(0))
+    for bad in (math.nan, math.inf, -math.inf):
+        x = torch.randn(1000, 20)
+        x[517, 3] = bad
+        assert not all_finite(x)
+    cancels = torch.tensor([math.inf, -math.inf, 1.0])  # inf - inf: NaN, not finite
+    assert not all_finite(cancels)
+    assert not all_finite(torch.tensor([3e38, 3e38, math.nan]))
