@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from morphsearch.losses import accuracy, per_sample_loss, task_loss
+from morphsearch.losses import accuracy, per_sample_loss, task_loss, task_loss_grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -29,3 +29,24 @@ def test_accuracy() -> None:
     outputs = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]])
     assert accuracy(outputs, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
     assert accuracy(outputs, torch.zeros(3, 2)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_task_loss_grad_is_autograds_gradient(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(1)
+    outputs = torch.randn(29, 7, generator=g, dtype=dtype)
+    cases = [
+        (outputs, torch.randint(0, 7, (29,), generator=g)),  # classes
+        (outputs, torch.randn(29, 7, generator=g, dtype=torch.float64)),  # regression
+        (outputs[:, :1], torch.randn(29, generator=g, dtype=dtype)),  # flat target
+        (torch.randn(29, 7, 3, generator=g, dtype=dtype),  # per-position classes
+         torch.randint(0, 7, (29, 3), generator=g)),
+    ]
+    for out, targets in cases:
+        z = out.detach().clone().requires_grad_()
+        (expected,) = torch.autograd.grad(task_loss(z, targets), [z])
+        got = task_loss_grad(out, targets)
+        assert got.shape == out.shape and got.dtype == out.dtype
+        torch.testing.assert_close(got, expected, rtol=1e-6 if dtype == torch.float32 else 1e-12,
+                                   atol=1e-7 if dtype == torch.float32 else 1e-15)
+        assert not out.requires_grad  # the caller's tensor is left alone

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,6 +29,7 @@ import torch
 
 from morphsearch.arch import Architecture
 from morphsearch.arch.compile import evaluate
+from morphsearch.arch.validate import all_finite
 from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
 
 __all__ = [
@@ -117,6 +119,11 @@ class Morphism(abc.ABC):
     def why_not(self, arch: Architecture, site: str) -> str | None:
         """Why ``site`` is not one of ``sites(arch)``, for the error message (None: unknown)."""
         return None
+
+    def accepts(self, arch: Architecture, site: str) -> bool:
+        """Whether ``site`` is one of ``sites(arch)``; override where one site is cheaper
+        to test than listing them all (the contract suite checks they agree)."""
+        return site in self.sites(arch)
 
     def param_defaults(self) -> dict[str, Any]:
         return dict(_param_defaults(type(self)))
@@ -228,10 +235,18 @@ def _check_batch(name: str, parent: Architecture, batch: Batch) -> None:
             f"fit the network's input shape {tuple(parent.input_shape)}; pass [N, "
             f"{', '.join(map(str, parent.input_shape))}] inputs and N targets"
         )
-    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+    if inputs.is_floating_point() and not all_finite(inputs):
         raise MorphismNotApplicable(f"{name}: the batch inputs contain NaN or infinite values")
-    if targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+    if targets.is_floating_point() and not all_finite(targets):
         raise MorphismNotApplicable(f"{name}: the batch targets contain NaN or infinite values")
+    if not targets.is_floating_point() and targets.numel():
+        classes = parent.output_shape[0] if parent.output_shape else 1
+        low, high = (int(v) for v in torch.aminmax(targets))
+        if low < 0 or high >= classes:
+            raise MorphismNotApplicable(
+                f"{name}: integer targets are class labels and must be in [0, {classes}) "
+                f"for this network's {classes} outputs, got labels {low}..{high}"
+            )
     if len(inputs) < 2 and any(parent.op(n) == "batchnorm" for n in parent.nodes):
         raise MorphismNotApplicable(
             f"{name}: batchnorm needs a batch of at least 2 samples, got {len(inputs)}"
@@ -262,7 +277,7 @@ def preservation_error(
         b = evaluate(child, inputs, train=False)
     if a.shape != b.shape:
         return float("inf")
-    return float((a - b).abs().max())
+    return float(torch.linalg.vector_norm(a - b, math.inf)) if a.numel() else 0.0
 
 
 def _random_probe(arch: Architecture, seed: int, n: int = PROBE_SIZE) -> torch.Tensor:
@@ -271,6 +286,8 @@ def _random_probe(arch: Architecture, seed: int, n: int = PROBE_SIZE) -> torch.T
 
 
 def _checked_site(morphism: Morphism, parent: Architecture, site: str | None) -> str:
+    if site is not None and site in parent and morphism.accepts(parent, site):
+        return site
     valid = morphism.sites(parent)
     if not valid:
         reason = morphism.why_not(parent, site) if site is not None and site in parent else None

@@ -249,16 +249,19 @@ def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
 batch_loss = task_loss  # the Batch convention's loss, see morphsearch.losses
 
 
-@contextlib.contextmanager
-def fixed_dropout(arch: Architecture) -> Iterator[None]:
+def fixed_dropout(arch: Architecture) -> contextlib.AbstractContextManager[None]:
     """Dropout masks from a fixed seed (reproducible), leaving the global RNG as it was.
 
     CPU generator only: torch.manual_seed would also seed every lazy accelerator (~1 ms
     a call). Without dropout nothing draws from the RNG, and nothing is done.
     """
     if not any(arch.op(node) == "dropout" for node in arch.nodes):
-        yield
-        return
+        return contextlib.nullcontext()
+    return _seeded_cpu_rng(0)
+
+
+@contextlib.contextmanager
+def _seeded_cpu_rng(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(0)
+        torch.default_generator.manual_seed(seed)
         yield

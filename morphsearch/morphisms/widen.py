@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from morphsearch.arch import Architecture
 from morphsearch.arch.compile import evaluate
 from morphsearch.errors import MorphismNotApplicable
+from morphsearch.losses import task_loss_grad
 from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._surgery import (
     WidenPath,
@@ -96,6 +97,9 @@ class _Widening(Morphism):
 
     def why_not(self, arch: Architecture, site: str) -> str | None:
         return why_not_widen(arch, site)
+
+    def accepts(self, arch: Architecture, site: str) -> bool:
+        return why_not_widen(arch, site) is None
 
 
 @register
@@ -362,20 +366,26 @@ def _site_input_and_consumer_grads(
     """The site's input and ``dL/dz`` of each consumer's output, one pass of the parent.
 
     Run with :func:`~morphsearch.arch.compile.evaluate` (no module is built) and with
-    autograd only from the consumers' outputs on.
+    autograd only from the consumers' outputs on; none at all when the one consumer is
+    the network's last layer (its output gradient is the loss's, in closed form).
     """
     consumers = {c.node for c in wp.consumers}
+    last = len(consumers) == 1 and arch.consumers(wp.consumers[0].node) == (arch.output_node,)
     seen: dict[str, torch.Tensor] = {}
 
     def hook(node: str, inp: torch.Tensor, out: torch.Tensor) -> None:
         if node == wp.site:
             seen["h"] = inp
         elif node in consumers:
-            if not out.requires_grad:  # the first consumer: the graph starts here
+            if not last and not out.requires_grad:  # the first consumer: the graph starts
                 out.requires_grad_()
             seen[node] = out
 
     inputs, targets = batch
+    if last:
+        with torch.no_grad(), fixed_dropout(arch):
+            outputs = evaluate(arch, inputs, train=True, hook=hook)
+        return seen["h"], [task_loss_grad(outputs, targets)]
     with fixed_dropout(arch):  # the same masks as the general path
         loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
     grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
@@ -393,21 +403,19 @@ def _closed_form_gradmax_matrix(
     centred as batchnorm does."""
     h, grads = _site_input_and_consumer_grads(arch, wp, batch)
     if arch.op(wp.site) == "linear":
-        blocks = []
-        for g in grads:
-            if form.centre is not None:
-                g = g - g.mean(dim=0)
-            blocks.append(g.T @ h)
-        return form.scale * torch.cat(blocks)
-    spec = arch.spec(wp.site)
-    k, out_hw = spec["kernel_size"], arch.shape(wp.site)[1:]
-    patches = F.unfold(h, k, padding=spec["padding"], stride=spec["stride"])  # [B, D, L]
-    return form.scale * torch.cat([
-        _conv_consumer_block(arch, c.node, patches, out_hw, g, form.centre)
-        if arch.op(c.node) == "conv2d"
-        else _flat_consumer_block(patches, g, form.centre)
-        for c, g in zip(wp.consumers, grads, strict=True)
-    ])
+        blocks = [(g - g.mean(dim=0) if form.centre else g).T @ h for g in grads]
+    else:
+        spec = arch.spec(wp.site)
+        k, out_hw = spec["kernel_size"], arch.shape(wp.site)[1:]
+        patches = F.unfold(h, k, padding=spec["padding"], stride=spec["stride"])  # [B, D, L]
+        blocks = [
+            _conv_consumer_block(arch, c.node, patches, out_hw, g, form.centre)
+            if arch.op(c.node) == "conv2d"
+            else _flat_consumer_block(patches, g, form.centre)
+            for c, g in zip(wp.consumers, grads, strict=True)
+        ]
+    matrix = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+    return matrix if form.scale == 1.0 else form.scale * matrix
 
 
 def _conv_consumer_block(

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 
 from morphsearch import morphisms
 from morphsearch.arch import Architecture
+from morphsearch.arch.compile import _compiled, forward_function, generate_code
 from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
 from morphsearch.morphisms import MorphismResult
 from tests.morphisms.strategies import architectures, batch_for, fixed_architectures, outputs
@@ -72,6 +73,8 @@ def _check_fully_valid(child: Architecture) -> None:
     assert (again.structure_hash, again.weights_hash) == (child.structure_hash,
                                                           child.weights_hash)
     assert (again.num_params, again.flops) == (child.num_params, child.flops)
+    # a forward handed down from the parent is the one the child's own code compiles to
+    assert forward_function(child) is _compiled(generate_code(again))
 
 
 def _check_site(name: str, parent: Architecture, site: str, *, full: bool) -> None:
@@ -99,7 +102,11 @@ def _check_site(name: str, parent: Architecture, site: str, *, full: bool) -> No
 
 
 def _check_all_sites(name: str, arch: Architecture, *, full: bool = True) -> None:
-    for site in morphisms.sites(name, arch):
+    sites = morphisms.sites(name, arch)
+    morphism = morphisms.get(name)
+    assert [n for n in arch.nodes if morphism.accepts(arch, n)] == sorted(
+        sites, key=arch.nodes.index), f"{name}.accepts disagrees with its sites()"
+    for site in sites:
         _check_site(name, arch, site, full=full)
 
 

@@ -280,16 +280,20 @@ CLOSED_FORM_CASES = [
 ]
 
 
+@pytest.mark.parametrize("targets", ["labels", "regression"])
 @pytest.mark.parametrize(("label", "arch", "site"), CLOSED_FORM_CASES,
                          ids=[c[0] for c in CLOSED_FORM_CASES])
 def test_closed_form_equals_the_auxiliary_network_path(label: str, arch: Architecture,
-                                                       site: str) -> None:
-    # Each closed form (one backward pass of the parent) must give exactly the matrix of
-    # the general auxiliary-network path it shortcuts: same rows, same columns, float64.
+                                                       site: str, targets: str) -> None:
+    # Each closed form (one backward pass of the parent, or none where the consumer is
+    # the last layer) must give exactly the matrix of the general auxiliary-network path
+    # it shortcuts: same rows, same columns, float64, for both losses.
     g = torch.Generator().manual_seed(1)
     n = 10
     x = torch.randn(n, *arch.input_shape, generator=g, dtype=F64)
-    batch = (x, torch.randint(0, arch.output_shape[0], (n,), generator=g))
+    y = (torch.randint(0, arch.output_shape[0], (n,), generator=g) if targets == "labels"
+         else torch.randn(n, *arch.output_shape, generator=g, dtype=F64))
+    batch = (x, y)
     wp = widen_path(arch, site)
     form = widen._closed_form(arch, wp)
     assert form is not None, label
@@ -346,6 +350,8 @@ def test_a_batch_gradmax_cannot_use_is_refused_with_the_reason() -> None:
         ((x, y[:5]), "with 5 targets"),
         ((x,), "must be a pair"),
     ]
+    cases += [((x, torch.tensor([0, 1, 2, 3, 0, 1, 2, 0])), r"labels .* in \[0, 3\) .* 0\.\.3"),
+              ((x, y - 1), r"got labels -1\.\.")]
     for batch, reason in cases:
         with pytest.raises(MorphismNotApplicable, match=reason):
             morphisms.apply("widen.gradmax", plain, "fc1", batch=batch)  # type: ignore[arg-type]
