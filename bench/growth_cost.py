@@ -4,8 +4,9 @@ Workloads: the teacher-student MLP (20:5:10, MSE, batch 1000), the digits MLP (6
 the digits training split as one batch) and the digits CNN (``builders.cnn()``). For
 each operator, at its first site: ``apply`` (with its probe-batch preservation check)
 and ``transform`` alone (no check), each as a ratio to one training step (forward,
-backward, SGD step on the compiled module). GradMax is also run with GroMo, a peer
-library, on the same MLPs (growing the same hidden layer by the same k).
+backward, SGD step on the compiled module) timed just before it: the median of those
+paired ratios. GradMax is also run with GroMo, a peer library, on the same MLPs
+(growing the same hidden layer by the same k).
 
 Run: ``.venv/bin/python bench/growth_cost.py [--repeats 15]`` (one thread, medians).
 """
@@ -29,20 +30,35 @@ from morphsearch.losses import task_loss
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int,
-                   setup: Callable[[], Any] | None = None) -> float:
-    """Median wall time of ``fn()`` (or ``fn(setup())``, setup untimed) after a warm-up."""
-    times = []
-    for i in range(repeats + 1):  # run 0 is the warm-up: lazy imports, allocator growth
-        arg = setup() if setup else None
-        start = time.perf_counter()
+def paired(fn: Callable[[], Any], step: Callable[[], Any], repeats: int,
+           setup: Callable[[], Any] | None = None) -> tuple[float, float]:
+    """(median seconds of ``fn``, median ratio of ``fn``'s time to ``step``'s).
+
+    Each repeat times one training step and then ``fn`` (``fn(setup())``, the setup and
+    a step after it untimed), and the ratio is taken per pair: the machine is shared and
+    its speed drifts, which moves a ratio of two medians taken seconds apart by ±30% but
+    a ratio of neighbours much less. Both also run in each other's cache footprint, as
+    growth inside a training loop does. The first few pairs are a warm-up.
+    """
+    times, ratios = [], []
+    for i in range(repeats + 3):
+        arg = None
+        if setup:  # then a step, untimed: the timed one does not pay for the setup's misses
+            arg = setup()
+            step()
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
         fn(arg) if setup else fn()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        t2 = time.perf_counter()
+        if i >= 3:
+            times.append(t2 - t1)
+            ratios.append((t2 - t1) / (t1 - t0))
+    return statistics.median(times), statistics.median(ratios)
 
 
-def train_step_seconds(arch: Architecture, batch: Batch, repeats: int) -> float:
+def train_step(arch: Architecture, batch: Batch) -> Callable[[], None]:
+    """One SGD training step of the compiled module on ``batch`` (the unit of cost)."""
     module = arch.to_module().train()
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
 
@@ -51,12 +67,23 @@ def train_step_seconds(arch: Architecture, batch: Batch, repeats: int) -> float:
         task_loss(module(batch[0]), batch[1]).backward()
         optimizer.step()
 
-    return median_seconds(step, repeats)
+    return step
 
 
-def morphism_seconds(name: str, arch: Architecture, site: str, batch: Batch,
-                     repeats: int) -> tuple[float, float]:
-    """(apply with its preservation check, transform alone)."""
+def step_seconds(step: Callable[[], None], repeats: int) -> float:
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def morphism_costs(name: str, arch: Architecture, site: str, batch: Batch,
+                   step: Callable[[], None], repeats: int) -> list[tuple[float, float]]:
+    """[(seconds, x step)] of ``apply`` with its preservation check, then of
+    ``transform`` alone (no check)."""
     morphism = morphisms.get(name)
     params = morphism.param_defaults()
 
@@ -67,11 +94,11 @@ def morphism_seconds(name: str, arch: Architecture, site: str, batch: Batch,
         morphism.transform(arch, site, batch=batch, generator=torch.Generator().manual_seed(0),
                            **params)
 
-    return median_seconds(with_check, repeats), median_seconds(without_check, repeats)
+    return [paired(with_check, step, repeats), paired(without_check, step, repeats)]
 
 
-def gromo_gradmax_seconds(sizes: tuple[int, int, int], batch: Batch, k: int,
-                          repeats: int) -> float | str:
+def gromo_gradmax_cost(sizes: tuple[int, int, int], batch: Batch, k: int,
+                       step: Callable[[], None], repeats: int) -> tuple[float, float] | str:
     """GroMo's GradMax growth of the hidden layer (statistics pass + solve + apply)."""
     try:
         from gromo.containers.growing_mlp import GrowingMLP
@@ -88,7 +115,7 @@ def gromo_gradmax_seconds(sizes: tuple[int, int, int], batch: Batch, k: int,
     grown = model.layers[0].out_features
     if grown != sizes[1] + k:  # make sure the timed call really grows the layer
         return f"GroMo grew the hidden layer to {grown}, expected {sizes[1] + k}"
-    return median_seconds(lambda model: _gromo_grow(model, batch, k), repeats, fresh_model)
+    return paired(lambda model: _gromo_grow(model, batch, k), step, repeats, fresh_model)
 
 
 def _gromo_grow(model: Any, batch: Batch, k: int) -> None:
@@ -119,32 +146,37 @@ def workloads() -> dict[str, tuple[Architecture, Batch]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15,
+                        help="pairs per measurement at least (more for cheap steps: ~0.5 s each)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| workload | operator | site | apply (ms) | x step | no check (ms) | x step |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for label, (arch, batch) in workloads().items():
-        step = train_step_seconds(arch, batch, args.repeats)
-        print(f"| {label} (batch {len(batch[0])}) | training step | | {step * 1e3:.2f} | 1.00 | | |")
+        step = train_step(arch, batch)
+        seconds = step_seconds(step, args.repeats)
+        repeats = max(args.repeats, min(400, int(0.5 / seconds)))
+        print(f"| {label} (batch {len(batch[0])}) | training step | | {seconds * 1e3:.2f} "
+              f"| 1.00 | | |")
         for name in morphisms.list_morphisms():
             sites = morphisms.sites(name, arch)
             if not sites:
                 print(f"| | {name} | none | n/a | | | |")
                 continue
-            full, bare = morphism_seconds(name, arch, sites[0], batch, args.repeats)
-            print(f"| | {name} | {sites[0]} | {full * 1e3:.2f} | {full / step:.2f} "
-                  f"| {bare * 1e3:.2f} | {bare / step:.2f} |")
+            (full, full_x), (bare, bare_x) = morphism_costs(name, arch, sites[0], batch, step,
+                                                            repeats)
+            print(f"| | {name} | {sites[0]} | {full * 1e3:.2f} | {full_x:.2f} "
+                  f"| {bare * 1e3:.2f} | {bare_x:.2f} |")
         if len(arch.input_shape) == 1:
             hidden = arch.shape("fc1")[0]
             sizes = (arch.input_shape[0], hidden, arch.output_shape[0])
             k = morphisms.get("widen.gradmax").param_defaults().get("k", 1)
-            gromo = gromo_gradmax_seconds(sizes, batch, k, args.repeats)
+            gromo = gromo_gradmax_cost(sizes, batch, k, step, repeats)
             if isinstance(gromo, str):
                 print(f"| | GroMo GradMax | hidden | {gromo} | | | |")
             else:
-                print(f"| | GroMo GradMax (k={k}) | hidden | {gromo * 1e3:.2f} "
-                      f"| {gromo / step:.2f} | | |")
+                print(f"| | GroMo GradMax (k={k}) | hidden | {gromo[0] * 1e3:.2f} "
+                      f"| {gromo[1]:.2f} | | |")
 
 
 if __name__ == "__main__":
