@@ -1,4 +1,4 @@
-"""``morphsearch graph validate|show|draw FILE``."""
+"""``morphsearch graph validate|show|draw|morphisms FILE`` and ``graph grow FILE MORPHISM``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,33 @@ def register(subparsers: Any) -> None:
     draw.add_argument("file", help="graph JSON file")
     draw.add_argument("--out", required=True, help="output image (.png, .svg or .pdf)")
     draw.set_defaults(func=_draw)
+
+    morphs = commands.add_parser(
+        "morphisms", help="the morphisms, where each applies in a graph, and their parameters"
+    )
+    morphs.add_argument("file", help="graph JSON file")
+    morphs.add_argument("--json", action="store_true", help="machine-readable output")
+    morphs.set_defaults(func=_morphisms)
+
+    grow = commands.add_parser(
+        "grow", help="apply a morphism to a graph file and write the child (graph + weights)"
+    )
+    grow.add_argument("file", help="graph JSON file (its .safetensors weights beside it)")
+    grow.add_argument("morphism", help="a morphism name (see `graph morphisms FILE`)")
+    grow.add_argument("--site", help="where to apply it (default: its first site)")
+    grow.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                      help="a morphism parameter, VALUE in JSON (k=2, scale_mode=fixed); "
+                           "repeatable")
+    grow.add_argument("--seed", type=int, default=0, help="seeds every random choice (0)")
+    grow.add_argument("--data", metavar="DATASET",
+                      help="dataset whose first training samples are the batch: gradient "
+                           "morphisms need one, and it is the preservation check's probe "
+                           "(teacher_student, digits, mnist1d)")
+    grow.add_argument("--batch-size", type=int, default=256, help="samples in the batch (256)")
+    grow.add_argument("--out", required=True, help="the child's graph file (.json); its "
+                                                   "weights are written beside it")
+    grow.add_argument("--json", action="store_true", help="print the morphism record as JSON")
+    grow.set_defaults(func=_grow)
 
 
 def _load(path: str) -> Any:
@@ -103,3 +130,103 @@ def _draw(args: argparse.Namespace) -> int:
     draw_architecture(arch, args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def _morphisms(args: argparse.Namespace) -> int:
+    from morphsearch import morphisms
+
+    arch = _load(args.file)
+    doc = [
+        {**entry, "sites": morphisms.sites(entry["name"], arch)}
+        for entry in morphisms.describe()
+    ]
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.file}: morphisms", title_justify="left")
+    for column in ("morphism", "sites", "keeps function", "needs batch", "parameters (defaults)"):
+        table.add_column(column)
+    for entry in doc:
+        table.add_row(
+            entry["name"], ", ".join(entry["sites"]) or "none",
+            "yes" if entry["preserves_function"] else "no",
+            "yes" if entry["needs_batch"] else "no",
+            ", ".join(f"{k}={v!r}" for k, v in entry["params"].items()),
+        )
+    Console(width=max(120, Console().width)).print(table)
+    return 0
+
+
+def _grow(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from morphsearch import morphisms
+    from morphsearch.errors import ConfigError
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ConfigError(f"--out {out}: give a .json graph file path (the weights are "
+                          f"written beside it as {out.stem}.safetensors)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: directory {out.parent} does not exist; create it first")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: give at least 1 sample")
+    params = _parsed_params(args.param)
+    if morphisms.get(args.morphism).needs_batch and not args.data:
+        raise ConfigError(f"{args.morphism} needs a data batch: pass --data DATASET "
+                          f"(teacher_student, digits or mnist1d)")
+    arch = _load(args.file)
+    batch = _first_samples(args.data, arch, args.batch_size) if args.data else None
+    result = morphisms.apply(args.morphism, arch, args.site, batch=batch, seed=args.seed,
+                             **params)
+    result.child.save(out)  # only once the morphism has succeeded: nothing half-written
+    record = result.record.to_json()
+    if args.json:
+        json.dump(record, sys.stdout, indent=2)
+        print()
+        return 0
+    shown = ", ".join(f"{k}={v!r}" for k, v in record["params"].items())
+    error = record["preservation_error"]
+    print(
+        f"{record['name']} at {record['site']} ({shown}; seed {record['seed']}): "
+        f"{arch.num_params:,} -> {result.child.num_params:,} params, preservation error "
+        f"{'not measured' if error is None else f'{error:.3g}'}"
+        f"{'' if batch is not None else ' (on random inputs)'}; wrote {out} and "
+        f"{out.with_suffix('.safetensors').name}"
+    )
+    return 0
+
+
+def _parsed_params(items: list[str]) -> dict[str, Any]:
+    from morphsearch.errors import ConfigError
+
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param {item!r}: write NAME=VALUE, e.g. --param k=2")
+        try:
+            params[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name] = raw  # a bare word: a string (scale_mode=fixed)
+    return params
+
+
+def _first_samples(name: str, arch: Any, n: int) -> tuple[Any, Any]:
+    """The first ``n`` training samples of dataset ``name``, shaped for ``arch``'s input
+    (flat features are reshaped to an image input of the same size, e.g. digits' 64 ->
+    1x8x8)."""
+    import math
+
+    from morphsearch.data import load_dataset
+
+    data = load_dataset(name)
+    x, y = data.x_train[:n], data.y_train[:n]
+    shape = tuple(arch.input_shape)
+    if tuple(x.shape[1:]) != shape and math.prod(x.shape[1:]) == math.prod(shape):
+        x = x.reshape(len(x), *shape)
+    return x, y
