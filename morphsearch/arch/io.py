@@ -161,10 +161,14 @@ def load(source: Any, weights: Any = None, *, seed: int = 0) -> Architecture:
 
 
 def save(arch: Architecture, path: str | os.PathLike[str]) -> None:
-    """Write the graph file and ``<stem>.safetensors`` beside it (atomically each)."""
+    """Write the graph file and ``<stem>.safetensors`` beside it (atomically each).
+
+    The weights go first: an interrupted save leaves at worst weights without their graph
+    file, never a graph file that would load with freshly initialised weights.
+    """
     path = Path(path)
-    _atomic_write(path, (json.dumps(to_json(arch), indent=1) + "\n").encode())
     save_weights(arch, weights_path_for(path))
+    _atomic_write(path, (json.dumps(to_json(arch), indent=1) + "\n").encode())
 
 
 def save_weights(

@@ -139,3 +139,22 @@ def test_show_table_and_draw_png(tmp_path: Path, capsys) -> None:
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert main(["graph", "draw", str(GRAPHS / "tiny_resnet.json"), "--out", str(tmp_path / "x.gif")]) == 2
+
+
+def test_an_interrupted_save_never_leaves_a_graph_without_its_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a graph file alone would load with freshly initialised weights: weights go first
+    from morphsearch.arch import io
+
+    real = io._atomic_write
+
+    def crash_on_weights(path: Path, data: bytes) -> None:
+        if path.suffix == ".safetensors":
+            raise OSError("disk full")
+        real(path, data)
+
+    monkeypatch.setattr(io, "_atomic_write", crash_on_weights)
+    with pytest.raises(OSError, match="disk full"):
+        builders.mlp([4, 3, 2]).save(tmp_path / "a.json")
+    assert list(tmp_path.iterdir()) == []
