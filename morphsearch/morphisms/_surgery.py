@@ -33,6 +33,7 @@ __all__ = [
     "consumer_unit_slice",
     "fixed_dropout",
     "path_params_copy",
+    "set_unit_outgoing",
     "unit_outgoing",
     "widen_path",
     "widen_sites",
@@ -143,6 +144,16 @@ def unit_outgoing(arch: Architecture, wp: WidenPath, unit: int) -> list[torch.Te
         else:
             out.append(weight[:, unit])
     return out
+
+
+def set_unit_outgoing(weight: torch.Tensor, consumer: Consumer, unit: int,
+                      value: torch.Tensor) -> None:
+    """Write ``unit``'s outgoing weights into a consumer's weight, in place (the inverse
+    of :func:`unit_outgoing` for one consumer)."""
+    if weight.dim() == 2:
+        weight[:, consumer_unit_slice(consumer, unit)] = value
+    else:
+        weight[:, unit] = value
 
 
 def _grow_outgoing(weight: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

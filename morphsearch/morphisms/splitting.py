@@ -10,12 +10,17 @@ so the loss changes by ``eps^2/2 * v^T S_i v + O(eps^3)``; the best ``v`` is the
 eigenvector of the smallest eigenvalue ``lambda_min``, and a neuron with
 ``lambda_min < 0`` escapes its saddle by splitting.
 
+A ``conv2d`` site's neurons are its output channels: ``x`` is each im2col patch (one per
+batch sample and output position) and the expectation sums over positions as well, since
+a channel's two copies differ at every position by the same filter step ``+-eps v``.
+
 What ``preserves_function`` means here: the split changes the function by
 ``O(eps^2)`` on purpose (it is a descent step), so ``split.steepest`` does not claim to
-preserve it; with ``eps=0`` it is an exact duplication. Sites: a ``linear`` layer whose
-output goes through exactly one ``tanh``, ``gelu`` or ``selu`` into other ``linear``
-layers; ReLU (and identity) sites are refused, since ``sigma'' = 0`` makes every
-splitting matrix zero.
+preserve it; with ``eps=0`` it is an exact duplication. Sites: a ``linear`` or
+``conv2d`` layer whose output goes through exactly one ``tanh``, ``gelu`` or ``selu``
+(and, after a conv, at most a ``flatten``) into other ``linear``/``conv2d`` layers; ReLU
+(and identity) sites are refused, since ``sigma'' = 0`` makes every splitting matrix
+zero.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from morphsearch.arch import Architecture
+from morphsearch.arch.compile import evaluate
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._surgery import (
     WidenPath,
     batch_loss,
     fixed_dropout,
+    set_unit_outgoing,
     unit_outgoing,
     widen_path,
     widened,
@@ -69,14 +77,12 @@ _SECOND_DERIVATIVE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def _split_path(arch: Architecture, site: str) -> tuple[WidenPath, str]:
     """The site's widen path and its activation, or why splitting does not apply."""
     wp = widen_path(arch, site)
-    if arch.op(site) != "linear":
+    ops = [arch.op(node) for node, _ in wp.path]
+    smooth = (*_SECOND_DERIVATIVE, "relu", "identity")
+    if not ops or ops[0] not in smooth or ops[1:] not in ([], ["flatten"]):
         raise MorphismNotApplicable(
-            f"split.steepest splits linear layers; {site!r} is {arch.op(site)}"
-        )
-    if len(wp.path) != 1 or arch.op(wp.path[0][0]) not in (*_SECOND_DERIVATIVE, "relu",
-                                                            "identity"):
-        raise MorphismNotApplicable(
-            f"split.steepest needs {site!r} -> one activation -> linear layers"
+            f"split.steepest needs {site!r} -> one activation [-> flatten] -> linear or "
+            "conv2d layers"
         )
     act_node = wp.path[0][0]
     act = arch.op(act_node)
@@ -92,34 +98,38 @@ def _split_path(arch: Architecture, site: str) -> tuple[WidenPath, str]:
 def _curvature_weights(
     arch: Architecture, wp: WidenPath, act: str, batch: Batch
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, c)``: augmented inputs ``[N, d]`` and ``c = dL/dh * sigma''(z)`` ``[N, M]``."""
-    dtype = arch.dtype
-    module = arch.to_module().train()
+    """``(x, c)``: augmented inputs ``[R, d]`` and ``c = dL/dh * sigma''(z)`` ``[R, M]``,
+    one row per sample (linear) or per sample and output position (conv2d, ``x`` the
+    im2col patch), ``M`` the site's units and ``d`` a unit's incoming weights (+1 for
+    the bias, last)."""
+    consumer = wp.consumers[0].node
     seen: dict[str, torch.Tensor] = {}
 
-    def keep(name: str) -> Callable[..., None]:
-        def hook(mod: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            seen[name], seen[name + "_out"] = args[0], out
+    def hook(node: str, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        if node == wp.site:  # the graph starts at z: h = sigma(z) and on
+            seen["x"], seen["z"] = inp, out.requires_grad_()
+            return out
+        if node == consumer:
+            seen["h"] = inp  # sigma(z), flattened after a flatten: one tensor, all consumers
+        return None
 
-        return hook
-
-    handles = [
-        module.get_submodule(f"layers.{wp.site}").register_forward_hook(keep("site")),
-        module.get_submodule(f"layers.{wp.consumers[0].node}").register_forward_hook(
-            keep("consumer")
-        ),
-    ]
     inputs, targets = batch
     with fixed_dropout(arch):
-        loss = batch_loss(module(inputs.to(dtype)), targets)
-    for handle in handles:
-        handle.remove()
-    (grad_h,) = torch.autograd.grad(loss, seen["consumer"])
-    x = seen["site"].detach()
+        loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
+    (grad_h,) = torch.autograd.grad(loss, seen["h"])
+    x, z = seen["x"], seen["z"].detach()
+    if arch.op(wp.site) == "conv2d":
+        spec = arch.spec(wp.site)
+        patches = F.unfold(x, spec["kernel_size"], padding=spec["padding"],
+                           stride=spec["stride"])  # [N, D, L]
+        x = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # [N*L, D]
+        c = grad_h.reshape(z.shape) * _SECOND_DERIVATIVE[act](z)  # [N, M, H, W]
+        c = c.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # [N*L, M]
+    else:
+        c = grad_h * _SECOND_DERIVATIVE[act](z)
     if "bias" in arch.weights[wp.site]:
-        x = torch.cat([x, torch.ones(len(x), 1, dtype=dtype)], dim=1)
-    z = seen["site_out"].detach()
-    return x, grad_h.detach() * _SECOND_DERIVATIVE[act](z)
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    return x, c
 
 
 def splitting_matrices(arch: Architecture, site: str, batch: Batch) -> torch.Tensor:
@@ -286,14 +296,19 @@ class SteepestSplit(Morphism):
 def _split(
     parent: Architecture, wp: WidenPath, chosen: list[int], steps: torch.Tensor
 ) -> Architecture:
-    """Move each chosen neuron by ``+step``, append its copy at ``-step``, halve outgoing."""
+    """Move each chosen neuron by ``+step``, append its copy at ``-step``, halve outgoing.
+
+    ``steps``: ``[k, d]``, one unit's incoming weights flattened (a conv filter as
+    ``C*kh*kw``), then the bias if the site has one.
+    """
     weights = parent.weights_copy()
     site_w = weights[wp.site]
-    n_in = site_w["weight"].shape[1]
+    rows = site_w["weight"].reshape(len(site_w["weight"]), -1)  # a view: edits go through
+    n_in = rows.shape[1]
     idx = torch.tensor(chosen, dtype=torch.long)
     steps = steps.to(parent.dtype)
-    copy_w = site_w["weight"][idx] - steps[:, :n_in]
-    site_w["weight"][idx] += steps[:, :n_in]
+    copy_w = (rows[idx] - steps[:, :n_in]).reshape(len(chosen), *site_w["weight"].shape[1:])
+    rows[idx] += steps[:, :n_in]
     copy_b = None
     if "bias" in site_w:
         copy_b = site_w["bias"][idx] - steps[:, n_in]
@@ -301,6 +316,6 @@ def _split(
     halves = [[w / 2 for w in unit_outgoing(parent, wp, u)] for u in chosen]
     for unit, half in zip(chosen, halves, strict=True):
         for c, h in zip(wp.consumers, half, strict=True):
-            weights[c.node]["weight"][:, unit * c.multiplicity : (unit + 1) * c.multiplicity] = h
+            set_unit_outgoing(weights[c.node]["weight"], c, unit, h)
     outgoing = [torch.stack([h[j] for h in halves]) for j in range(len(wp.consumers))]
     return widened(parent.with_weights(weights), wp, copy_w, copy_b, outgoing)

@@ -26,7 +26,6 @@ import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +38,11 @@ from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._surgery import (
     WidenPath,
     batch_loss,
-    consumer_unit_slice,
     fixed_dropout,
     mean_outgoing_norm,
     outgoing_shapes,
     path_params_copy,
+    set_unit_outgoing,
     site_rows_shape,
     unit_outgoing,
     why_not_widen,
@@ -195,7 +194,7 @@ class SplitWiden(_Widening):
         for unit, n_copies in sorted(counts.items()):
             shares = _shares(parent, wp, unit, n_copies + 1, noise, generator)
             for c, share in zip(wp.consumers, shares[0], strict=True):
-                _set_outgoing(weights[c.node]["weight"], c, unit, share)
+                set_unit_outgoing(weights[c.node]["weight"], c, unit, share)
             copies[unit] = shares[1:]
         by_position = [copies[u].pop(0) for u in chosen]
         scaled = parent.with_weights(weights)
@@ -234,13 +233,6 @@ def _shares(
             shares[j][i] += delta
             shares[0][i] -= delta
     return shares
-
-
-def _set_outgoing(weight: torch.Tensor, consumer: Any, unit: int, value: torch.Tensor) -> None:
-    if weight.dim() == 2:
-        weight[:, consumer_unit_slice(consumer, unit)] = value
-    else:
-        weight[:, unit] = value
 
 
 # ----------------------------------------------------------------------- GradMax

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from morphsearch import builders, morphisms
+from morphsearch.builders import GraphBuilder
 from morphsearch.arch import Architecture
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms import splitting
@@ -110,3 +111,75 @@ def test_same_seed_same_child_and_parent_untouched_float32() -> None:
     b = morphisms.apply("split.steepest", arch, "fc1", batch=batch, method="fast", seed=4).child
     assert a.weights_hash == b.weights_hash and a.dtype == torch.float32
     assert arch.weights_hash == before
+
+
+def _conv_flatten_net(activation: str = "tanh") -> Architecture:
+    # conv -> act -> flatten -> linear: each channel owns 4*4 inputs of the linear layer
+    b = GraphBuilder((2, 4, 4))
+    h = b.add(activation, b.add("conv2d", b.input, out_channels=3, kernel_size=3, padding=1,
+                                stride=1, name="conv"))
+    out = b.add("linear", b.add("flatten", h), out_features=3, name="fc")
+    return b.build(out, dtype=F64, seed=4)
+
+
+CONV_CASES = [
+    # conv1 -> tanh -> conv2 (padding 1: border patches see zeros)
+    ("conv_conv", builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3,
+                               activation="tanh", dtype=F64, seed=3), "conv1"),
+    ("conv_flatten_linear", _conv_flatten_net("gelu"), "conv"),
+]
+
+
+def _conv_batch(arch: Architecture) -> tuple:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(24, *arch.input_shape, generator=g, dtype=F64)
+    return x, torch.randint(0, arch.output_shape[0], (24,), generator=g)
+
+
+@pytest.mark.parametrize(("label", "arch", "site"), CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv_channels_split_along_their_filters_curvature(label: str, arch: Architecture,
+                                                           site: str) -> None:
+    # Each output channel is a neuron whose inputs are its im2col patches at every
+    # position: the same three checks as for dense neurons.
+    batch = _conv_batch(arch)
+    assert site in morphisms.sites("split.steepest", arch)
+    wp = splitting._split_path(arch, site)[0]
+    S = splitting.splitting_matrices(arch, site, batch)
+    filt = arch.weights[site]["weight"][0].numel()
+    assert S.shape == (wp.width, filt + 1, filt + 1)
+    # 1. v^T S_i v is the second derivative of the loss along the split (finite difference)
+    v = torch.randn(filt + 1, generator=torch.Generator().manual_seed(2), dtype=F64)
+    v = v / v.norm()
+    h, base = 1e-3, _loss(arch, batch)
+    plus = _loss(splitting._split(arch, wp, [1], (h * v)[None]), batch)
+    assert (plus - base) / (h**2 / 2) == pytest.approx(float(v @ S[1] @ v), rel=1e-3)
+    # 2. the loss change of the steepest split over eps^2/2 lambda_min tends to 1
+    vals, vecs = splitting.splitting_eigenvalues(arch, site, batch)
+    assert float(vals.min()) < 0
+    eps = 0.01
+    child = morphisms.apply("split.steepest", arch, site, batch=batch, eps=eps).child
+    ratio = (_loss(child, batch) - _loss(arch, batch)) / (eps**2 / 2 * float(vals.min()))
+    assert abs(ratio - 1) < 0.01
+    # the moved filter and its copy: theta +- eps v, reshaped to the filter's shape
+    worst = int(torch.argmin(vals))
+    w, cw = arch.weights[site]["weight"], child.weights[site]["weight"]
+    step = (eps * vecs[worst, :filt]).reshape(w.shape[1:])
+    torch.testing.assert_close(cw[worst], w[worst] + step)
+    torch.testing.assert_close(cw[wp.width], w[worst] - step)
+    # 3. the matrix-free fast method finds the same eigenvalues
+    fast, _ = splitting.splitting_eigenvalues(arch, site, batch, method="fast",
+                                              iters=filt + 1)
+    torch.testing.assert_close(fast, vals, rtol=1e-8, atol=1e-10)
+    # eps = 0 duplicates channels exactly
+    dup = morphisms.apply("split.steepest", arch, site, batch=batch, k=2, eps=0.0)
+    assert dup.record.preservation_error is not None and dup.record.preservation_error <= 1e-10
+
+
+def test_conv_sites_need_a_smooth_activation_right_after() -> None:
+    relu = builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3, dtype=F64)
+    assert morphisms.sites("split.steepest", relu) == []
+    tanh = CONV_CASES[0][1]
+    # conv2 reaches a maxpool before the flatten: not a splittable path
+    assert morphisms.sites("split.steepest", tanh) == ["conv1", "fc1"]
+    with pytest.raises(MorphismNotApplicable, match=r"one activation \[-> flatten\]"):
+        splitting.splitting_matrices(tanh, "conv2", _conv_batch(tanh))
