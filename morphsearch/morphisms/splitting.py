@@ -39,8 +39,10 @@ from morphsearch.morphisms._surgery import (
     WidenPath,
     batch_loss,
     fixed_dropout,
+    gradients_on,
     set_unit_outgoing,
     unit_outgoing,
+    usable_batch,
     widen_path,
     widened,
 )
@@ -113,10 +115,10 @@ def _curvature_weights(
             seen["h"] = inp  # sigma(z), flattened after a flatten: one tensor, all consumers
         return None
 
-    inputs, targets = batch
-    with fixed_dropout(arch):
+    with gradients_on(), fixed_dropout(arch):
+        inputs, targets = usable_batch(batch)
         loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
-    (grad_h,) = torch.autograd.grad(loss, seen["h"])
+        (grad_h,) = torch.autograd.grad(loss, seen["h"])
     x, z = seen["x"], seen["z"].detach()
     if arch.op(wp.site) == "conv2d":
         spec = arch.spec(wp.site)

@@ -39,12 +39,14 @@ from morphsearch.morphisms._surgery import (
     WidenPath,
     batch_loss,
     fixed_dropout,
+    gradients_on,
     mean_outgoing_norm,
     outgoing_shapes,
     path_params_copy,
     set_unit_outgoing,
     site_rows_shape,
     unit_outgoing,
+    usable_batch,
     why_not_widen,
     widen_path,
     widen_sites,
@@ -282,15 +284,15 @@ def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -
     shapes = outgoing_shapes(arch, wp)
     d_out = sum(math.prod(s) for s in shapes)
     rows = site_rows_shape(arch, site)
-    aux = widened(arch, wp, torch.zeros(d_out, *rows, dtype=dtype), None,
-                  _split_rows(torch.eye(d_out, dtype=dtype), shapes))
-    module = aux.to_module().train()
-    weight = module.get_submodule(f"layers.{site}").weight
-    assert isinstance(weight, torch.Tensor)
-    inputs, targets = batch
-    with fixed_dropout(arch):
+    with gradients_on(), fixed_dropout(arch):
+        aux = widened(arch, wp, torch.zeros(d_out, *rows, dtype=dtype), None,
+                      _split_rows(torch.eye(d_out, dtype=dtype), shapes))
+        module = aux.to_module().train()
+        weight = module.get_submodule(f"layers.{site}").weight
+        assert isinstance(weight, torch.Tensor)
+        inputs, targets = usable_batch(batch)
         loss = batch_loss(module(inputs.to(dtype)), targets)
-    (grad,) = torch.autograd.grad(loss, weight)
+        (grad,) = torch.autograd.grad(loss, weight)
     return grad[wp.width :].reshape(d_out, -1).detach()
 
 
@@ -378,9 +380,10 @@ def _site_input_and_consumer_grads(
         with torch.no_grad(), fixed_dropout(arch):
             outputs = evaluate(arch, inputs, train=True, hook=hook)
         return seen["h"], [task_loss_grad(outputs, targets)]
-    with fixed_dropout(arch):  # the same masks as the general path
+    with gradients_on(), fixed_dropout(arch):  # the same masks as the general path
+        inputs, targets = usable_batch(batch)
         loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
-    grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
+        grads = torch.autograd.grad(loss, [seen[c.node] for c in wp.consumers])
     return seen["h"].detach(), list(grads)
 
 

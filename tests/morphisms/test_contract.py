@@ -172,3 +172,21 @@ def test_gradient_morphisms_refuse_a_missing_batch(name: str) -> None:
         pytest.skip(f"{name} needs no batch")
     with pytest.raises(MorphismNotApplicable, match="batch"):
         morphisms.apply(name, _arch_with_sites(name))
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("name", MORPHISMS)
+def test_apply_inside_no_grad_or_inference_mode_gives_the_same_child(name: str,
+                                                                     grad_mode: str) -> None:
+    # A caller's no_grad/inference_mode must not break a morphism's own gradient pass,
+    # nor leave the child with tensors autograd cannot train.
+    for arch in fixed_architectures().values():
+        for site in morphisms.sites(name, arch)[:2]:
+            expected = _apply(name, arch, site, seed=1).child
+            with getattr(torch, grad_mode)():
+                batch = batch_for(arch, seed=1)  # made inside: inference tensors there
+                child = morphisms.apply(name, arch, site, seed=1,
+                                        batch=batch if morphisms.get(name).needs_batch
+                                        else None).child
+            assert child.weights_hash == expected.weights_hash, (name, site)
+            _check_trains(child)
