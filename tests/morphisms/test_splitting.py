@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from morphsearch import builders, morphisms
-from morphsearch.builders import GraphBuilder
 from morphsearch.arch import Architecture
+from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms import splitting
 from morphsearch.morphisms._surgery import batch_loss
