@@ -54,6 +54,12 @@ def register(subparsers: Any) -> None:
     grow.set_defaults(func=_grow)
 
 
+def _print_json(doc: Any) -> int:
+    json.dump(doc, sys.stdout, indent=2)
+    print()
+    return 0
+
+
 def _load(path: str) -> Any:
     from morphsearch.arch import load
 
@@ -98,9 +104,7 @@ def _show(args: argparse.Namespace) -> int:
     arch = _load(args.file)
     doc = summary(arch)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json(doc)
     from rich.console import Console
     from rich.table import Table
 
@@ -141,9 +145,7 @@ def _morphisms(args: argparse.Namespace) -> int:
         for entry in morphisms.describe()
     ]
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json(doc)
     from rich.console import Console
     from rich.table import Table
 
@@ -186,9 +188,7 @@ def _grow(args: argparse.Namespace) -> int:
     result.child.save(out)  # only once the morphism has succeeded: nothing half-written
     record = result.record.to_json()
     if args.json:
-        json.dump(record, sys.stdout, indent=2)
-        print()
-        return 0
+        return _print_json(record)
     shown = ", ".join(f"{k}={v!r}" for k, v in record["params"].items())
     error = record["preservation_error"]
     print(
