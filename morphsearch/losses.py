@@ -15,7 +15,7 @@ __all__ = ["accuracy", "per_sample_loss", "task_loss", "task_loss_grad"]
 def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Loss of each sample: cross-entropy for integer targets, mean squared error otherwise."""
     if not targets.is_floating_point():
-        return F.cross_entropy(outputs, targets, reduction="none")
+        return F.cross_entropy(outputs, targets.long(), reduction="none")
     diff = (outputs - targets.to(outputs.dtype).reshape(outputs.shape)).pow(2)
     return diff.reshape(len(diff), -1).mean(dim=1)
 
@@ -24,7 +24,7 @@ def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean of :func:`per_sample_loss` over the batch (computed by the fused losses: every
     sample has the same number of outputs, so the mean of per-sample means is the mean)."""
     if not targets.is_floating_point():
-        return F.cross_entropy(outputs, targets)
+        return F.cross_entropy(outputs, targets.long())  # any integer labels (int32 from NumPy)
     return F.mse_loss(outputs, targets.to(outputs.dtype).reshape(outputs.shape))
 
 
@@ -43,7 +43,7 @@ def task_loss_grad(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
             (grad,) = torch.autograd.grad(task_loss(z, targets), [z])
             return grad
         grad = torch.softmax(outputs, dim=1)
-        grad[torch.arange(len(targets)), targets] -= 1.0
+        grad[torch.arange(len(targets)), targets.long()] -= 1.0
         return grad.div_(len(targets))
     diff = outputs - targets.to(outputs.dtype).reshape(outputs.shape)
     return diff.mul_(2.0 / outputs.numel())

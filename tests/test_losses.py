@@ -50,3 +50,13 @@ def test_task_loss_grad_is_autograds_gradient(dtype: torch.dtype) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-6 if dtype == torch.float32 else 1e-12,
                                    atol=1e-7 if dtype == torch.float32 else 1e-15)
         assert not out.requires_grad  # the caller's tensor is left alone
+
+
+def test_integer_labels_of_any_width_are_classes() -> None:
+    g = torch.Generator().manual_seed(2)
+    outputs = torch.randn(11, 4, generator=g)
+    labels = torch.randint(0, 4, (11,), generator=g)
+    for narrow in (labels.int(), labels.short(), labels.to(torch.uint8)):
+        assert torch.equal(task_loss(outputs, narrow), task_loss(outputs, labels))
+        assert torch.equal(per_sample_loss(outputs, narrow), per_sample_loss(outputs, labels))
+        assert torch.equal(task_loss_grad(outputs, narrow), task_loss_grad(outputs, labels))
