@@ -38,9 +38,13 @@ def task_loss_grad(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     """
     outputs = outputs.detach()
     if not targets.is_floating_point():
-        if outputs.dim() != 2:
-            z = outputs.requires_grad_()
-            (grad,) = torch.autograd.grad(task_loss(z, targets), [z])
+        if outputs.dim() != 2 or targets.shape != outputs.shape[:1]:
+            # autograd (on whatever the caller's grad mode; inference tensors copied): it
+            # also refuses label shapes cross-entropy does not take, as task_loss does
+            with torch.inference_mode(False), torch.enable_grad():
+                z = outputs.clone().requires_grad_()
+                labels = targets.clone() if targets.is_inference() else targets
+                (grad,) = torch.autograd.grad(task_loss(z, labels), [z])
             return grad
         grad = torch.softmax(outputs, dim=1)
         grad[torch.arange(len(targets)), targets.long()] -= 1.0

@@ -46,6 +46,10 @@ def test_task_loss_grad_is_autograds_gradient(dtype: torch.dtype) -> None:
         z = out.detach().clone().requires_grad_()
         (expected,) = torch.autograd.grad(task_loss(z, targets), [z])
         got = task_loss_grad(out, targets)
+        for mode in (torch.no_grad, torch.inference_mode):  # whatever the caller's grad mode
+            with mode():
+                inside = task_loss_grad(out.clone(), targets.clone())
+            torch.testing.assert_close(inside, got, rtol=0, atol=0)
         assert got.shape == out.shape and got.dtype == out.dtype
         torch.testing.assert_close(got, expected, rtol=1e-6 if dtype == torch.float32 else 1e-12,
                                    atol=1e-7 if dtype == torch.float32 else 1e-15)

@@ -239,12 +239,14 @@ def _checked_tensor(
     if _OWNED.get(id(value)) is value:
         return value  # already an architecture's private, never-mutated copy: share it
     if pspec.integer:
-        return _own(value.detach().to("cpu", torch.int64).clone())
+        with torch.inference_mode(False):
+            return _own(value.detach().to("cpu", torch.int64).clone())
     if not value.is_floating_point():
         raise InvalidArchitecture(f"{where} must be a float tensor, got {value.dtype}")
     tensor = value.detach() if value.requires_grad else value
-    if not handed_over or tensor.device.type != "cpu":
-        tensor = tensor.to("cpu").clone()
+    if not handed_over or tensor.device.type != "cpu" or tensor.is_inference():
+        with torch.inference_mode(False):  # made under inference_mode: an ordinary copy
+            tensor = tensor.to("cpu").clone()
     unchecked.append((where, tensor))
     return _own(tensor)
 

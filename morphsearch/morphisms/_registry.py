@@ -239,6 +239,14 @@ def _check_batch(name: str, parent: Architecture, batch: Batch) -> None:
         raise MorphismNotApplicable(f"{name}: the batch inputs contain NaN or infinite values")
     if targets.is_floating_point() and not all_finite(targets):
         raise MorphismNotApplicable(f"{name}: the batch targets contain NaN or infinite values")
+    if not targets.is_floating_point() and tuple(targets.shape[1:]) != tuple(
+        parent.output_shape[1:]
+    ):
+        raise MorphismNotApplicable(
+            f"{name}: integer targets are class labels, one per output position: shape "
+            f"[N{''.join(f', {d}' for d in parent.output_shape[1:])}] for this network's "
+            f"outputs {tuple(parent.output_shape)}, got {tuple(targets.shape)}"
+        )
     if not targets.is_floating_point() and targets.numel():
         classes = parent.output_shape[0] if parent.output_shape else 1
         low, high = (int(v) for v in torch.aminmax(targets))

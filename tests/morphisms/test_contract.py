@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from morphsearch import morphisms
 from morphsearch.arch import Architecture
 from morphsearch.arch.compile import _compiled, forward_function, generate_code
+from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
 from morphsearch.morphisms import MorphismResult
 from tests.morphisms.strategies import architectures, batch_for, fixed_architectures, outputs
@@ -174,19 +175,45 @@ def test_gradient_morphisms_refuse_a_missing_batch(name: str) -> None:
         morphisms.apply(name, _arch_with_sites(name))
 
 
+def _segmentation_head() -> Architecture:
+    # conv -> relu -> conv head: [N, 3, 5, 5] outputs, per-position labels [N, 5, 5]
+    b = GraphBuilder((2, 5, 5))
+    h = b.add("relu", b.add("conv2d", b.input, out_channels=4, kernel_size=3, padding=1,
+                            name="c1"))
+    return b.build(b.add("conv2d", h, out_channels=3, kernel_size=3, padding=1, name="head"),
+                   dtype=torch.float64, seed=1)
+
+
+def _labels_for(arch: Architecture, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, labels = batch_for(arch, seed=seed)
+    if len(arch.output_shape) > 1:  # one label per output position
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, arch.output_shape[0], (len(inputs), *arch.output_shape[1:]),
+                               generator=g)
+    return inputs, labels
+
+
 @pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("name", MORPHISMS)
 def test_apply_inside_no_grad_or_inference_mode_gives_the_same_child(name: str,
                                                                      grad_mode: str) -> None:
     # A caller's no_grad/inference_mode must not break a morphism's own gradient pass,
-    # nor leave the child with tensors autograd cannot train.
-    for arch in fixed_architectures().values():
+    # nor leave the child with tensors autograd cannot train or grow further.
+    archs = [*fixed_architectures().values(), _segmentation_head()]
+    needs_batch = morphisms.get(name).needs_batch
+    for arch in archs:
         for site in morphisms.sites(name, arch)[:2]:
-            expected = _apply(name, arch, site, seed=1).child
+            batch = _labels_for(arch, seed=1) if needs_batch else None
+            expected = morphisms.apply(name, arch, site, batch=batch, seed=1).child
             with getattr(torch, grad_mode)():
-                batch = batch_for(arch, seed=1)  # made inside: inference tensors there
+                inside = _labels_for(arch, seed=1)  # made inside: inference tensors there
                 child = morphisms.apply(name, arch, site, seed=1,
-                                        batch=batch if morphisms.get(name).needs_batch
-                                        else None).child
+                                        batch=inside if needs_batch else None).child
             assert child.weights_hash == expected.weights_hash, (name, site)
-            _check_trains(child)
+            assert not any(t.is_inference() for p in child.weights.values()
+                           for t in p.values())
+            if len(arch.output_shape) == 1:
+                _check_trains(child)
+            for grow in ("widen.gradmax", "split.steepest"):  # and it grows again, with grads
+                for again in morphisms.sites(grow, child)[:1]:
+                    morphisms.apply(grow, child, again, batch=_labels_for(child, seed=2))

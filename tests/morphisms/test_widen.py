@@ -351,7 +351,8 @@ def test_a_batch_gradmax_cannot_use_is_refused_with_the_reason() -> None:
         ((x,), "must be a pair"),
     ]
     cases += [((x, torch.tensor([0, 1, 2, 3, 0, 1, 2, 0])), r"labels .* in \[0, 3\) .* 0\.\.3"),
-              ((x, y - 1), r"got labels -1\.\.")]
+              ((x, y - 1), r"got labels -1\.\."),
+              ((x, y[:, None]), r"shape \[N\] for this network's outputs \(3,\), got \(8, 1\)")]
     for batch, reason in cases:
         with pytest.raises(MorphismNotApplicable, match=reason):
             morphisms.apply("widen.gradmax", plain, "fc1", batch=batch)  # type: ignore[arg-type]
