@@ -305,6 +305,7 @@ def evaluate(
     *,
     train: bool = False,
     hook: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    dropout: bool | None = None,
 ) -> torch.Tensor:
     """Run ``arch`` on ``x`` without building a module.
 
@@ -320,6 +321,8 @@ def evaluate(
         train: batch statistics and dropout (from the global RNG, like the module).
         hook: ``hook(node, input, output)`` after each layer (linear, conv2d, batchnorm,
             layernorm, dropout); a tensor it returns replaces the output.
+        dropout: whether dropout drops (default: ``train``); False gives train-mode
+            batchnorm without random masks.
     """
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for node in arch.nodes:
@@ -327,7 +330,8 @@ def evaluate(
         make = _FUNCTIONAL.get(spec.op)
         if make is None:
             continue
-        fn = make(spec.attrs, arch.weights.get(node, {}), train, arch.shape(node))
+        mode = train if dropout is None or spec.op != "dropout" else dropout
+        fn = make(spec.attrs, arch.weights.get(node, {}), mode, arch.shape(node))
         fns[node] = fn if hook is None else _hooked(node, fn, hook)
     runner = types.SimpleNamespace(layers=types.SimpleNamespace(**fns))
     dtype = arch.dtype

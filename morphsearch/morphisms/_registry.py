@@ -120,6 +120,11 @@ class Morphism(abc.ABC):
         """Why ``site`` is not one of ``sites(arch)``, for the error message (None: unknown)."""
         return None
 
+    def preserves(self, params: Mapping[str, Any]) -> bool:
+        """Whether the child computes the parent's function (train and eval mode) with
+        these parameters; ``preserves_function`` is the answer for the defaults."""
+        return self.preserves_function
+
     def accepts(self, arch: Architecture, site: str) -> bool:
         """Whether ``site`` is one of ``sites(arch)``; override where one site is cheaper
         to test than listing them all (the contract suite checks they agree)."""
@@ -190,9 +195,10 @@ def apply(
         batch: ``(inputs, targets)``; required by gradient-based morphisms, and used as
             the probe batch for measuring function preservation.
         seed: seeds every random choice; the same seed gives the same child.
-        check: measure the preservation error (max |parent - child| in eval mode) on
-            up to ``PROBE_SIZE`` inputs of the batch (or random inputs); it is stored in
-            the record. Growth loops that apply many morphisms may turn it off.
+        check: measure the preservation error (max |parent - child|, eval mode and,
+            with batchnorm, train mode; see :func:`preservation_error`) on up to
+            ``PROBE_SIZE`` inputs of the batch (or random inputs); it is stored in the
+            record. Growth loops that apply many morphisms may turn it off.
         **params: the morphism's parameters (see ``get(name).param_defaults()``).
 
     Raises:
@@ -276,16 +282,25 @@ def replay(
 def preservation_error(
     parent: Architecture, child: Architecture, inputs: torch.Tensor
 ) -> float:
-    """Max absolute difference of parent and child outputs (eval mode) on ``inputs``."""
+    """Max absolute difference of parent and child outputs on ``inputs``: in eval mode,
+    and also in train mode (batch statistics, dropout off) where either has batchnorm
+    (elsewhere the two modes compute the same function)."""
     dtype = parent.dtype
     if child.dtype != dtype:
         child = child.to(dtype)
+    modes = [False]
+    if any(arch.op(n) == "batchnorm" for arch in (parent, child) for n in arch.nodes):
+        modes.append(True)
+    error = 0.0
     with torch.no_grad():  # the compiled modules' function, without building them
-        a = evaluate(parent, inputs, train=False)
-        b = evaluate(child, inputs, train=False)
-    if a.shape != b.shape:
-        return float("inf")
-    return float(torch.linalg.vector_norm(a - b, math.inf)) if a.numel() else 0.0
+        for train in modes:
+            a = evaluate(parent, inputs, train=train, dropout=False)
+            b = evaluate(child, inputs, train=train, dropout=False)
+            if a.shape != b.shape:
+                return float("inf")
+            if a.numel():
+                error = max(error, float(torch.linalg.vector_norm(a - b, math.inf)))
+    return error
 
 
 def _random_probe(arch: Architecture, seed: int, n: int = PROBE_SIZE) -> torch.Tensor:

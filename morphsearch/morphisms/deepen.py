@@ -38,7 +38,7 @@ adds exact zeros, and a zero layer outputs exact zeros.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -216,6 +216,11 @@ class DeepenIdentity(_Deepening):
         "insert a linear/conv layer initialised to the identity after a hidden activation "
         "(followed by the activation when it is idempotent, e.g. relu)"
     )
+
+    def preserves(self, params: Mapping[str, Any]) -> bool:
+        # a new batchnorm is the identity in eval mode only: in train mode it normalises
+        # by the batch's statistics
+        return not params.get("batchnorm", False)
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,

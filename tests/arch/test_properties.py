@@ -151,6 +151,13 @@ def test_evaluate_equals_the_compiled_module(arch: Architecture, batch: int,
         got = evaluate(arch, x, train=train)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     assert Architecture(arch.graph, arch.weights).weights_hash == before
+    # dropout=False: batch statistics in train mode, dropout modules off
+    module = arch.to_module().train(train)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.eval()
+    torch.testing.assert_close(evaluate(arch, x, train=train, dropout=False), module(x),
+                               rtol=1e-6, atol=1e-6)
     seen: list[str] = []
     evaluate(arch, x, hook=lambda node, _inp, _out: seen.append(node))
     assert seen == [n for n in arch.nodes if arch.op(n) in

@@ -85,7 +85,7 @@ def _check_site(name: str, parent: Architecture, site: str, *, full: bool) -> No
     assert isinstance(child, Architecture)
     assert (parent.structure_hash, parent.weights_hash) == hashes, f"{name} changed its parent"
     _check_fully_valid(child)
-    if morphisms.get(name).preserves_function:
+    if morphisms.get(name).preserves(result.record.params):
         _check_preserved(name, parent, child, site)
     if not full:
         return

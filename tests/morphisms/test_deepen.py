@@ -46,13 +46,21 @@ def test_identity_conv_keeps_image_shape_with_any_odd_kernel() -> None:
 
 def test_identity_batchnorm_is_exact_in_eval_mode_only() -> None:
     parent = builders.mlp([4, 3, 2], dtype=torch.float64)
-    child = morphisms.apply("deepen.identity", parent, "relu1", batchnorm=True).child
+    result = morphisms.apply("deepen.identity", parent, "relu1", batchnorm=True)
+    child = result.child
     x = torch.randn(16, 4, dtype=torch.float64)
     eval_err = (outputs(parent, x, train=False) - outputs(child, x, train=False)).abs().max()
     train_err = (outputs(parent, x, train=True) - outputs(child, x, train=True)).abs().max()
     assert eval_err <= 1e-12
-    # Train mode normalises with batch statistics: not the identity, as documented.
+    # Train mode normalises with batch statistics: not the identity, as documented, and
+    # neither the operator's claim nor the recorded error (train mode measured) hide it.
     assert train_err > 1e-3
+    identity = morphisms.get("deepen.identity")
+    assert identity.preserves({"batchnorm": False}) and not identity.preserves(result.record.params)
+    assert result.record.preservation_error is not None
+    assert result.record.preservation_error > 1e-3
+    plain = morphisms.apply("deepen.identity", parent, "relu1").record
+    assert plain.preservation_error == 0.0
 
 
 def test_skip_one_layer_is_a_zero_linear_branch_joined_by_add() -> None:
