@@ -25,7 +25,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +107,7 @@ class _Widening(Morphism):
 
 @register
 class RandomWiden(_Widening):
-    """Add ``k`` units with one side zero and the other random (exactly preserving).
+    """Add ``k`` units with one side zero (or ``eps``) and the other random.
 
     Params:
         k: number of new units (channels).
@@ -114,10 +116,17 @@ class RandomWiden(_Widening):
         scale, scale_mode: each new unit's random weights get norm ``scale`` ("fixed")
             or ``scale`` times the mean norm of the existing units' weights on the same
             side ("mean", the default, as in GradMax's comparisons).
+        eps: with ``zero="incoming"``, the new units' incoming weights are a random
+            direction of norm ``eps`` instead of zero (symmetry breaking for activations
+            whose derivative at 0 is 0). Exactly preserving only at ``eps=0`` (default);
+            otherwise the function moves by O(eps).
     """
 
     name = "widen.random"
-    description = "append k units, zero on one side and random on the other"
+    description = "append k units, zero (or eps) on one side and random on the other"
+
+    def preserves(self, params: Mapping[str, Any]) -> bool:
+        return not params.get("eps")
 
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self,
@@ -130,8 +139,15 @@ class RandomWiden(_Widening):
         zero: str = "incoming",
         scale: float = 1.0,
         scale_mode: str = "mean",
+        eps: float = 0.0,
     ) -> Architecture:
         _check_k(self.name, k)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+            raise MorphismNotApplicable(f"{self.name}: eps={eps!r} must be a number >= 0")
+        if eps and zero != "incoming":
+            raise MorphismNotApplicable(
+                f"{self.name}: eps={eps!r} sets the incoming weights; it needs zero='incoming'"
+            )
         wp = widen_path(parent, site)
         dtype = parent.dtype
         rows = site_rows_shape(parent, site)
@@ -140,8 +156,11 @@ class RandomWiden(_Widening):
         if zero == "incoming":
             c = _target_norm(self.name, scale, scale_mode, mean_outgoing_norm(parent, wp))
             out = _random_directions(k, d_out, generator, dtype) * c
-            return widened(parent, wp, torch.zeros(k, *rows, dtype=dtype), None,
-                           _split_rows(out, shapes))
+            incoming = torch.zeros(k, *rows, dtype=dtype)
+            if eps:  # drawn after the outgoing directions: those do not depend on eps
+                directions = _random_directions(k, math.prod(rows), generator, dtype)
+                incoming = (directions * float(eps)).reshape(k, *rows)
+            return widened(parent, wp, incoming, None, _split_rows(out, shapes))
         if zero == "outgoing":
             c = _target_norm(self.name, scale, scale_mode, _mean_incoming_norm(parent, site))
             d_in = math.prod(rows)

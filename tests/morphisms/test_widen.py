@@ -197,6 +197,30 @@ def test_random_zero_outgoing_preserves_and_bad_option_is_named() -> None:
         morphisms.apply("widen.random", parent, "conv1", zero="both")
 
 
+def test_random_eps_incoming_moves_the_function_by_order_eps() -> None:
+    parent = _arch("cnn_bn")
+    x = _batch(parent)[0]
+    exact = morphisms.apply("widen.random", parent, "conv1", k=2, seed=3).child
+    diffs = []
+    for eps in (1e-2, 1e-3):
+        result = morphisms.apply("widen.random", parent, "conv1", k=2, seed=3, eps=eps)
+        new_rows = result.child.weights["conv1"]["weight"][3:].reshape(2, -1)
+        torch.testing.assert_close(new_rows.norm(dim=1), torch.full((2,), eps, dtype=F64))
+        # same outgoing weights as eps=0: only the incoming side changed
+        assert torch.equal(result.child.weights["conv2"]["weight"],
+                           exact.weights["conv2"]["weight"])
+        diffs.append(_max_diff(parent, result.child, x, train=False))
+        assert result.record.preservation_error is not None
+        assert result.record.preservation_error > 0
+    assert 5 < diffs[0] / diffs[1] < 20  # O(eps): ten times smaller eps, ~ten times less
+    random = morphisms.get("widen.random")
+    assert random.preserves({"eps": 0.0}) and not random.preserves({"eps": 1e-3})
+    with pytest.raises(MorphismNotApplicable, match="needs zero='incoming'"):
+        morphisms.apply("widen.random", parent, "conv1", zero="outgoing", eps=0.1)
+    with pytest.raises(MorphismNotApplicable, match="eps=-1 must be a number >= 0"):
+        morphisms.apply("widen.random", parent, "conv1", eps=-1)
+
+
 def test_gradmax_refuses_more_units_than_directions() -> None:
     parent = builders.mlp([3, 2, 1], dtype=F64)
     x = torch.randn(4, 3, dtype=F64)
