@@ -166,6 +166,11 @@ class Architecture:
         return self._order[0]
 
     @cached_property
+    def ops(self) -> frozenset[str]:
+        """The ops the architecture uses (``"batchnorm" in arch.ops``)."""
+        return frozenset(spec.op for spec in self._specs.values())
+
+    @cached_property
     def output_node(self) -> str:
         return next(n for n in self._order if self.op(n) == "output")
 

@@ -261,7 +261,7 @@ def _check_batch(name: str, parent: Architecture, batch: Batch) -> None:
                 f"{name}: integer targets are class labels and must be in [0, {classes}) "
                 f"for this network's {classes} outputs, got labels {low}..{high}"
             )
-    if len(inputs) < 2 and any(parent.op(n) == "batchnorm" for n in parent.nodes):
+    if len(inputs) < 2 and "batchnorm" in parent.ops:
         raise MorphismNotApplicable(
             f"{name}: batchnorm needs a batch of at least 2 samples, got {len(inputs)}"
         )
@@ -288,9 +288,7 @@ def preservation_error(
     dtype = parent.dtype
     if child.dtype != dtype:
         child = child.to(dtype)
-    modes = [False]
-    if any(arch.op(n) == "batchnorm" for arch in (parent, child) for n in arch.nodes):
-        modes.append(True)
+    modes = [False, True] if "batchnorm" in parent.ops | child.ops else [False]
     error = 0.0
     with torch.no_grad():  # the compiled modules' function, without building them
         for train in modes:

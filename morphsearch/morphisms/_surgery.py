@@ -284,7 +284,7 @@ def fixed_dropout(arch: Architecture) -> contextlib.AbstractContextManager[None]
     CPU generator only: torch.manual_seed would also seed every lazy accelerator (~1 ms
     a call). Without dropout nothing draws from the RNG, and nothing is done.
     """
-    if not any(arch.op(node) == "dropout" for node in arch.nodes):
+    if "dropout" not in arch.ops:
         return contextlib.nullcontext()
     return _seeded_cpu_rng(0)
 

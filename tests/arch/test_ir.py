@@ -232,3 +232,8 @@ def test_all_finite_is_exact_where_the_sum_overflows_or_cancels() -> None:
     cancels = torch.tensor([math.inf, -math.inf, 1.0])  # inf - inf: NaN, not finite
     assert not all_finite(cancels)
     assert not all_finite(torch.tensor([3e38, 3e38, math.nan]))
+
+
+def test_ops_lists_the_ops_in_use() -> None:
+    assert builders.mlp([4, 3, 2]).ops == {"input", "linear", "relu", "output"}
+    assert {"conv2d", "batchnorm", "maxpool", "flatten"} <= builders.cnn(batchnorm=True).ops
