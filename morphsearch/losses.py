@@ -6,10 +6,20 @@ One definition for morphisms, growth and search trials: integer targets are clas
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["accuracy", "per_sample_loss", "task_loss", "task_loss_grad"]
+__all__ = [
+    "accuracy",
+    "gradients_on",
+    "per_sample_loss",
+    "task_loss",
+    "task_loss_grad",
+    "usable_batch",
+]
 
 
 def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -39,11 +49,11 @@ def task_loss_grad(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     outputs = outputs.detach()
     if not targets.is_floating_point():
         if outputs.dim() != 2 or targets.shape != outputs.shape[:1]:
-            # autograd (on whatever the caller's grad mode; inference tensors copied): it
-            # also refuses label shapes cross-entropy does not take, as task_loss does
-            with torch.inference_mode(False), torch.enable_grad():
-                z = outputs.clone().requires_grad_()
-                labels = targets.clone() if targets.is_inference() else targets
+            # autograd, whatever the caller's grad mode; it also refuses label shapes
+            # cross-entropy does not take, as task_loss does
+            with gradients_on():
+                z, labels = usable_batch((outputs, targets))
+                z.requires_grad_()
                 (grad,) = torch.autograd.grad(task_loss(z, labels), [z])
             return grad
         grad = torch.softmax(outputs, dim=1)
@@ -51,6 +61,22 @@ def task_loss_grad(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         return grad.div_(len(targets))
     diff = outputs - targets.to(outputs.dtype).reshape(outputs.shape)
     return diff.mul_(2.0 / outputs.numel())
+
+
+@contextlib.contextmanager
+def gradients_on() -> Iterator[None]:
+    """Autograd on for a gradient pass of our own (a morphism's, :func:`task_loss_grad`'s),
+    even inside the caller's ``torch.no_grad()`` or ``torch.inference_mode()``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def usable_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch``, with tensors made under ``torch.inference_mode`` copied to ordinary ones
+    (autograd cannot save inference tensors for backward). Call under :func:`gradients_on`."""
+    inputs, targets = batch
+    return (inputs.clone() if inputs.is_inference() else inputs,
+            targets.clone() if targets.is_inference() else targets)
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float | None:

@@ -45,6 +45,11 @@ def test_task_loss_grad_is_autograds_gradient(dtype: torch.dtype) -> None:
     for out, targets in cases:
         z = out.detach().clone().requires_grad_()
         (expected,) = torch.autograd.grad(task_loss(z, targets), [z])
+        if not targets.is_floating_point():  # and the textbook form, for every shape:
+            # (softmax over the class axis - onehot) / the number of labels
+            onehot = torch.nn.functional.one_hot(targets, out.shape[1]).movedim(-1, 1)
+            textbook = (torch.softmax(out, dim=1) - onehot) / targets.numel()
+            torch.testing.assert_close(expected, textbook)
         got = task_loss_grad(out, targets)
         for mode in (torch.no_grad, torch.inference_mode):  # whatever the caller's grad mode
             with mode():

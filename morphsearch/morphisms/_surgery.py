@@ -24,7 +24,7 @@ import torch
 from morphsearch.arch import Architecture, NodeSpec
 from morphsearch.arch.ops import OPS
 from morphsearch.errors import MorphismNotApplicable
-from morphsearch.losses import task_loss
+from morphsearch.losses import gradients_on, task_loss, usable_batch
 
 __all__ = [
     "Consumer",
@@ -260,22 +260,6 @@ def mean_outgoing_norm(arch: Architecture, wp: WidenPath) -> float:
 
 
 batch_loss = task_loss  # the Batch convention's loss, see morphsearch.losses
-
-
-@contextlib.contextmanager
-def gradients_on() -> Iterator[None]:
-    """Autograd on for a morphism's own gradient pass, even inside the caller's
-    ``torch.no_grad()`` or ``torch.inference_mode()``."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def usable_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch``, with tensors made under ``torch.inference_mode`` copied to ordinary ones
-    (autograd cannot save inference tensors for backward). Call under :func:`gradients_on`."""
-    inputs, targets = batch
-    return (inputs.clone() if inputs.is_inference() else inputs,
-            targets.clone() if targets.is_inference() else targets)
 
 
 def fixed_dropout(arch: Architecture) -> contextlib.AbstractContextManager[None]:
