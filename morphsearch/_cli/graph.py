@@ -179,8 +179,10 @@ def _grow(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: give at least 1 sample")
     params = _parsed_params(args.param)
     if morphisms.get(args.morphism).needs_batch and not args.data:
+        from morphsearch.data import list_datasets
+
         raise ConfigError(f"{args.morphism} needs a data batch: pass --data DATASET "
-                          f"(teacher_student, digits or mnist1d)")
+                          f"({', '.join(list_datasets())})")
     arch = _load(args.file)
     batch = _first_samples(args.data, arch, args.batch_size) if args.data else None
     result = morphisms.apply(args.morphism, arch, args.site, batch=batch, seed=args.seed,

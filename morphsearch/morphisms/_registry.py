@@ -245,26 +245,31 @@ def _check_batch(name: str, parent: Architecture, batch: Batch) -> None:
         raise MorphismNotApplicable(f"{name}: the batch inputs contain NaN or infinite values")
     if targets.is_floating_point() and not all_finite(targets):
         raise MorphismNotApplicable(f"{name}: the batch targets contain NaN or infinite values")
-    if not targets.is_floating_point() and tuple(targets.shape[1:]) != tuple(
-        parent.output_shape[1:]
-    ):
+    if not targets.is_floating_point():
+        _check_labels(name, parent, targets)
+    if len(inputs) < 2 and "batchnorm" in parent.ops:
+        raise MorphismNotApplicable(
+            f"{name}: batchnorm needs a batch of at least 2 samples, got {len(inputs)}"
+        )
+
+
+def _check_labels(name: str, parent: Architecture, labels: torch.Tensor) -> None:
+    """Integer targets are class labels: one per output position, in [0, classes)."""
+    shape = tuple(parent.output_shape)
+    if tuple(labels.shape[1:]) != shape[1:]:
         raise MorphismNotApplicable(
             f"{name}: integer targets are class labels, one per output position: shape "
-            f"[N{''.join(f', {d}' for d in parent.output_shape[1:])}] for this network's "
-            f"outputs {tuple(parent.output_shape)}, got {tuple(targets.shape)}"
+            f"[N{''.join(f', {d}' for d in shape[1:])}] for this network's outputs "
+            f"{shape}, got {tuple(labels.shape)}"
         )
-    if not targets.is_floating_point() and targets.numel():
-        classes = parent.output_shape[0] if parent.output_shape else 1
-        low, high = (int(v) for v in torch.aminmax(targets))
+    classes = shape[0] if shape else 1
+    if labels.numel():
+        low, high = (int(v) for v in torch.aminmax(labels))
         if low < 0 or high >= classes:
             raise MorphismNotApplicable(
                 f"{name}: integer targets are class labels and must be in [0, {classes}) "
                 f"for this network's {classes} outputs, got labels {low}..{high}"
             )
-    if len(inputs) < 2 and "batchnorm" in parent.ops:
-        raise MorphismNotApplicable(
-            f"{name}: batchnorm needs a batch of at least 2 samples, got {len(inputs)}"
-        )
 
 
 def replay(

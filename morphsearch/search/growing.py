@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -51,7 +51,7 @@ def grow_during_trial(
     batch_size: int,
     lr: float,
     seed: int,
-    lr_schedule: str = "constant",
+    lr_schedule: Literal["constant", "cosine"] = "constant",
     device: torch.device,
     base: str,
     arch_id: str,
@@ -69,7 +69,7 @@ def grow_during_trial(
         steps=steps,
         optimizer="adam",
         lr=lr,
-        lr_schedule="cosine" if lr_schedule == "cosine" else "constant",
+        lr_schedule=lr_schedule,
         batch_size=batch_size,
         trigger=_trigger(options, steps),
         morphisms=(str(options["morphism"]),),

@@ -8,6 +8,7 @@ was killed; lineage writes are idempotent by trial id, so nothing is recorded tw
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def build_seed(config: SearchConfig, data: Dataset) -> Architecture:
     if spec.path is not None:
         arch = Architecture.from_json(_graph_path(spec.path, config.source))
     elif spec.builder == "mlp":
-        width = int(torch.tensor(data.input_shape).prod())
+        width = math.prod(data.input_shape)
         arch = builders.mlp([width, *spec.hidden, data.num_outputs], seed=config.seed, **spec.args)
     elif spec.builder == "cnn":
         arch = builders.cnn(

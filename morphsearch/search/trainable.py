@@ -132,7 +132,8 @@ def _grow_child(
 ) -> tuple[Architecture, list[dict[str, Any]], int]:
     """The trial's child, its morphism records and the FLOPs spent growing it (from
     ``parent``, loaded from ``config["parent_uri"]`` when not given)."""
-    parent = parent or _load_parent(config)
+    if parent is None:
+        parent = _load_parent(config)
     seed = int(config.get("trial_seed", 0))
     if not config.get("morphism"):
         return parent, [], 0
@@ -170,7 +171,8 @@ def _optimizer(
     saved = artifacts.load_optimizer(config["parent_uri"])
     if saved is None:
         return fresh
-    parent = parent or _load_parent(config)
+    if parent is None:
+        parent = _load_parent(config)
     device = next(module.parameters()).device
     parent_module = parent.to_module(device=device)
     previous = torch.optim.Adam(parent_module.parameters(), lr=lr)
@@ -420,7 +422,7 @@ def _train_growing(
         batch_size=setup.batch_size,
         lr=float(config["lr"]),
         seed=int(config.get("trial_seed", 0)),
-        lr_schedule=str(config.get("lr_schedule", "constant")),
+        lr_schedule=config.get("lr_schedule", "constant"),  # GrowthConfig checks it
         device=device,
         base=setup.artifacts_uri,
         arch_id=base["arch_id"],
