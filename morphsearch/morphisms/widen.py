@@ -1,8 +1,9 @@
-"""Widening morphisms: append ``k`` units (channels) to a ``linear``/``conv2d`` layer.
+"""Widening morphisms: append ``k`` units (channels) to a units layer (``linear``,
+``conv1d``, ``conv2d``: ``OPS[op].is_layer``).
 
-Sites (all three operators): every ``linear``/``conv2d`` node whose units flow only
-through per-unit ops (activations, batchnorm, dropout, pooling, global average
-pooling, at most one ``flatten``) into other ``linear``/``conv2d`` layers. A layer
+Sites (all three operators): every units layer whose units flow only through per-unit
+ops (activations, batchnorm, dropout, pooling, global average pooling, at most one
+``flatten``) into other units layers. A layer
 whose units reach ``add`` or ``concat`` (residual or concatenated widths are tied),
 ``layernorm`` or the network output is not offered: widening it alone could not keep
 the function. Inside a residual block of :func:`morphsearch.builders.resnet`, the first
@@ -32,7 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from morphsearch.arch import Architecture
+from morphsearch.arch import OPS, Architecture
+from morphsearch.arch._rules import dims
 from morphsearch.arch.compile import evaluate
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.losses import task_loss_grad
@@ -315,11 +317,6 @@ def _auxiliary_gradmax_matrix(arch: Architecture, wp: WidenPath, batch: Batch) -
     return grad[wp.width :].reshape(d_out, -1).detach()
 
 
-# Activations with a known, exact derivative at 0 (the IR's relu is clamp: 1 at 0;
-# gelu'(0) = Phi(0) = 1/2).
-_SLOPE_AT_ZERO = {"relu": 1.0, "tanh": 1.0, "identity": 1.0, "gelu": 0.5}
-
-
 @dataclass(frozen=True)
 class _ClosedForm:
     """How the path acts on the gradient of a new, all-zero unit (a linear map).
@@ -339,12 +336,12 @@ class _ClosedForm:
 def _closed_form(arch: Architecture, wp: WidenPath) -> _ClosedForm | None:
     """The path's action when :func:`gradmax_matrix` has a closed form, else None.
 
-    Closed forms: the site (linear or conv2d) feeds a chain of activations with a known
-    f'(0), batchnorms and, after a conv site, at most one flatten; the end of the chain
-    feeds only the consumers (linear or conv2d). Pooling, dropout or a branching path
+    Closed forms: the site (linear, conv1d or conv2d) feeds a chain of activations with
+    a known f'(0) (``OPS[op].slope_at_zero``), batchnorms and, after a conv site, at most
+    one flatten; the end of the chain feeds only the consumers (units layers). Pooling, dropout or a branching path
     go through the auxiliary network.
     """
-    site_op = arch.op(wp.site)
+    conv_site = _is_conv(arch, wp.site)
     chain = [wp.site, *wp.path_ops]
     for node, nxt in itertools.pairwise(chain):
         if arch.consumers(node) != (nxt,):
@@ -353,24 +350,43 @@ def _closed_form(arch: Architecture, wp: WidenPath) -> _ClosedForm | None:
         return None
     scale, centre, flattened = 1.0, None, False
     for node in wp.path_ops:
-        op = arch.op(node)
-        if op in _SLOPE_AT_ZERO:
-            scale *= _SLOPE_AT_ZERO[op]
-        elif op == "batchnorm":
+        opdef = OPS[arch.op(node)]
+        if opdef.slope_at_zero is not None:
+            scale *= opdef.slope_at_zero
+        elif opdef.batch_statistics:  # batchnorm: a new channel has batch variance 0
             scale /= math.sqrt(arch.spec(node)["eps"])
             centre = "features" if flattened else (centre or "units")
-        elif op == "flatten" and site_op == "conv2d":
+        elif opdef.name == "flatten" and conv_site:
             flattened = True
         else:
             return None
     for c in wp.consumers:
-        if arch.op(c.node) == "conv2d" and (site_op != "conv2d" or flattened):
+        if _is_conv(arch, c.node) and (not conv_site or flattened):
             return None
-        if arch.op(c.node) == "linear" and (site_op == "conv2d") != flattened:
+        if not _is_conv(arch, c.node) and conv_site != flattened:
             return None
-        if site_op == "linear" and c.multiplicity != 1:
+        if not conv_site and c.multiplicity != 1:
             return None
     return _ClosedForm(scale, centre)
+
+
+def _is_conv(arch: Architecture, node: str) -> bool:
+    return bool(OPS[arch.op(node)].spatial_rank)
+
+
+def _conv_geometry(arch: Architecture, node: str) -> tuple[tuple[int, int], ...]:
+    """Kernel, stride and padding of a conv node as 2-d pairs: a conv1d is a conv2d of
+    height 1 (kernel ``(1, k)``, padding ``(0, p)``), so one closed form serves both."""
+    spec, rank = arch.spec(node), OPS[arch.op(node)].spatial_rank
+    k, s, p = (dims(spec[a], rank or 1) for a in ("kernel_size", "stride", "padding"))
+    if rank == 1:
+        return (1, k[0]), (1, s[0]), (0, p[0])
+    return (k[0], k[1]), (s[0], s[1]), (p[0], p[1])
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, L]`` signals as ``[B, C, 1, L]`` images; images unchanged."""
+    return x.unsqueeze(2) if x.dim() == 3 else x
 
 
 def _site_input_and_consumer_grads(
@@ -416,15 +432,15 @@ def _closed_form_gradmax_matrix(
     consumer's kernel tap (conv consumer) or at one position (after a flatten), and
     centred as batchnorm does."""
     h, grads = _site_input_and_consumer_grads(arch, wp, batch)
-    if arch.op(wp.site) == "linear":
+    if not _is_conv(arch, wp.site):
         blocks = [(g - g.mean(dim=0) if form.centre else g).T @ h for g in grads]
     else:
-        spec = arch.spec(wp.site)
-        k, out_hw = spec["kernel_size"], arch.shape(wp.site)[1:]
-        patches = F.unfold(h, k, padding=spec["padding"], stride=spec["stride"])  # [B, D, L]
+        k, s, p = _conv_geometry(arch, wp.site)
+        out_hw = tuple(_as_2d(torch.empty(1, *arch.shape(wp.site))).shape[2:])
+        patches = F.unfold(_as_2d(h), k, padding=p, stride=s)  # [B, D, positions]
         blocks = [
-            _conv_consumer_block(arch, c.node, patches, out_hw, g, form.centre)
-            if arch.op(c.node) == "conv2d"
+            _conv_consumer_block(arch, c.node, patches, out_hw, _as_2d(g), form.centre)
+            if _is_conv(arch, c.node)
             else _flat_consumer_block(patches, g, form.centre)
             for c, g in zip(wp.consumers, grads, strict=True)
         ]
@@ -438,22 +454,23 @@ def _conv_consumer_block(
 ) -> torch.Tensor:
     """Rows ``(o, ti, tj)`` for a conv consumer: ``M[(o, t)] = sum_{b,q} g[b, o, q]
     P[b, q * s + t - pad]`` (zero where that position is padding), one matmul per tap
-    on a shifted view of the patches."""
-    spec = arch.spec(consumer)
-    kc, s, pad = spec["kernel_size"], spec["stride"], spec["padding"]
+    on a shifted view of the patches. ``g`` and the geometry are 2-d (see
+    :func:`_conv_geometry`)."""
+    (kh, kw), (sh, sw), (ph, pw) = _conv_geometry(arch, consumer)
     b, d, _ = patches.shape
     hq, wq = g.shape[2:]
     # positions-major patches, zero-padded by the consumer's padding: [B, H+2p, W+2p, D]
-    padded = F.pad(patches.transpose(1, 2).reshape(b, *out_hw, d), (0, 0, pad, pad, pad, pad))
+    padded = F.pad(patches.transpose(1, 2).reshape(b, *out_hw, d), (0, 0, pw, pw, ph, ph))
     g_rows = g.permute(1, 0, 2, 3).reshape(g.shape[1], -1)  # [O, B*Q]
     if centre is not None:
-        ones = F.pad(torch.ones(out_hw, dtype=g.dtype), (pad, pad, pad, pad))
+        ones = F.pad(torch.ones(out_hw, dtype=g.dtype), (pw, pw, ph, ph))
         g_sum = g.sum(dim=0)  # [O, Hq, Wq]
         p_mean = patches.sum(dim=(0, 2)) / (b * out_hw[0] * out_hw[1])  # [D]
     taps = []
-    for ti in range(kc):
-        for tj in range(kc):
-            rows, cols = slice(ti, ti + s * (hq - 1) + 1, s), slice(tj, tj + s * (wq - 1) + 1, s)
+    for ti in range(kh):
+        for tj in range(kw):
+            rows = slice(ti, ti + sh * (hq - 1) + 1, sh)
+            cols = slice(tj, tj + sw * (wq - 1) + 1, sw)
             block = g_rows @ padded[:, rows, cols].reshape(-1, d)  # [O, D]
             if centre is not None:
                 # batchnorm: the gradient minus its mean over the batch and positions
