@@ -20,6 +20,7 @@ Infer = Callable[[Attrs, Sequence[Shape]], Shape]
 Flops = Callable[[Attrs, Sequence[Shape], Shape], int]
 
 _LAYOUT = {1: "a (channels, length) signal", 2: "a (channels, height, width) image"}
+_OTHER_CONV = {1: "; use conv2d on images", 2: "; use conv1d on signals"}
 
 
 class OpError(ValueError):
@@ -85,7 +86,7 @@ def _spatial_attrs(attrs: Attrs, rank: int, names: Sequence[str]) -> list[tuple[
         if not isinstance(value, int) and len(value) != rank:
             raise OpError(
                 f"{name} {list(value)} has {len(value)} entries but the input has {rank} "
-                f"spatial dim(s); give an int or {rank} values"
+                f"spatial dim(s); give an int or a list of {rank}"
             )
         out.append(dims(value, rank))
     return out
@@ -125,7 +126,8 @@ def conv(rank: int) -> Infer:
     """The shape rule of a ``rank``-d convolution."""
 
     def infer(attrs: Attrs, ins: Sequence[Shape]) -> Shape:
-        shape = _need_rank(ins, (rank + 1,), f"conv{rank}d needs {_LAYOUT[rank]}")
+        shape = _need_rank(ins, (rank + 1,),
+                           f"conv{rank}d needs {_LAYOUT[rank]}{_OTHER_CONV[rank]}")
         k, s, p = _spatial_attrs(attrs, rank, ("kernel_size", "stride", "padding"))
         return (attrs["out_channels"], *_sliding_out(shape[1:], k, s, p, "kernel"))
 
