@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from morphsearch.arch import Architecture, NodeSpec
+from morphsearch.arch._rules import dims
 from morphsearch.arch.ops import OPS
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.losses import gradients_on, task_loss, usable_batch
@@ -30,7 +31,9 @@ from morphsearch.losses import gradients_on, task_loss, usable_batch
 __all__ = [
     "Consumer",
     "WidenPath",
+    "as_2d",
     "batch_loss",
+    "conv_geometry_2d",
     "consumer_unit_slice",
     "fixed_dropout",
     "gradients_on",
@@ -136,6 +139,22 @@ def _width_attr(arch: Architecture, node: str) -> str:
     attr = OPS[arch.op(node)].width_attr
     assert attr is not None  # callers pass units layers
     return attr
+
+
+def conv_geometry_2d(arch: Architecture, node: str) -> tuple[tuple[int, int], ...]:
+    """Kernel, stride and padding of a conv node as 2-d pairs: a conv1d is a conv2d of
+    height 1 (kernel ``(1, k)``, padding ``(0, p)``), so im2col code serves both."""
+    spec, rank = arch.spec(node), OPS[arch.op(node)].spatial_rank or 1
+    k, s, p = (dims(spec[a], rank) for a in ("kernel_size", "stride", "padding"))
+    if rank == 1:
+        return (1, k[0]), (1, s[0]), (0, p[0])
+    return (k[0], k[1]), (s[0], s[1]), (p[0], p[1])
+
+
+def as_2d(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, L]`` signals as ``[B, C, 1, L]`` images (see :func:`conv_geometry_2d`);
+    images unchanged."""
+    return x.unsqueeze(2) if x.dim() == 3 else x
 
 
 def _spatial(shape: tuple[int, ...]) -> int:

@@ -34,14 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from morphsearch.arch import OPS, Architecture
-from morphsearch.arch._rules import dims
 from morphsearch.arch.compile import evaluate
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.losses import task_loss_grad
 from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._surgery import (
     WidenPath,
+    as_2d,
     batch_loss,
+    conv_geometry_2d,
     fixed_dropout,
     gradients_on,
     mean_outgoing_norm,
@@ -374,21 +375,6 @@ def _is_conv(arch: Architecture, node: str) -> bool:
     return bool(OPS[arch.op(node)].spatial_rank)
 
 
-def _conv_geometry(arch: Architecture, node: str) -> tuple[tuple[int, int], ...]:
-    """Kernel, stride and padding of a conv node as 2-d pairs: a conv1d is a conv2d of
-    height 1 (kernel ``(1, k)``, padding ``(0, p)``), so one closed form serves both."""
-    spec, rank = arch.spec(node), OPS[arch.op(node)].spatial_rank
-    k, s, p = (dims(spec[a], rank or 1) for a in ("kernel_size", "stride", "padding"))
-    if rank == 1:
-        return (1, k[0]), (1, s[0]), (0, p[0])
-    return (k[0], k[1]), (s[0], s[1]), (p[0], p[1])
-
-
-def _as_2d(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, L]`` signals as ``[B, C, 1, L]`` images; images unchanged."""
-    return x.unsqueeze(2) if x.dim() == 3 else x
-
-
 def _site_input_and_consumer_grads(
     arch: Architecture, wp: WidenPath, batch: Batch
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -435,11 +421,11 @@ def _closed_form_gradmax_matrix(
     if not _is_conv(arch, wp.site):
         blocks = [(g - g.mean(dim=0) if form.centre else g).T @ h for g in grads]
     else:
-        k, s, p = _conv_geometry(arch, wp.site)
-        out_hw = tuple(_as_2d(torch.empty(1, *arch.shape(wp.site))).shape[2:])
-        patches = F.unfold(_as_2d(h), k, padding=p, stride=s)  # [B, D, positions]
+        k, s, p = conv_geometry_2d(arch, wp.site)
+        out_hw = tuple(as_2d(torch.empty(1, *arch.shape(wp.site))).shape[2:])
+        patches = F.unfold(as_2d(h), k, padding=p, stride=s)  # [B, D, positions]
         blocks = [
-            _conv_consumer_block(arch, c.node, patches, out_hw, _as_2d(g), form.centre)
+            _conv_consumer_block(arch, c.node, patches, out_hw, as_2d(g), form.centre)
             if _is_conv(arch, c.node)
             else _flat_consumer_block(patches, g, form.centre)
             for c, g in zip(wp.consumers, grads, strict=True)
@@ -456,7 +442,7 @@ def _conv_consumer_block(
     P[b, q * s + t - pad]`` (zero where that position is padding), one matmul per tap
     on a shifted view of the patches. ``g`` and the geometry are 2-d (see
     :func:`_conv_geometry`)."""
-    (kh, kw), (sh, sw), (ph, pw) = _conv_geometry(arch, consumer)
+    (kh, kw), (sh, sw), (ph, pw) = conv_geometry_2d(arch, consumer)
     b, d, _ = patches.shape
     hq, wq = g.shape[2:]
     # positions-major patches, zero-padded by the consumer's padding: [B, H+2p, W+2p, D]

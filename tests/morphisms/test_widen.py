@@ -230,11 +230,15 @@ def test_gradmax_refuses_more_units_than_directions() -> None:
 
 
 def _chain(site_op: str, path: list[tuple[str, dict]], consumers: list[dict],
-           input_shape: tuple[int, ...] = (2, 7, 6), **site_attrs: int) -> Architecture:
-    """input -> [flatten ->] site -> path chain -> consumers (summed) -> output, float64."""
-    b = GraphBuilder(input_shape if site_op == "conv2d" else (6,))
-    if site_op == "conv2d":
-        h = b.add("conv2d", b.input, name="site",
+           input_shape: tuple[int, ...] | None = None, **site_attrs: object) -> Architecture:
+    """input -> site -> path chain -> consumers (summed) -> output, float64. A conv site
+    (``conv1d`` on a (2, 11) signal, ``conv2d`` on a 2x7x6 image by default) has conv
+    consumers of its own kind (attrs with a ``kernel_size``) or linear ones."""
+    conv = site_op != "linear"
+    default = {"conv1d": (2, 11), "conv2d": (2, 7, 6)}.get(site_op, (6,))
+    b = GraphBuilder(input_shape or default)
+    if conv:
+        h = b.add(site_op, b.input, name="site",
                   **{"out_channels": 3, "kernel_size": 3, "padding": 1, **site_attrs})
     else:
         h = b.add("linear", b.input, out_features=4, name="site")
@@ -242,9 +246,9 @@ def _chain(site_op: str, path: list[tuple[str, dict]], consumers: list[dict],
         h = b.add(op, h, name=f"p{i}", **attrs)
     outs = []
     for j, attrs in enumerate(consumers):
-        op = "conv2d" if "kernel_size" in attrs else "linear"
+        op = site_op if "kernel_size" in attrs else "linear"
         z = b.add(op, h, name=f"c{j}", **attrs)
-        if op == "conv2d":
+        if op != "linear":
             z = b.add("flatten", z, name=f"cf{j}")
             z = b.add("linear", z, out_features=3, name=f"head{j}")
         outs.append(z)
@@ -252,7 +256,7 @@ def _chain(site_op: str, path: list[tuple[str, dict]], consumers: list[dict],
     return b.build(out, dtype=F64, seed=2)
 
 
-def _conv(**kw: int) -> dict:
+def _conv(**kw: object) -> dict:
     return {"out_channels": 4, "kernel_size": 3, "padding": 1, **kw}
 
 
