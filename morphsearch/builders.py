@@ -199,15 +199,17 @@ def resnet(
     dtype: torch.dtype = torch.float32,
 ) -> Architecture:
     """A tiny ResNet: stem conv-bn-relu, ``blocks`` residual blocks
-    (conv-bn-relu-conv-bn, add, relu), global average pool, linear head."""
+    (conv-bn-relu-conv-bn, add, relu), global average pool, linear head; ``conv1d`` on a
+    ``(C, L)`` signal, ``conv2d`` on a ``(C, H, W)`` image."""
+    conv = _conv_op(input_shape, "resnet")
     b = GraphBuilder(input_shape, name="resnet")
-    h = b.add("conv2d", b.input, out_channels=width, kernel_size=3, padding=1, name="stem")
+    h = b.add(conv, b.input, out_channels=width, kernel_size=3, padding=1, name="stem")
     h = b.add("batchnorm", h, name="stem_bn")
     h = b.add("relu", h, name="stem_relu")
     for i in range(1, blocks + 1):
         skip = h
         for j in (1, 2):
-            h = b.add("conv2d", h, out_channels=width, kernel_size=3, padding=1,
+            h = b.add(conv, h, out_channels=width, kernel_size=3, padding=1,
                       name=f"b{i}_conv{j}")
             h = b.add("batchnorm", h, name=f"b{i}_bn{j}")
             if j == 1:

@@ -42,12 +42,35 @@ class _NoInit:
         return type(self).__mro__[2].__name__
 
 
-def _shells(*classes: type[nn.Module]) -> dict[type[nn.Module], type[nn.Module]]:
-    return {cls: type(f"_{cls.__name__}", (_NoInit, cls), {}) for cls in classes}
+# Module-level classes (not made with type()), so that compiled modules pickle.
+class _Linear(_NoInit, nn.Linear):
+    pass
 
 
-_SHELL = _shells(nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d,
-                 nn.LayerNorm)
+class _Conv1d(_NoInit, nn.Conv1d):
+    pass
+
+
+class _Conv2d(_NoInit, nn.Conv2d):
+    pass
+
+
+class _BatchNorm1d(_NoInit, nn.BatchNorm1d):
+    pass
+
+
+class _BatchNorm2d(_NoInit, nn.BatchNorm2d):
+    pass
+
+
+class _LayerNorm(_NoInit, nn.LayerNorm):
+    pass
+
+
+_SHELL: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: _Linear, nn.Conv1d: _Conv1d, nn.Conv2d: _Conv2d,
+    nn.BatchNorm1d: _BatchNorm1d, nn.BatchNorm2d: _BatchNorm2d, nn.LayerNorm: _LayerNorm,
+}
 
 
 def _cls(cls: type[nn.Module], initialise: bool) -> Any:

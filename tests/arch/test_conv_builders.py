@@ -66,3 +66,13 @@ def test_shipped_mnist1d_cnn_graphs(name: str, params: int) -> None:
     assert arch.structure_hash == builders.paper_cnn(
         channels=8 if "tiny" in name else 25, name=name
     ).structure_hash
+
+
+def test_resnet_on_a_signal_uses_conv1d_and_keeps_its_length() -> None:
+    arch = builders.resnet((2, 10), width=3, blocks=1, num_classes=4)
+    assert arch.op("b1_conv2") == "conv1d" and arch.shape("b1_add") == (3, 10)
+    assert arch.shape("gap") == (3,)
+    assert arch.to_module()(torch.randn(5, 2, 10)).shape == (5, 4)
+    assert builders.resnet().op("stem") == "conv2d"
+    with pytest.raises(InvalidArchitecture, match="resnet needs a"):
+        builders.resnet((12,))

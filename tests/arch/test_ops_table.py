@@ -10,6 +10,7 @@ an independent PyTorch reference agree, and the JSON round trip keeps the hash.
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,16 @@ def test_module_evaluate_and_reference_agree(example: Example, train: bool) -> N
     if example.reference is not None and not train:
         reference = example.reference(x, dict(arch.weights.get("node", {})))
         torch.testing.assert_close(expected, reference, rtol=0, atol=1e-6)
+
+
+def test_compiled_module_pickles_and_prints_as_pytorch_layers(example: Example) -> None:
+    arch = _build(example)
+    module = arch.to_module().eval()
+    again = pickle.loads(pickle.dumps(module))
+    x = _inputs(arch)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), module(x), rtol=0, atol=0)
+    assert "_" not in "".join(type(m)._get_name(m) for m in module.layers.values())
 
 
 def test_json_round_trip_keeps_the_hash(example: Example) -> None:
