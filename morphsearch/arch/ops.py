@@ -27,7 +27,15 @@ from typing import Any
 
 from morphsearch.arch import _lowering as low
 from morphsearch.arch import _rules as rules
-from morphsearch.arch._rules import OpError, ParamSpec, Shape, is_nonneg, is_pos, per_dim
+from morphsearch.arch._rules import (
+    OpError,
+    ParamSpec,
+    Shape,
+    dims,
+    is_nonneg,
+    is_pos,
+    per_dim,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -38,6 +46,7 @@ __all__ = [
     "OpError",
     "ParamSpec",
     "Shape",
+    "dims",
     "layer_op_for",
     "resolve_attrs",
 ]

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from morphsearch.arch import Architecture, NodeSpec
-from morphsearch.arch._rules import dims
-from morphsearch.arch.ops import OPS
+from morphsearch.arch.ops import OPS, dims
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.losses import gradients_on, task_loss, usable_batch
 
