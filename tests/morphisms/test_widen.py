@@ -11,6 +11,7 @@ from morphsearch import builders, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
+from morphsearch.morphisms import _gradmax_matrix as gm
 from morphsearch.morphisms import widen
 from morphsearch.morphisms._surgery import (
     batch_loss,
@@ -323,10 +324,10 @@ def test_closed_form_equals_the_auxiliary_network_path(label: str, arch: Archite
          else torch.randn(n, *arch.output_shape, generator=g, dtype=F64))
     batch = (x, y)
     wp = widen_path(arch, site)
-    form = widen._closed_form(arch, wp)
+    form = gm._closed_form(arch, wp)
     assert form is not None, label
-    fast = widen._closed_form_gradmax_matrix(arch, wp, batch, form)
-    general = widen._auxiliary_gradmax_matrix(arch, wp, batch)
+    fast = gm._closed_form_gradmax_matrix(arch, wp, batch, form)
+    general = gm._auxiliary_gradmax_matrix(arch, wp, batch)
     assert fast.shape == general.shape
     assert float(general.abs().max()) > 0.0
     torch.testing.assert_close(fast, general, rtol=1e-10,
@@ -350,7 +351,7 @@ def _branching_path() -> Architecture:
 ])
 def test_pooling_dropout_and_unknown_slopes_take_the_auxiliary_path(arch: Architecture,
                                                                     site: str) -> None:
-    assert widen._closed_form(arch, widen_path(arch, site)) is None
+    assert gm._closed_form(arch, widen_path(arch, site)) is None
 
 
 @pytest.mark.parametrize(("arch", "site"), [

@@ -10,6 +10,7 @@ from torch import nn
 from morphsearch import builders, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.builders import GraphBuilder
+from morphsearch.morphisms import _gradmax_matrix as gm
 from morphsearch.morphisms import transfer_optimizer, widen
 from morphsearch.morphisms._surgery import widen_path
 from tests.morphisms.test_widen import _BN, _BN_EPS, _FLAT, _LIN, _chain, _conv
@@ -135,10 +136,10 @@ def test_closed_form_equals_the_auxiliary_network_path(label: str, arch: Archite
     y = (torch.randint(0, arch.output_shape[0], (n,), generator=g) if targets == "labels"
          else torch.randn(n, *arch.output_shape, generator=g, dtype=F64))
     wp = widen_path(arch, site)
-    form = widen._closed_form(arch, wp)
+    form = gm._closed_form(arch, wp)
     assert form is not None, label
-    fast = widen._closed_form_gradmax_matrix(arch, wp, (x, y), form)
-    general = widen._auxiliary_gradmax_matrix(arch, wp, (x, y))
+    fast = gm._closed_form_gradmax_matrix(arch, wp, (x, y), form)
+    general = gm._auxiliary_gradmax_matrix(arch, wp, (x, y))
     assert fast.shape == general.shape
     assert float(general.abs().max()) > 0.0
     torch.testing.assert_close(fast, general, rtol=1e-10,
@@ -147,7 +148,7 @@ def test_closed_form_equals_the_auxiliary_network_path(label: str, arch: Archite
 
 def test_pooled_conv1d_takes_the_auxiliary_path() -> None:
     arch = _arch("cnn1d")  # conv2 -> relu -> maxpool -> flatten -> fc1
-    assert widen._closed_form(arch, widen_path(arch, "conv2")) is None
+    assert gm._closed_form(arch, widen_path(arch, "conv2")) is None
 
 
 @pytest.mark.parametrize(("kind", "site"), [("cnn1d", "conv1"), ("paper", "conv3"),
