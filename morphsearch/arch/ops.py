@@ -56,10 +56,14 @@ _REQUIRED = object()
 
 @dataclass(frozen=True)
 class AttrDef:
+    """One attribute: accepted types, default, a check, the hint an error shows, and the
+    canonical form of a valid value (one spelling per meaning, so one structure hash)."""
+
     kind: type | tuple[type, ...]
     default: Any = _REQUIRED
     check: Callable[[Any], bool] = lambda value: True
     hint: str = ""
+    canonical: Callable[[Any], Any] = lambda value: value
 
     @property
     def required(self) -> bool:
@@ -141,11 +145,20 @@ def _shape_attr(value: Any) -> bool:
     return isinstance(value, list | tuple) and len(value) in (1, 2, 3) and all(map(is_pos, value))
 
 
+def _one_if_equal(value: Any) -> Any:
+    """``[3, 3]`` is ``3`` (an int means every dimension): one spelling, one hash. Only
+    for ops of a fixed rank: a rank-generic pool keeps ``[2, 2]``, so that on a signal it
+    is refused rather than read as ``2``."""
+    if isinstance(value, list | tuple) and len(set(value)) == 1:
+        return value[0]
+    return value
+
+
 def _spatial_attr(lengths: tuple[int, ...], check: Callable[[Any], bool], default: Any,
-                  hint: str) -> AttrDef:
+                  hint: str, canonical: Callable[[Any], Any] = lambda value: value) -> AttrDef:
     """An int, or a list with one entry per spatial dimension (``lengths``: allowed list
     lengths; none for an int-only attribute)."""
-    return AttrDef((int, list, tuple), default, per_dim(check, lengths), hint)
+    return AttrDef((int, list, tuple), default, per_dim(check, lengths), hint, canonical)
 
 
 def _pool_stride() -> AttrDef:
@@ -162,9 +175,11 @@ def _conv(rank: int) -> OpDef:
         rules.conv(rank),
         {
             "out_channels": _POS,
-            "kernel_size": _spatial_attr(per, is_pos, _REQUIRED, f"a positive int{lists}"),
-            "stride": _spatial_attr(per, is_pos, 1, f"a positive int{lists}"),
-            "padding": _spatial_attr(per, is_nonneg, 0, f"a non-negative int{lists}"),
+            "kernel_size": _spatial_attr(per, is_pos, _REQUIRED, f"a positive int{lists}",
+                                         _one_if_equal),
+            "stride": _spatial_attr(per, is_pos, 1, f"a positive int{lists}", _one_if_equal),
+            "padding": _spatial_attr(per, is_nonneg, 0, f"a non-negative int{lists}",
+                                     _one_if_equal),
             "bias": _BIAS,
         },
         params=rules.conv_params,
@@ -310,6 +325,7 @@ def resolve_attrs(op: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
         if bad_kind or not adef.check(value):
             hint = f" ({adef.hint})" if adef.hint else ""
             raise OpError(f"{op} attribute {name!r} has invalid value {value!r}{hint}")
+        value = adef.canonical(value)
         resolved[name] = list(value) if isinstance(value, tuple) else value
     return resolved
 

@@ -218,3 +218,15 @@ def test_json_round_trip_keeps_the_hash(example: Example) -> None:
 def test_int_attributes_keep_their_earlier_hash(graph: str, structure_hash: str) -> None:
     path = Path(__file__).parents[2] / "graphs" / f"{graph}.json"
     assert load(path).structure_hash == structure_hash
+
+
+def test_a_list_of_equal_sizes_is_the_int_it_repeats() -> None:
+    def conv(**attrs: Any) -> Architecture:
+        b = GraphBuilder((1, 6, 6))
+        return b.build(b.add("conv2d", b.input, out_channels=2, name="c", **attrs))
+
+    square = conv(kernel_size=3, stride=2, padding=1)
+    spelled = conv(kernel_size=[3, 3], stride=(2, 2), padding=[1, 1])
+    assert spelled.spec("c")["kernel_size"] == 3 and spelled.spec("c")["stride"] == 2
+    assert spelled.structure_hash == square.structure_hash
+    assert conv(kernel_size=[3, 1]).spec("c")["kernel_size"] == [3, 1]
