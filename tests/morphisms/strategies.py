@@ -1,8 +1,9 @@
 """Hypothesis strategies and helpers for tests that need random valid architectures.
 
 ``architectures()`` draws small MLPs (widths, depths, activations, batch norm, dropout),
-CNNs, residual nets and branchy graphs (concat and add joins) from ``morphsearch.builders``
-and ``GraphBuilder``. They are kept tiny so that many can be drawn within the test budget.
+CNNs on images and on (C, L) signals (conv1d), conv nets with rectangular kernels,
+strides and padding, residual nets and branchy graphs (concat and add joins) from
+``morphsearch.builders`` and ``GraphBuilder``. They are kept tiny so that many can be drawn within the test budget.
 """
 
 from __future__ import annotations
@@ -56,6 +57,48 @@ def cnns(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
 
 
 @st.composite
+def cnn1ds(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    """conv1d nets: the ``cnn`` builder on a signal, or the paper CNN's stride-2 chain."""
+    seed = draw(st.integers(0, 2**16))
+    channels = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2))
+    if draw(st.booleans()):
+        return builders.paper_cnn(
+            (draw(st.integers(1, 2)), draw(st.integers(9, 14))), channels=channels,
+            kernel_sizes=(5, 3)[: len(channels)], num_classes=draw(st.integers(2, 4)),
+            activation=draw(st.sampled_from(ACTIVATION_NAMES)), seed=seed, dtype=dtype,
+        )
+    return builders.cnn(
+        (draw(st.integers(1, 2)), draw(st.integers(4, 9))),
+        channels=channels,
+        hidden=draw(st.lists(st.integers(1, 5), min_size=0, max_size=1)),
+        num_classes=draw(st.integers(2, 4)),
+        kernel_size=draw(st.sampled_from((1, 3, 5))),
+        activation=draw(st.sampled_from(("relu", "tanh", "gelu"))),
+        batchnorm=draw(st.booleans()),
+        seed=seed,
+        dtype=dtype,
+    )
+
+
+@st.composite
+def rect_cnns(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    """conv2d with rectangular kernels, per-dimension strides and padding."""
+    b = GraphBuilder((draw(st.integers(1, 2)), draw(st.integers(4, 6)), draw(st.integers(5, 8))))
+    h = b.input
+    for i in (1, 2):
+        kernel = [draw(st.sampled_from((1, 2, 3))), draw(st.sampled_from((1, 3)))]
+        h = b.add("conv2d", h, out_channels=draw(st.integers(1, 4)), kernel_size=kernel,
+                  stride=[1, draw(st.integers(1, 2))], padding=[kernel[0] // 2, kernel[1] // 2],
+                  name=f"conv{i}")
+        if draw(st.booleans()):
+            h = b.add("batchnorm", h, name=f"bn{i}")
+        h = b.add(draw(st.sampled_from(("relu", "tanh"))), h, name=f"act{i}")
+    h = b.add("flatten", h, name="flatten")
+    out = b.add("linear", h, out_features=draw(st.integers(2, 3)), name="fc")
+    return b.build(out, seed=draw(st.integers(0, 2**16)), dtype=dtype)
+
+
+@st.composite
 def resnets(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
     return builders.resnet(
         (1, 4, 4),
@@ -85,7 +128,8 @@ def branchy(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture
 
 def architectures(dtype: torch.dtype = torch.float64) -> st.SearchStrategy[Architecture]:
     """Any of the families above, in ``dtype``."""
-    return st.one_of(mlps(dtype), cnns(dtype), resnets(dtype), branchy(dtype))
+    return st.one_of(mlps(dtype), cnns(dtype), cnn1ds(dtype), rect_cnns(dtype), resnets(dtype),
+                     branchy(dtype))
 
 
 def fixed_architectures(dtype: torch.dtype = torch.float64) -> dict[str, Architecture]:
@@ -98,7 +142,24 @@ def fixed_architectures(dtype: torch.dtype = torch.float64) -> dict[str, Archite
         "cnn": builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3,
                             batchnorm=True, dtype=dtype),
         "resnet": builders.resnet((1, 4, 4), width=3, blocks=1, num_classes=3, dtype=dtype),
+        "cnn1d": builders.cnn((2, 9), channels=(3, 4), hidden=(), num_classes=3,
+                              activation="tanh", batchnorm=True, dtype=dtype),
+        "paper_cnn": builders.paper_cnn((1, 12), channels=(3, 2), kernel_sizes=(5, 3),
+                                        num_classes=3, activation="gelu", dtype=dtype),
+        "rect_cnn": _rect_cnn(dtype),
     }
+
+
+def _rect_cnn(dtype: torch.dtype) -> Architecture:
+    """conv2d with a 3x1 and a 1x3 kernel, stride [1, 2], per-dimension padding."""
+    b = GraphBuilder((1, 5, 6))
+    h = b.add("conv2d", b.input, out_channels=3, kernel_size=[3, 1], stride=[1, 2],
+              padding=[1, 0], name="conv1")
+    h = b.add("tanh", h, name="tanh1")
+    h = b.add("conv2d", h, out_channels=2, kernel_size=[1, 3], padding=[0, 1], name="conv2")
+    h = b.add("relu", h, name="relu2")
+    h = b.add("flatten", h, name="flatten")
+    return b.build(b.add("linear", h, out_features=3, name="fc"), dtype=dtype)
 
 
 def batch_for(arch: Architecture, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
