@@ -58,7 +58,9 @@ def _conv_op_for(shape: Sequence[int]) -> str | None:
 
 def _per_dim(value: int | Sequence[int], rank: int) -> tuple[int, ...]:
     """An int-or-list conv attribute as one int per spatial dim."""
-    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),) * rank
+    if isinstance(value, int):
+        return (value,) * rank
+    return tuple(value)
 
 
 def _attr_value(values: Sequence[int]) -> int | list[int]:
@@ -194,10 +196,10 @@ def _identity_conv(
     """Weights of a ``C -> len(signs) * C`` conv whose block ``i`` is ``signs[i] * I`` at
     the centre tap, bias 0."""
     weight = torch.zeros(len(signs) * channels, channels, *[kernel_size] * rank, dtype=dtype)
-    centre = (kernel_size // 2,) * rank
+    centre = weight.flatten(2)[:, :, weight[0, 0].numel() // 2]  # the centre tap: [out, in]
     eye = torch.eye(channels, dtype=dtype)
     for i, sign in enumerate(signs):
-        weight[(slice(i * channels, (i + 1) * channels), slice(None), *centre)] = sign * eye
+        centre[i * channels : (i + 1) * channels] = sign * eye
     return {"weight": weight, "bias": torch.zeros(len(signs) * channels, dtype=dtype)}
 
 
