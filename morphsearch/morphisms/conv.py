@@ -33,7 +33,7 @@ from morphsearch.arch.ops import OPS
 from morphsearch.errors import InvalidArchitecture, MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 
-__all__ = ["ConvInput", "WidenKernel", "conv_input_sites", "conv_sites"]
+__all__ = ["ConvInput", "WidenKernel", "conv_input_sites", "conv_op_for", "conv_sites"]
 
 # ---------------------------------------------------------------- op knowledge
 # The only places here that name conv ops or read int-or-list attributes: switch them
@@ -48,7 +48,7 @@ def _conv_rank(arch: Architecture, node: str) -> int | None:
     return _CONV_RANK.get(op) if op in OPS else None
 
 
-def _conv_op_for(shape: Sequence[int]) -> str | None:
+def conv_op_for(shape: Sequence[int]) -> str | None:
     """The conv op that takes a ``(C, *spatial)`` input, if the op table has it."""
     for op, rank in _CONV_RANK.items():
         if rank == len(shape) - 1 and op in OPS:
@@ -181,7 +181,7 @@ def _why_not_conv_input(arch: Architecture, node: str) -> str | None:
     if arch.op(node) != "flatten":
         return f"{node!r} is {arch.op(node)}; the new conv goes just ahead of a flatten"
     shape = arch.shape(arch.inputs(node)[0])
-    if _conv_op_for(shape) is None:
+    if conv_op_for(shape) is None:
         return f"flatten {node!r} takes a {list(shape)} tensor, which no conv op takes"
     others = [c for c in arch.consumers(node) if arch.op(c) != "linear"]
     if others:
@@ -245,7 +245,7 @@ class ConvInput(Morphism):
             )
         source = parent.inputs(site)[0]
         shape = parent.shape(source)
-        op = _conv_op_for(shape)
+        op = conv_op_for(shape)
         assert op is not None  # apply() checked the site
         signs = (1,) if activation is None else (1, -1)
         graph: nx.DiGraph = parent.editable_graph()
