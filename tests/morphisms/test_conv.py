@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -127,7 +128,7 @@ def test_widen_kernel_conv1d() -> None:
     ("conv1", {"dims": []}, "dims=.. must be a non-empty list"),
     ("conv1", {"taps": 0}, "taps=0 must be a positive int"),
 ])
-def test_widen_kernel_refuses_with_one_line(site: str, params: dict[str, object],
+def test_widen_kernel_refuses_with_one_line(site: str, params: dict[str, Any],
                                             message: str) -> None:
     with pytest.raises(MorphismNotApplicable, match=message) as info:
         morphisms.apply("conv.widen_kernel", builders.cnn(), site, **params)
@@ -164,7 +165,7 @@ def test_conv_input_relu_doubles_channels_and_negates_the_dense_weights() -> Non
 def test_a_sequence_of_exact_steps_grows_an_mlp_into_a_cnn() -> None:
     parent = _image_mlp((1, 8, 8))
     inputs, labels = batch_for(parent, n=16, seed=5)
-    steps: list[tuple[str, str, dict[str, object]]] = [
+    steps: list[tuple[str, str, dict[str, Any]]] = [
         ("conv.input", "flat", {"activation": "relu"}),
         ("widen.split", "convin1_conv", {"k": 2}),
         ("deepen.identity", "convin1_relu", {"kernel_size": 3}),
@@ -206,7 +207,7 @@ def test_conv_input_applies_ahead_of_a_cnn_head_too() -> None:
     ("flat", {"kernel_size": 2}, "kernel_size=2 must be a positive odd int"),
     ("flat", {"activation": "tanh"}, "activation='tanh' must be None or 'relu'"),
 ])
-def test_conv_input_refuses_with_one_line(site: str, params: dict[str, object],
+def test_conv_input_refuses_with_one_line(site: str, params: dict[str, Any],
                                           message: str) -> None:
     with pytest.raises(MorphismNotApplicable, match=message) as info:
         morphisms.apply("conv.input", _image_mlp((1, 4, 4)), site, **params)
