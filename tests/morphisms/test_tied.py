@@ -126,8 +126,8 @@ def test_the_optimizer_state_follows_a_tied_widening() -> None:
     child = morphisms.apply("widen.tied", parent, "stem", k=2).child
     child_module = child.to_module()
     moved = transfer_optimizer(optimizer, module, child_module, parent, child)
-    state = moved.state[child_module.layers["b1_conv2"].weight]
-    old = optimizer.state[module.layers["b1_conv2"].weight]
+    state = moved.state[child_module.get_parameter("layers.b1_conv2.weight")]
+    old = optimizer.state[module.get_parameter("layers.b1_conv2.weight")]
     assert torch.equal(state["exp_avg"][:3], old["exp_avg"])
     assert not state["exp_avg"][3:].any()
 
