@@ -35,7 +35,7 @@ __all__ = ["transfer_optimizer", "unit_positions"]
 
 _OUT, _IN = "out", "in"
 # Role of each axis of a parameter: the layer's own units, its input's units, or a
-# kernel/spatial axis that never grows.
+# kernel axis (it grows only by conv.widen_kernel, on both sides).
 _ROLES: dict[str, dict[str, tuple[str | None, ...]]] = {
     "linear": {"weight": (_OUT, _IN), "bias": (_OUT,)},
     "conv2d": {"weight": (_OUT, _IN, None, None), "bias": (_OUT,)},
@@ -74,8 +74,11 @@ def unit_positions(parent: Architecture, child: Architecture) -> dict[str, torch
 
 
 def _axis_index(
-    role: str | None, size: int, node: str, child: Architecture, pos: Mapping[str, torch.Tensor]
+    role: str | None, size: int, node: str, child: Architecture, pos: Mapping[str, torch.Tensor],
+    new_size: int,
 ) -> torch.Tensor:
+    if role is None:  # a kernel axis grows on both sides (conv.widen_kernel): stay centred
+        return torch.arange(size) + (new_size - size) // 2
     if role == _IN:
         ins = child.inputs(node)
         index = pos[ins[0]] if ins else torch.arange(size)
@@ -91,11 +94,12 @@ def _param_index(
 ) -> tuple[torch.Tensor, ...]:
     """Broadcastable advanced index placing a parent tensor inside the child's."""
     roles = _ROLES.get(child.op(node), {}).get(pname) or (_IN, *([None] * (len(old_shape) - 1)))
+    new_shape = child.param_specs(node)[pname].shape
     index = []
     for axis, (role, size) in enumerate(zip(roles, old_shape)):
         view = [1] * len(old_shape)
         view[axis] = size
-        index.append(_axis_index(role, size, node, child, pos).view(view))
+        index.append(_axis_index(role, size, node, child, pos, new_shape[axis]).view(view))
     return tuple(index)
 
 

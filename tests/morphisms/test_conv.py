@@ -16,6 +16,7 @@ from morphsearch.arch.ops import OPS
 from morphsearch.builders import GraphBuilder
 from morphsearch.cli import main
 from morphsearch.errors import InvalidArchitecture, MorphismNotApplicable
+from morphsearch.morphisms import transfer_optimizer
 from tests.morphisms.strategies import batch_for, outputs
 
 F64 = torch.float64
@@ -272,3 +273,19 @@ def test_graph_morphisms_lists_the_conv_morphisms(tmp_path: Path,
     assert main(["graph", "grow", str(path), "conv.input", "--param", "activation=relu",
                  "--out", str(out)]) == 0
     assert "conv.input at flat" in capsys.readouterr().out
+
+
+def test_optimizer_state_stays_on_its_taps_after_kernel_widening() -> None:
+    parent = builders.cnn((1, 6, 6), channels=(3,), hidden=(), num_classes=3)
+    module = parent.to_module()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    inputs, labels = batch_for(parent, n=8)
+    torch.nn.functional.cross_entropy(module(inputs), labels).backward()
+    optimizer.step()
+    child = morphisms.apply("conv.widen_kernel", parent, "conv1").child
+    child_module = child.to_module()
+    moved = transfer_optimizer(optimizer, module, child_module, parent, child)
+    old = optimizer.state[module.get_parameter("layers.conv1.weight")]["exp_avg"]
+    new = moved.state[child_module.get_parameter("layers.conv1.weight")]["exp_avg"]
+    assert torch.equal(new[:, :, 1:4, 1:4], old)  # the old taps, centred as the weights
+    assert new.abs().sum() == old.abs().sum()
