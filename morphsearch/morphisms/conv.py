@@ -33,7 +33,9 @@ from morphsearch.arch.ops import OPS
 from morphsearch.errors import InvalidArchitecture, MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 
-__all__ = ["ConvInput", "WidenKernel", "conv_input_sites", "conv_op_for", "conv_sites"]
+__all__ = [
+    "ConvInput", "WidenKernel", "conv_input_sites", "conv_op_for", "conv_sites", "fresh_prefix",
+]
 
 # ---------------------------------------------------------------- op knowledge
 # The only places here that name conv ops or read int-or-list attributes: switch them
@@ -98,7 +100,8 @@ def _checked_dims(name: str, dims: Sequence[int] | None, rank: int) -> tuple[int
     return tuple(sorted(set(dims)))
 
 
-def _fresh_prefix(arch: Architecture, stem: str) -> str:
+def fresh_prefix(arch: Architecture, stem: str) -> str:
+    """``stem1``, ``stem2`` ...: the first that no node name starts with (``stem1_``)."""
     i = 1
     while any(n.startswith(f"{stem}{i}_") for n in arch.nodes):
         i += 1
@@ -250,7 +253,7 @@ class ConvInput(Morphism):
         signs = (1,) if activation is None else (1, -1)
         graph: nx.DiGraph = parent.editable_graph()
         weights: dict[str, Any] = parent.weights_copy()
-        prefix = _fresh_prefix(parent, "convin")
+        prefix = fresh_prefix(parent, "convin")
         conv = f"{prefix}_conv"
         graph.add_node(conv, spec=NodeSpec(op, out_channels=len(signs) * shape[0],
                                            kernel_size=kernel_size, padding=kernel_size // 2))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from morphsearch.arch import ACTIVATIONS, Architecture, NodeSpec
 from morphsearch.errors import InvalidArchitecture, MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
+from morphsearch.morphisms.conv import fresh_prefix
 
 __all__ = ["Downsample", "downsample_sites"]
 
@@ -32,17 +33,10 @@ _POOLS = {"max": "maxpool", "avg": "avgpool"}
 _ADAPTIVE: dict[int, Any] = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d}  # by rank
 
 
-def _fresh_prefix(arch: Architecture, stem: str) -> str:
-    i = 1
-    while any(n.startswith(f"{stem}{i}_") for n in arch.nodes):
-        i += 1
-    return f"{stem}{i}"
-
-
 def _with_pool(parent: Architecture, site: str, pool: str, kernel_size: int) -> nx.DiGraph:
     """The parent's graph with a pool after ``site``, read by all of ``site``'s consumers."""
     graph = parent.editable_graph()
-    node = f"{_fresh_prefix(parent, 'down')}_{_POOLS[pool]}"
+    node = f"{fresh_prefix(parent, 'down')}_{_POOLS[pool]}"
     graph.add_node(node, spec=NodeSpec(_POOLS[pool], kernel_size=kernel_size))
     for consumer in parent.consumers(site):
         ordered = parent.inputs(consumer)

@@ -134,7 +134,23 @@ def conv_adds(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architectu
     else:
         h = b.add("flatten", b.add("maxpool", h, kernel_size=2, name="pool"), name="flat")
     out = b.add("linear", h, out_features=draw(st.integers(2, 3)), name="head")
-    return b.build(out, seed=draw(st.integers(0, 2**16)), dtype=dtype)
+    arch = b.build(out, seed=draw(st.integers(0, 2**16)), dtype=dtype)
+    return _batchnorms_moved(arch, draw(st.integers(0, 2**16))) if bn else arch
+
+
+def _batchnorms_moved(arch: Architecture, seed: int) -> Architecture:
+    """Batch norms away from their identity init (as after training), so a morphism that
+    gives a channel fresh parameters where it should copy them is caught."""
+    g = torch.Generator().manual_seed(seed)
+    weights = arch.weights_copy()
+    for node in arch.nodes:
+        if arch.op(node) == "batchnorm":
+            params = weights[node]
+            for name in ("weight", "bias", "running_mean"):
+                params[name] += 0.5 * torch.randn(params[name].shape, generator=g).to(arch.dtype)
+            params["running_var"] += torch.rand(params["running_var"].shape,
+                                                generator=g).to(arch.dtype)
+    return arch.with_weights(weights)
 
 
 def architectures(dtype: torch.dtype = torch.float64) -> st.SearchStrategy[Architecture]:
