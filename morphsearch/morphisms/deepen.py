@@ -8,9 +8,9 @@ sites. Everything that consumed the site's output consumes the new block's outpu
 instead, on the same input port.
 
 ``deepen.identity`` inserts ``layer -> [batchnorm] -> [activation]`` where ``layer`` is a
-``linear`` (vector site) or a ``conv2d``/``conv1d`` (image or sequence site: odd
-``kernel_size``, stride 1, padding ``kernel_size // 2`` so the shape is kept)
-initialised to the identity (weight ``I`` or a centre-tap ``I``, bias 0). Rule for the activation: it is repeated only when
+``linear`` (vector site) or a ``conv2d`` (image site: odd ``kernel_size``, stride 1,
+padding ``kernel_size // 2`` so the shape is kept) initialised to the identity (weight
+``I`` or a centre-tap ``I``, bias 0). Rule for the activation: it is repeated only when
 it is idempotent on the site's output, ``a(a(z)) = a(z)``. That holds for ``relu`` (the
 IR's ReLU is ``clamp(min=0)``: the site's output is already >= 0 and is passed through
 unchanged); it fails for ``tanh``, ``gelu`` and ``selu``, so there the new layer is
@@ -47,7 +47,6 @@ import torch
 from morphsearch.arch import ACTIVATIONS, Architecture, NodeSpec
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
-from morphsearch.morphisms.conv import conv_op_for
 
 __all__ = ["DeepenIdentity", "DeepenSkip", "deepen_sites"]
 
@@ -59,12 +58,10 @@ Layer = tuple[str, NodeSpec, Params]  # (name suffix, spec, weights)
 
 
 def deepen_sites(arch: Architecture) -> list[str]:
-    """Hidden activation nodes with a vector output or a ``(C, *spatial)`` output that a
-    conv op takes (conv2d; conv1d once the op table has it), in topological order."""
+    """Hidden activation nodes with a vector or image output, in topological order."""
     return [
         n for n in arch.nodes
-        if arch.op(n) in ACTIVATIONS
-        and (len(arch.shape(n)) == 1 or conv_op_for(arch.shape(n)) is not None)
+        if arch.op(n) in ACTIVATIONS and len(arch.shape(n)) in (1, 3)
     ]
 
 
@@ -82,9 +79,9 @@ def _check_kernel(kernel_size: int) -> None:
 def _layer_spec(shape: Sequence[int], kernel_size: int) -> NodeSpec:
     if len(shape) == 1:
         return NodeSpec("linear", out_features=shape[0])
-    op = conv_op_for(shape)
-    assert op is not None  # deepen_sites offers only shapes a conv takes
-    return NodeSpec(op, out_channels=shape[0], kernel_size=kernel_size, padding=kernel_size // 2)
+    return NodeSpec(
+        "conv2d", out_channels=shape[0], kernel_size=kernel_size, padding=kernel_size // 2
+    )
 
 
 def _identity_weights(shape: Sequence[int], kernel_size: int, dtype: torch.dtype) -> Params:
@@ -93,9 +90,8 @@ def _identity_weights(shape: Sequence[int], kernel_size: int, dtype: torch.dtype
     if len(shape) == 1:
         weight = eye
     else:
-        weight = torch.zeros(c, c, *[kernel_size] * (len(shape) - 1), dtype=dtype)
-        taps = weight.view(c, c, -1)
-        taps[:, :, taps.shape[2] // 2] = eye  # the centre tap of an odd kernel
+        weight = torch.zeros(c, c, kernel_size, kernel_size, dtype=dtype)
+        weight[:, :, kernel_size // 2, kernel_size // 2] = eye
     return {"weight": weight, "bias": torch.zeros(c, dtype=dtype)}
 
 
@@ -108,7 +104,7 @@ def _random_weights(
 ) -> Params:
     """PyTorch's default init (uniform in +-1/sqrt(fan_in)), drawn from ``generator``."""
     c = shape[0]
-    wshape = (c, c) if len(shape) == 1 else (c, c, *[kernel_size] * (len(shape) - 1))
+    wshape = (c, c) if len(shape) == 1 else (c, c, kernel_size, kernel_size)
     bound = 1.0 / math.sqrt(math.prod(wshape[1:]))
 
     def draw(*size: int) -> torch.Tensor:

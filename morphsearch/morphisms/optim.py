@@ -35,7 +35,7 @@ __all__ = ["transfer_optimizer", "unit_positions"]
 
 _OUT, _IN = "out", "in"
 # Role of each axis of a parameter: the layer's own units, its input's units, or a
-# kernel axis (it grows only by conv.widen_kernel, on both sides).
+# kernel/spatial axis that never grows.
 _ROLES: dict[str, dict[str, tuple[str | None, ...]]] = {
     "linear": {"weight": (_OUT, _IN), "bias": (_OUT,)},
     "conv2d": {"weight": (_OUT, _IN, None, None), "bias": (_OUT,)},
@@ -94,12 +94,12 @@ def _param_index(
 ) -> tuple[torch.Tensor, ...]:
     """Broadcastable advanced index placing a parent tensor inside the child's."""
     roles = _ROLES.get(child.op(node), {}).get(pname) or (_IN, *([None] * (len(old_shape) - 1)))
-    new_shape = child.param_specs(node)[pname].shape
     index = []
     for axis, (role, size) in enumerate(zip(roles, old_shape)):
         view = [1] * len(old_shape)
         view[axis] = size
-        index.append(_axis_index(role, size, node, child, pos, new_shape[axis]).view(view))
+        new_size = child.param_specs(node)[pname].shape[axis]
+        index.append(_axis_index(role, size, node, child, pos, new_size).view(view))
     return tuple(index)
 
 
