@@ -78,8 +78,11 @@ def unit_positions(parent: Architecture, child: Architecture) -> dict[str, torch
 
 
 def _axis_index(
-    role: str | None, size: int, node: str, child: Architecture, pos: Mapping[str, torch.Tensor]
+    role: str | None, size: int, node: str, child: Architecture, pos: Mapping[str, torch.Tensor],
+    new_size: int,
 ) -> torch.Tensor:
+    if role is None:  # a kernel axis grows on both sides (conv.widen_kernel): stay centred
+        return torch.arange(size) + (new_size - size) // 2
     if role == _IN:
         ins = child.inputs(node)
         index = pos[ins[0]] if ins else torch.arange(size)
@@ -99,7 +102,8 @@ def _param_index(
     for axis, (role, size) in enumerate(zip(roles, old_shape)):
         view = [1] * len(old_shape)
         view[axis] = size
-        index.append(_axis_index(role, size, node, child, pos).view(view))
+        new_size = child.param_specs(node)[pname].shape[axis]
+        index.append(_axis_index(role, size, node, child, pos, new_size).view(view))
     return tuple(index)
 
 

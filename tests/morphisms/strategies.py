@@ -15,14 +15,27 @@ import torch
 from hypothesis import strategies as st
 
 from morphsearch import builders
-from morphsearch.arch import Architecture
+from morphsearch.arch import Architecture, NodeSpec
 from morphsearch.builders import GraphBuilder
+from morphsearch.errors import InvalidArchitecture
 
 # The tensors here are tiny: extra intra-op threads only add synchronisation, and on a
 # shared CI machine that costs ~30 ms per conv call (measured), 100x the work itself.
 torch.set_num_threads(1)
 
 ACTIVATION_NAMES = ("relu", "tanh", "gelu", "selu")
+
+
+def _input_rank_ok(rank: int) -> bool:
+    try:
+        NodeSpec("input", shape=[1] * rank)
+    except InvalidArchitecture:
+        return False
+    return True
+
+
+# Spatial ranks an input may have: (C, H, W) always, (C, L) once the op table has 1-d ops.
+SPATIAL_RANKS = tuple(r for r in (1, 2) if _input_rank_ok(r + 1))
 
 
 @st.composite
@@ -126,10 +139,67 @@ def branchy(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture
     return b.build(out, seed=draw(st.integers(0, 2**16)), dtype=dtype)
 
 
+@st.composite
+def image_mlps(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    """An MLP seed on a (C, L) or (C, H, W) input that flattens it first (where
+    ``conv.input`` applies)."""
+    channels = draw(st.integers(1, 2))
+    spatial = draw(st.lists(st.integers(2, 5), min_size=min(SPATIAL_RANKS), max_size=2))
+    b = GraphBuilder((channels, *spatial))
+    h = b.add("flatten", b.input, name="flat")
+    for i, width in enumerate(draw(st.lists(st.integers(1, 5), min_size=1, max_size=2)), 1):
+        h = b.add(draw(st.sampled_from(ACTIVATION_NAMES)),
+                  b.add("linear", h, out_features=width, name=f"fc{i}"), name=f"act{i}")
+    out = b.add("linear", h, out_features=draw(st.integers(2, 3)), name="head")
+    return b.build(out, seed=draw(st.integers(0, 2**16)), dtype=dtype)
+
+
+@st.composite
+def conv_adds(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> Architecture:
+    """A conv stem and a residual block joined by add (kernels 1 or 3, optional batch
+    norm, a one-conv or two-conv branch), then a pooled or flattened dense head."""
+    size, width = draw(st.integers(3, 5)), draw(st.integers(1, 3))
+    bn, act = draw(st.booleans()), draw(st.sampled_from(("relu", "tanh")))
+    b = GraphBuilder((draw(st.integers(1, 2)), size, size))
+
+    def conv(h: str, name: str) -> str:
+        k = draw(st.sampled_from((1, 3)))
+        h = b.add("conv2d", h, out_channels=width, kernel_size=k, padding=k // 2, name=name)
+        return b.add("batchnorm", h, name=f"{name}_bn") if bn else h
+
+    stem = b.add(act, conv(b.input, "stem"), name="stem_act")
+    h = stem
+    for j in range(1, draw(st.integers(1, 2)) + 1):
+        h = conv(b.add(act, h, name=f"act{j}") if j > 1 else h, f"conv{j}")
+    h = b.add(act, b.add("add", h, stem, name="join"), name="join_act")
+    if draw(st.booleans()):
+        h = b.add("global_avgpool", h, name="gap")
+    else:
+        h = b.add("flatten", b.add("maxpool", h, kernel_size=2, name="pool"), name="flat")
+    out = b.add("linear", h, out_features=draw(st.integers(2, 3)), name="head")
+    arch = b.build(out, seed=draw(st.integers(0, 2**16)), dtype=dtype)
+    return _batchnorms_moved(arch, draw(st.integers(0, 2**16))) if bn else arch
+
+
+def _batchnorms_moved(arch: Architecture, seed: int) -> Architecture:
+    """Batch norms away from their identity init (as after training), so a morphism that
+    gives a channel fresh parameters where it should copy them is caught."""
+    g = torch.Generator().manual_seed(seed)
+    weights = arch.weights_copy()
+    for node in arch.nodes:
+        if arch.op(node) == "batchnorm":
+            params = weights[node]
+            for name in ("weight", "bias", "running_mean"):
+                params[name] += 0.5 * torch.randn(params[name].shape, generator=g).to(arch.dtype)
+            params["running_var"] += torch.rand(params["running_var"].shape,
+                                                generator=g).to(arch.dtype)
+    return arch.with_weights(weights)
+
+
 def architectures(dtype: torch.dtype = torch.float64) -> st.SearchStrategy[Architecture]:
     """Any of the families above, in ``dtype``."""
     return st.one_of(mlps(dtype), cnns(dtype), cnn1ds(dtype), rect_cnns(dtype), resnets(dtype),
-                     branchy(dtype))
+                     branchy(dtype), image_mlps(dtype), conv_adds(dtype))
 
 
 def fixed_architectures(dtype: torch.dtype = torch.float64) -> dict[str, Architecture]:

@@ -66,7 +66,8 @@ def test_grow_reshapes_flat_samples_for_an_image_input(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["widen.gradmx"], "unknown morphism 'widen.gradmx'; valid morphisms: deepen.identity"),
+    (["widen.gradmx"], "unknown morphism 'widen.gradmx'; valid morphisms: "
+                       + ", ".join(morphisms.list_morphisms())),
     (["widen.gradmax"], "widen.gradmax needs a data batch: pass --data DATASET"),
     (["widen.gradmax", "--data", "digits", "--site", "relu1"],
      "does not apply at 'relu1' (node 'relu1' is not a linear, conv1d or conv2d layer); valid sites: fc1"),
