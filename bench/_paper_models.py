@@ -4,8 +4,8 @@ MNIST-1D (Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D", 2024): 
 paper's MLP (Linear 40→100, ReLU, a residual Linear 100→100 + ReLU, Linear 100→10;
 15,210 parameters) and CNN (three Conv1d of 25 channels, kernels 5/3/3, stride 2,
 padding 1, ReLU after each, Linear 125→10; 5,210 parameters), Adam lr 1e-2, batch 100,
-6000 steps, final weights. Digits (1×8×8) has no paper model; the hand-written CNN is the
-textbook small one (two 3×3 convolutions of 32 channels with padding 1, ReLU, 2×2 max
+6000 steps, final weights. Digits (1x8x8) has no paper model; the hand-written CNN is the
+textbook small one (two 3x3 convolutions of 32 channels with padding 1, ReLU, 2x2 max
 pooling, Linear 512→10), trained with the same recipe.
 
 Written in plain PyTorch on purpose: these are what a person writes by hand, not

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from morphsearch.arch import Architecture, NodeSpec
-from morphsearch.arch.ops import OPS
+from morphsearch.arch.ops import OPS, layer_op_for
 from morphsearch.errors import InvalidArchitecture, MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 
@@ -41,21 +41,15 @@ __all__ = [
 # The only places here that name conv ops or read int-or-list attributes: switch them
 # to the op table (OPS[op].spatial_rank, a per-dim attribute helper) when it has them.
 
-_CONV_RANK = {"conv1d": 1, "conv2d": 2}  # conv op -> number of spatial dims
-
-
 def _conv_rank(arch: Architecture, node: str) -> int | None:
     """Spatial dims of a conv layer (1 for conv1d, 2 for conv2d); None if not a conv."""
-    op = arch.op(node)
-    return _CONV_RANK.get(op) if op in OPS else None
+    rank = OPS[arch.op(node)].spatial_rank
+    return rank if rank else None
 
 
 def conv_op_for(shape: Sequence[int]) -> str | None:
-    """The conv op that takes a ``(C, *spatial)`` input, if the op table has it."""
-    for op, rank in _CONV_RANK.items():
-        if rank == len(shape) - 1 and op in OPS:
-            return op
-    return None
+    """The conv op that takes a ``(C, *spatial)`` input (None for a vector)."""
+    return layer_op_for(shape) if len(shape) > 1 else None
 
 
 def _per_dim(value: int | Sequence[int], rank: int) -> tuple[int, ...]:

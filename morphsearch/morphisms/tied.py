@@ -53,11 +53,8 @@ from morphsearch.morphisms._surgery import (
 __all__ = ["TiedGroup", "TiedWiden", "tied_group", "tied_sites"]
 
 # Op knowledge kept in one place until the op table answers it (OPS[op].width_attr).
-_WIDTH_ATTR = {"linear": "out_features", "conv1d": "out_channels", "conv2d": "out_channels"}
-
-
 def _is_layer(arch: Architecture, node: str) -> bool:
-    return arch.op(node) in _WIDTH_ATTR and arch.op(node) in OPS
+    return OPS[arch.op(node)].is_layer
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ class _Closure:
                      if n in self.mult and not _is_layer(arch, n))
         consumers = tuple(Consumer(n, self.consumers[n]) for n in arch.nodes
                           if n in self.consumers)
-        width = arch.spec(self.origin)[_WIDTH_ATTR[arch.op(self.origin)]]
+        width = int(arch.shape(self.origin)[0])  # units along the channel axis
         adds = tuple(n for n, _ in path if arch.op(n) == "add")
         return TiedGroup(sites, width, path, consumers, adds)
 
@@ -231,7 +228,8 @@ def _widened(
     specs = {}
     for site in group.sites:
         spec = parent.spec(site)
-        attr = _WIDTH_ATTR[spec.op]
+        attr = OPS[spec.op].width_attr
+        assert attr is not None  # sites are units layers
         specs[site] = spec.replace(**{attr: spec[attr] + k})
     return parent._respecified(specs, weights)
 
