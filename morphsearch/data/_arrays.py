@@ -133,7 +133,7 @@ def _labels(name: str, ys: Mapping[str, np.ndarray]) -> tuple[dict[str, torch.Te
             if flat.size and not np.array_equal(flat, np.round(flat)):
                 raise ConfigError(
                     f"dataset {name!r}: {key} has non-integer labels (e.g. "
-                    f"{flat[flat != np.round(flat)][0]!r}); classification needs integer "
+                    f"{float(flat[flat != np.round(flat)][0])!r}); classification needs integer "
                     "class labels 0..C-1 (or use task: regression)"
                 )
         out[s] = torch.as_tensor(flat.astype(np.int64))
