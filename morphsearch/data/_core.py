@@ -65,7 +65,9 @@ class TensorSplit(TorchDataset[Batch]):
         return (self.transform(x[None])[0] if self.transform else x), self.y[index]
 
     def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> Batch:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        # the loader's batch sampler gives index tensors; other samplers give int lists
+        idx = indices if isinstance(indices, torch.Tensor) else torch.tensor(
+            indices, dtype=torch.long)
         x = self.x[idx]
         return (self.transform(x) if self.transform else x), self.y[idx]
 
@@ -97,6 +99,22 @@ class _TensorBatches(torch.utils.data.Sampler[torch.Tensor]):
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
+
+
+class _InMemoryLoader(DataLoader[Batch]):
+    """A DataLoader over a :class:`TensorSplit` that, in the main process, fetches each
+    batch directly: torch's single-process iterator wraps every batch in a profiler
+    record_function and fetcher calls, which cost several times the tensor index itself
+    (bench/data_loader.py). With workers it is the plain DataLoader."""
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        if self.num_workers > 0:
+            yield from super().__iter__()
+            return
+        split: TensorSplit = self.dataset  # type: ignore[assignment]
+        for idx in self.batch_sampler:  # type: ignore[union-attr]
+            x, y = self.collate_fn(split.__getitems__(idx))  # type: ignore[arg-type]
+            yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
 
 
 def _batch_as_is(batch: Batch) -> Batch:
@@ -176,7 +194,7 @@ class Dataset:
             sampler = _TensorBatches(len(part), batch_size, shuffle, drop_last, generator)
             collate: Callable[[Any], Batch] = _batch_as_is
             # tensor index batches: torch's fetcher passes them to __getitems__ as they are
-            return DataLoader(part, batch_sampler=sampler,  # type: ignore[arg-type]
+            return _InMemoryLoader(part, batch_sampler=sampler,  # type: ignore[arg-type]
                               num_workers=num_workers,
                               pin_memory=pin, collate_fn=_with(collate, augment))
         return DataLoader(part, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
