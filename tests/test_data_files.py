@@ -182,6 +182,9 @@ def test_cifar10_reads_the_binary_release_channel_first(tmp_path: Path) -> None:
     # standardised per channel with the training split's statistics
     assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert next(iter(d.loader("train", 5)))[0].dtype == torch.float32
+    # worker processes get the uint8 pixels and standardise them the same way
+    batches = list(d.loader("train", 8, num_workers=2))
+    assert torch.equal(torch.cat([b[0] for b in batches]), x)
     carved = load_dataset("cifar10", root=tmp_path / "cifar-10-batches-bin", val_fraction=0.5)
     assert (len(carved.y_train), len(carved.y_val)) == (10, 10)
 

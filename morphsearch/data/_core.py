@@ -56,6 +56,11 @@ class TensorSplit(TorchDataset[Batch]):
         if len(x) != len(y):  # loaders check user data first, with a better message
             raise ValueError(f"{len(x)} inputs but {len(y)} targets")
         self.x, self.y, self.transform = x, y, transform
+        self._transformed: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # worker processes get the stored inputs, not the whole transformed copy
+        return {**self.__dict__, "_transformed": None}
 
     def __len__(self) -> int:
         return len(self.x)
@@ -72,8 +77,13 @@ class TensorSplit(TorchDataset[Batch]):
         return (self.transform(x) if self.transform else x), self.y[idx]
 
     def tensors(self) -> Batch:
-        """The whole split as ``(inputs, targets)``."""
-        return (self.transform(self.x) if self.transform else self.x), self.y
+        """The whole split as ``(inputs, targets)`` (transformed once, then kept: callers
+        such as ``data.x_train[:32]`` would otherwise transform every sample per call)."""
+        if self.transform is None:
+            return self.x, self.y
+        if self._transformed is None:
+            self._transformed = self.transform(self.x)
+        return self._transformed, self.y
 
 
 class _TensorBatches(torch.utils.data.Sampler[torch.Tensor]):
