@@ -288,3 +288,20 @@ def test_dataset_config_validates_names_against_the_registry() -> None:
     assert config.loader_options() == {"n": 24, "sizes": (1, 2), "factory": "my_data:tensors"}
     folder = DatasetConfig(name="image_folder", options={"root": "imgs", "size": [28, 28]})
     assert hash(tuple(sorted(folder.loader_options().items())))  # keys a worker's cache
+
+
+def test_a_config_naming_an_unknown_dataset_gets_one_line_with_the_valid_names(
+        tmp_path: Path) -> None:
+    from morphsearch.search.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("seed_graph: {builder: mlp}\ndataset: {name: mnist}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{path}: field 'dataset': ")
+    assert "unknown dataset 'mnist'; valid datasets: cifar10, digits, factory" in message
+    path.write_text("seed_graph: {builder: mlp}\n"
+                    "dataset: {factory: 'my_data:tensors', options: {n: 24}}\n")
+    config = load_config(path)
+    assert (config.dataset.name, config.dataset.factory) == ("factory", "my_data:tensors")
