@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,16 +94,26 @@ def mlp(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     name: str | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Architecture:
     """A multilayer perceptron ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
-    ``mlp([64, 16, 10])`` is ``x -> fc1(16) -> relu1 -> fc2(10) -> out``.
+    ``mlp([64, 16, 10])`` is ``x -> fc1(16) -> relu1 -> fc2(10) -> out``. With an
+    ``input_shape`` of rank > 1 (``(1, 8, 8)``, whose size must be ``sizes[0]``), the
+    network takes that input and flattens it first: ``x -> flatten -> fc1 -> …``, so one
+    dataset in its natural layout serves MLPs and CNNs.
     """
     _check_activation(activation)
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise InvalidArchitecture(f"mlp sizes {list(sizes)} need at least two positive widths")
-    b = GraphBuilder((sizes[0],), name=name or "mlp-" + "-".join(map(str, sizes)))
-    h = b.input
+    shape = [int(sizes[0])] if input_shape is None else [int(d) for d in input_shape]
+    if math.prod(shape) != int(sizes[0]):
+        raise InvalidArchitecture(
+            f"mlp input_shape {tuple(shape)} has {math.prod(shape)} values but sizes[0] is "
+            f"{sizes[0]}; make sizes[0] the product of the input shape"
+        )
+    b = GraphBuilder(shape, name=name or "mlp-" + "-".join(map(str, sizes)))
+    h = b.input if len(shape) == 1 else b.add("flatten", b.input, name="flatten")
     for i, width in enumerate(sizes[1:], start=1):
         h = b.add("linear", h, out_features=int(width), name=f"fc{i}")
         if i == len(sizes) - 1:

@@ -44,7 +44,7 @@ def test_grow_writes_the_child_apply_would_build(tmp_path: Path,
     line = capsys.readouterr().out
     assert "widen.gradmax at fc1 (k=3" in line and "610 -> 835 params" in line
     child = load(out)  # its weights from child.safetensors beside it
-    digits = load_dataset("digits")
+    digits = load_dataset("digits", image=False)  # the MLP parent takes 64 features
     batch = (digits.x_train[:100], digits.y_train[:100])
     expected = morphisms.apply("widen.gradmax", parent, "fc1", batch=batch, seed=4, k=3).child
     assert (child.structure_hash, child.weights_hash) == (expected.structure_hash,
