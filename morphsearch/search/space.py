@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from morphsearch.arch import Architecture
 from morphsearch.errors import MorphSearchError, SearchError
 from morphsearch.lineage import LineageStore
 from morphsearch.search.config import SearchConfig
+from morphsearch.search.protocol import PlannedMorphism, TrialPlan
 
 __all__ = ["MorphismSpace", "ParentInfo", "seed_arch_id"]
 
@@ -85,34 +86,32 @@ class MorphismSpace:
         return self._store
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        """Suggest one trial; returns the resolved constants Ray adds to its config."""
-        lr = trial.suggest_float("lr", *self.config.selection.lr, log=True)
+        """Suggest one trial; returns its plan as the constants Ray adds to its config."""
+        return self.suggest(trial).to_config()
+
+    def suggest(self, trial: Any) -> TrialPlan:
+        """Suggest one trial's :class:`~morphsearch.search.protocol.TrialPlan`."""
         selection = self.config.selection
-        base: dict[str, Any] = {
-            "lr": lr,
-            "trial_seed": self.config.seed * 100_003 + int(trial.number),
-            # per-trial training options the trainable reads from the trial's config
-            "lr_schedule": self.config.budget.lr_schedule,
-            "inherit_optimizer": selection.inherit_weights and selection.inherit_optimizer,
-        }
+        base = TrialPlan(
+            parent_id=self.seed_info.arch_id,
+            parent_uri=self.seed_info.weights_uri,
+            lr=trial.suggest_float("lr", *selection.lr, log=True),
+            lr_schedule=self.config.budget.lr_schedule,
+            trial_seed=self.config.seed * 100_003 + int(trial.number),
+            inherit_optimizer=selection.inherit_weights and selection.inherit_optimizer,
+        )
         pool = self.pool()
         seed_key = (self.seed_info.arch_id, "train")
         if not pool and seed_key not in self.suggested:
             # First trial: train the seed as it is, so children have a trained parent
             # and the search has a baseline to beat.
             self.suggested.add(seed_key)
-            return {
-                **base,
-                **self._parent_fields(self.seed_info),
-                "morphism": None,
-                "site": None,
-                "params": {},
-            }
-        # the seed may still be training: its children then start from untrained weights
-        trained = bool(pool)
-        base["fine_tune"] = trained
+            return replace(base, **self._parent_fields(self.seed_info))
+        # the seed may still be training (when the searcher does not wait for it): its
+        # children then start from untrained weights and train the full budget
+        base = replace(base, fine_tune=bool(pool))
         pool = pool or [self.seed_info]
-        rank = trial.suggest_int("parent_rank", 0, self.config.selection.pool_size - 1)
+        rank = trial.suggest_int("parent_rank", 0, selection.pool_size - 1)
         name = trial.suggest_categorical("morphism", sorted(self.config.morphisms))
         position = trial.suggest_float("site_position", 0.0, 1.0)
         spec = self.config.morphisms[name]
@@ -122,11 +121,12 @@ class MorphismSpace:
         else:
             k = trial.suggest_int(f"k.{name}", *spec.k)
         start = min(rank, len(pool) - 1)
-        ordered_pool = pool[start:] + pool[:start]
-        for parent in ordered_pool:
-            choice = self._resolve(parent, name, position, k)
+        for parent in pool[start:] + pool[:start]:
+            choice = self._resolve(parent, name, position, k, base.trial_seed)
             if choice is not None:
-                return {**base, **self._parent_fields(parent), **choice}
+                morphism, child_hash = choice
+                return replace(base, **self._parent_fields(parent), morphism=morphism,
+                               child_structure_hash=child_hash)  # fmt: skip
         raise SearchError(
             f"search {self.search!r}: every enabled morphism at every site of the parent pool "
             "gives a duplicate or too large child; enable more morphisms, widen their 'k' "
@@ -172,15 +172,16 @@ class MorphismSpace:
 
     @staticmethod
     def _parent_fields(parent: ParentInfo) -> dict[str, Any]:
-        return {
+        return {  # the TrialPlan fields that name the parent
             "parent_id": parent.arch_id,
             "parent_uri": parent.weights_uri,
             "parent_sha256": parent.weights_sha256,
         }
 
     def _resolve(
-        self, parent: ParentInfo, name: str, position: float, k: float
-    ) -> dict[str, Any] | None:
+        self, parent: ParentInfo, name: str, position: float, k: float, seed: int
+    ) -> tuple[PlannedMorphism, str] | None:
+        """The first candidate whose child is novel and small enough, with its hash."""
         arch = Architecture.from_json(parent.graph)
         grown = self._grown_from(parent.arch_id)
         for morphism, site, params in self._candidates(arch, name, position, k):
@@ -196,12 +197,7 @@ class MorphismSpace:
             if key in self.suggested or key in grown:
                 continue
             self.suggested.add(key)
-            return {
-                "morphism": morphism,
-                "site": site,
-                "params": params,
-                "child_structure_hash": key[1],
-            }
+            return PlannedMorphism(morphism, site, params, seed), key[1]
         return None
 
     def _candidates(
