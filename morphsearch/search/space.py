@@ -5,8 +5,11 @@ a trial is suggested. It reads the parent pool (the best trained architectures s
 from lineage, lets Optuna choose a parent rank, a morphism, a site position, an amount
 ``k`` and a learning rate, and resolves them into a concrete, novel child: if the chosen
 child has the same structure as one already grown from the same parent (or exceeds
-``max_params``), it walks to the next site and morphism instead. The resolved values are
-returned as constants, which Ray merges into the trial's config.
+``max_params``), it walks to the next site and morphism instead. Children are judged by
+structure alone (:func:`morphisms.plan`: no data, no weights computed); the worker applies
+the morphism once and checks the planned structure hash. The resolved
+:class:`~morphsearch.search.protocol.TrialPlan` is returned as constants, which Ray merges
+into the trial's config.
 
 The object is pickled with the searcher's state (Tune experiment checkpoints), so it
 holds only plain values; the lineage store is reopened lazily after unpickling.
@@ -73,11 +76,19 @@ class MorphismSpace:
         # (parent id, child structure hash) of every child suggested so far
         self.suggested: set[tuple[str, str]] = set()
         self._store: LineageStore | None = None
+        self._parents: dict[str, ParentInfo] = {}
+        self._archs: dict[str, Architecture] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None  # engines do not pickle; reopened on first use
+        state["_archs"] = {}  # rebuilt from the graphs on demand
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_parents", {})  # a searcher pickled before these caches
+        state.setdefault("_archs", {})
+        self.__dict__.update(state)
 
     @property
     def store(self) -> LineageStore:
@@ -147,16 +158,10 @@ class MorphismSpace:
         fresh: list[ParentInfo] = []
         used: list[ParentInfo] = []
         for result in found:
-            record = self.store.architecture(result.arch_id)
-            if record.weights_uri is None:  # stopped early: nothing to inherit
+            info = self._parent(result.arch_id)
+            if info is None:  # stopped early: nothing to inherit
                 continue
-            info = ParentInfo(
-                record.arch_id,
-                record.weights_uri,
-                record.weights_sha256,
-                record.graph,
-            )
-            if limit is not None and self.children(record.arch_id) >= limit:
+            if limit is not None and self.children(info.arch_id) >= limit:
                 used.append(info)
             else:
                 fresh.append(info)
@@ -164,6 +169,24 @@ class MorphismSpace:
                 break
         # all exhausted (or too few fresh ones): the best used-up parents fill the pool
         return fresh + used[: k - len(fresh)]
+
+    def _parent(self, arch_id: str) -> ParentInfo | None:
+        """A scored architecture as a parent; recorded architectures never change, so
+        each is read from lineage once (the pool is re-ranked every suggestion)."""
+        if arch_id not in self._parents:
+            record = self.store.architecture(arch_id)
+            if record.weights_uri is None:
+                return None
+            self._parents[arch_id] = ParentInfo(
+                record.arch_id, record.weights_uri, record.weights_sha256, record.graph
+            )
+        return self._parents[arch_id]
+
+    def _arch(self, parent: ParentInfo) -> Architecture:
+        """The parent's graph as an architecture (built once per process)."""
+        if parent.arch_id not in self._archs:
+            self._archs[parent.arch_id] = Architecture.from_json(parent.graph)
+        return self._archs[parent.arch_id]
 
     def children(self, parent_id: str) -> int:
         """How many distinct children ``parent_id`` has: suggested here or in lineage."""
@@ -182,18 +205,18 @@ class MorphismSpace:
         self, parent: ParentInfo, name: str, position: float, k: float, seed: int
     ) -> tuple[PlannedMorphism, str] | None:
         """The first candidate whose child is novel and small enough, with its hash."""
-        arch = Architecture.from_json(parent.graph)
+        arch = self._arch(parent)
         grown = self._grown_from(parent.arch_id)
         for morphism, site, params in self._candidates(arch, name, position, k):
             try:
-                child = morphisms.apply(morphism, arch, site, batch=self.probe, seed=0, **params)
+                child = self._plan(morphism, arch, site, params)
             except MorphSearchError as exc:
                 log.debug("skipping %s at %s: %s", morphism, site, exc)
                 continue
             limit = self.config.budget.max_params
-            if limit is not None and child.child.num_params > limit:
+            if limit is not None and child.num_params > limit:
                 continue
-            key = (parent.arch_id, child.child.structure_hash)
+            key = (parent.arch_id, child.structure_hash)
             if key in self.suggested or key in grown:
                 continue
             self.suggested.add(key)
@@ -234,12 +257,21 @@ class MorphismSpace:
                         seen.add((site, params.get("k")))
                         yield morphism, site, params
 
+    def _plan(
+        self, morphism: str, arch: Architecture, site: str, params: dict[str, Any]
+    ) -> Architecture:
+        """The candidate child's structure, without data (no GradMax pass, no SVD); a
+        morphism that can plan only with a batch is applied on the probe instead."""
+        try:
+            return morphisms.plan(morphism, arch, site, **params)
+        except NotImplementedError:
+            return morphisms.apply(morphism, arch, site, batch=self.probe, seed=0,
+                                   check=False, **params).child  # fmt: skip
+
     def _grown_from(self, parent_id: str) -> set[tuple[str, str]]:
-        """(parent, structure hash) of the children lineage already holds for ``parent_id``."""
-        out = set()
-        for node in self.store.descendants(parent_id, max_depth=1)[1:]:
-            out.add((parent_id, self.store.architecture(node.arch_id).structure_hash))
-        return out
+        """(parent, structure hash) of the children lineage already holds for ``parent_id``
+        (one query)."""
+        return {(parent_id, h) for h in self.store.child_hashes(parent_id)}
 
 
 def _units(arch: Architecture, site: str, amount: float, relative: bool) -> int:

@@ -216,8 +216,8 @@ def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
                 structure_hash="h",
             )
 
-        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
-            return [SimpleNamespace(arch_id=arch_id)]  # no recorded children
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()  # no recorded children
 
     space._store = Store()
     assert [p.arch_id for p in space.pool()] == ["a", "b"]  # TINY: pool_size 2
@@ -337,8 +337,8 @@ def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> Non
         def best(self, *args: Any, **kwargs: Any) -> list[Any]:
             return []
 
-        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
-            return [arch_id]
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()
 
     space._store = EmptyStore()
     study = optuna.create_study(direction="maximize")
@@ -376,8 +376,8 @@ def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
             return SimpleNamespace(arch_id=arch_id, weights_uri=f"{arch_id}.st",
                                    weights_sha256=None, graph=graph)
 
-        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
-            return [SimpleNamespace(arch_id=arch_id)]
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()
 
     space._store = Store()
     assert [p.arch_id for p in space.pool()] == ["a", "b"]  # the objective: val_accuracy
