@@ -1,16 +1,11 @@
 """The one training loop: minibatch steps at a per-step learning rate; growth is its hook.
 
-Search trials (:mod:`morphsearch.search.trial`) and :func:`train` both drive a
-:class:`GrowingTrainer`. Each step trains the compiled module on a minibatch at the
-step's learning rate (mixed precision when asked). After the step, the growth hook runs
-when a trigger is configured: when growth is allowed (caps, the minimum gap since the last
-growth) and the trigger says so, the scorer ranks every (morphism, site) candidate on a
-fixed scoring batch, the best one that fits the parameter cap is applied with
-``morphisms.apply``, the module is swapped for the child's, the optimizer state is carried
-over, and a :class:`GrowthEvent` is recorded.
+Search trials (:mod:`morphsearch.search.trial`) and :func:`train` drive a
+:class:`GrowingTrainer`. After each step, with a trigger configured, the growth hook asks
+it; when it fires (within the caps) the scorer ranks every (morphism, site) candidate on a
+fixed scoring batch, the best that fits is applied, the module swapped for the child's,
+the optimizer state carried over and a :class:`GrowthEvent` recorded.
 
->>> from morphsearch import builders, data, growth
->>> d = data.load_dataset("digits")
 >>> cfg = growth.GrowthConfig(steps=300, trigger=growth.LossPlateau(window=50))
 >>> result = growth.train(builders.mlp([64, 4, 10]), d, cfg)  # doctest: +SKIP
 """
@@ -361,12 +356,10 @@ class GrowingTrainer:
         return float(task_loss(out, y))
 
     def _new_optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
-        cfg = self.config
-        params = list(module.parameters())
+        cfg, params = self.config, list(module.parameters())
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)  # fmt: skip
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

@@ -1,19 +1,14 @@
 """One search trial, on any worker: grow the child, train it, report, keep its best weights.
 
-:func:`run_trial` loads the parent (graph + safetensors weights) from the shared artifact
-store, applies the planned morphism once (and checks the child's structure hash against
-the driver's plan), then trains with the one step loop
-(:class:`~morphsearch.growth.trainer.GrowingTrainer`: per-step lr, in-training growth as
-its hook). Every ``eval_every`` steps it evaluates, reports (batched by
-``report_every_s``, ASHA's rungs always) and checkpoints (every ``checkpoint_every_s``).
-The trial keeps the weights of its best evaluation by the search's first objective (what
-lineage ranks it by) and saves those at the end. Workers never touch the lineage
-database; the driver's callback records what they report. Ray itself stays in
-:mod:`morphsearch.search.trainable`; a :class:`Session` stands between.
-
-Inheritance is measured, not assumed: ``first_batch_loss`` is the child's loss on the
-fixed probe batch before any update, ``final_loss`` the loss on the same batch after each
-evaluation period. A child's ``first_batch_loss`` equals its parent's kept ``final_loss``.
+:func:`run_trial` loads the parent from the artifact store, applies the planned morphism
+once (refusing a child whose structure hash is not the driver's plan) and trains with the
+one step loop (:class:`~morphsearch.growth.trainer.GrowingTrainer`: per-step lr, growth as
+its hook). Every ``eval_every`` steps it evaluates, reports (batched by ``report_every_s``;
+ASHA's rungs always) and checkpoints (every ``checkpoint_every_s``); it keeps the weights
+of its best evaluation by the search's first objective (what lineage ranks it by) and
+saves those. Workers never touch lineage; Ray stays in :mod:`.trainable` (a
+:class:`Session` stands between). Inheritance is measured: a child's ``first_batch_loss``
+(probe batch, before any update) equals its parent's kept ``final_loss``.
 """
 
 from __future__ import annotations
@@ -35,6 +30,7 @@ from morphsearch.data import Dataset, load_dataset
 from morphsearch.errors import SearchError
 from morphsearch.growth.trainer import GrowingTrainer, evaluate
 from morphsearch.losses import task_loss
+from morphsearch.morphisms import Batch
 from morphsearch.morphisms._registry import PROBE_SIZE
 from morphsearch.morphisms.optim import transfer_optimizer
 from morphsearch.search.config import TrialGrowthConfig
@@ -42,8 +38,6 @@ from morphsearch.search.growing import event_record, loop_config
 from morphsearch.search.protocol import EpochReport, TrialPlan, TrialReport
 
 __all__ = ["Session", "TrialSetup", "child_arch_id", "morphism_flops", "run_trial"]
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -110,7 +104,7 @@ class _State:
 
 
 def child_arch_id(search: str, trial_id: str) -> str:
-    return f"{search}/{trial_id}"
+    return f"{search}/{trial_id}"  # the trial's child in lineage
 
 
 @functools.lru_cache(maxsize=2)
@@ -185,12 +179,10 @@ def make_optimizer(
 
 def trial_device(setup: TrialSetup) -> torch.device:
     """CUDA when the trial was given a GPU share (``resources.gpus > 0``), else the CPU."""
-    if setup.gpus > 0:
-        if not torch.cuda.is_available():
-            raise SearchError("resources.gpus > 0 but this worker has no CUDA device; "
-                              "set resources.gpus: 0 or run on a GPU node")  # fmt: skip
-        return torch.device("cuda")
-    return torch.device("cpu")
+    if setup.gpus > 0 and not torch.cuda.is_available():
+        raise SearchError("resources.gpus > 0 but this worker has no CUDA device; "
+                          "set resources.gpus: 0 or run on a GPU node")  # fmt: skip
+    return torch.device("cuda" if setup.gpus > 0 else "cpu")
 
 
 def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
