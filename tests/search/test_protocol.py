@@ -108,3 +108,46 @@ def test_a_child_unlike_its_plan_is_refused(tmp_path: Path) -> None:
                  child_structure_hash="0" * 64)
     with pytest.raises(SearchError, match="not the planned 000000000000"):
         run_trial_here(plan, _setup(tmp_path))
+
+
+class _Checkpointing:
+    """A session that keeps every checkpoint folder (Tune would upload it)."""
+
+    trial_id = "t0"
+
+    def __init__(self, root: Path, start: Path | None = None) -> None:
+        self.root, self.start = root, start
+        self.reports: list[dict[str, object]] = []
+        self.folders: list[Path] = []
+
+    def checkpoint_dir(self) -> Path | None:
+        return self.start
+
+    def report(self, result: dict[str, object], folder: Path | None) -> None:
+        import shutil
+
+        self.reports.append(result)
+        if folder is not None:
+            kept = self.root / f"ckpt{len(self.reports)}"
+            shutil.copytree(folder, kept)
+            self.folders.append(kept)
+
+    def node_id(self) -> str | None:
+        return None
+
+
+def test_a_restored_trial_continues_where_it_stopped(tmp_path: Path) -> None:
+    from morphsearch.search.trial import run_trial
+
+    plan = _plan(tmp_path, morphism=PlannedMorphism("widen.random", "fc1", {"k": 2}, 3),
+                 trial_seed=3)  # fmt: skip
+    setup = _setup(tmp_path, steps=12, eval_every=3, checkpoint_every_s=0.0)
+    whole = _Checkpointing(tmp_path / "a")
+    run_trial(plan, setup, whole)
+    assert [r["epoch"] for r in whole.reports] == [1, 2, 3, 4] and len(whole.folders) == 3
+    resumed = _Checkpointing(tmp_path / "b", start=whole.folders[1])  # after epoch 2
+    run_trial(plan, setup, resumed)
+    assert [r["epoch"] for r in resumed.reports] == [3, 4]
+    # the same batches and optimizer state: the same numbers as the uninterrupted run
+    for key in ("val_loss", "train_loss", "step", "kept_epoch", "weights_hash"):
+        assert resumed.reports[-1][key] == whole.reports[-1][key]
