@@ -230,6 +230,10 @@ class SelectionConfig(_Frozen):
     # rank the parent pool by this metric and mode instead of the first objective (e.g.
     # val_loss/min: a smoother signal than accuracy on a small validation split)
     rank_by: Objective | None = None
+    # train the seed alone, to its full budget, before suggesting any child (children then
+    # fine-tune a trained seed); false starts children at once from its initial weights
+    # (more parallel at the start of a search on many workers, each child trains fully)
+    seed_first: bool = True
     # at the search's end, score this many best architectures (by the first objective)
     # once on the test split: lineage metrics test_accuracy / test_loss, never used to
     # select (0: none)

@@ -88,5 +88,5 @@ def make_searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Optu
         storage=storage,
         seed=config.seed,
     )
-    searcher.wait_for_seed = config.selection.inherit_weights
+    searcher.wait_for_seed = config.selection.seed_first and config.selection.inherit_weights
     return searcher
