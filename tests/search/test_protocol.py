@@ -151,3 +151,22 @@ def test_a_restored_trial_continues_where_it_stopped(tmp_path: Path) -> None:
     # the same batches and optimizer state: the same numbers as the uninterrupted run
     for key in ("val_loss", "train_loss", "step", "kept_epoch", "weights_hash"):
         assert resumed.reports[-1][key] == whole.reports[-1][key]
+
+
+def test_the_growth_config_is_typed_to_the_loop_and_k_goes_where_it_is_taken() -> None:
+    from morphsearch.growth import GradMaxScore, ScoreThreshold
+    from morphsearch.search.config import TrialGrowthConfig
+    from morphsearch.search.growing import loop_config
+
+    common = {"steps": 100, "lr": 0.01, "schedule": "cosine", "batch_size": 32, "seed": 1,
+              "device": "cpu", "precision": "bf16"}  # fmt: skip
+    off = loop_config(TrialGrowthConfig(), **common)  # type: ignore[arg-type]
+    assert off.trigger is None and off.precision == "bf16" and off.lr_schedule == "cosine"
+    growth = TrialGrowthConfig(enabled=True, trigger="score", scorer="gradmax", tau=0.5,
+                               check_every=7, morphism="widen.random", k=3, max_events=2)
+    on = loop_config(growth, **common)  # type: ignore[arg-type]
+    assert isinstance(on.trigger, ScoreThreshold) and on.trigger.tau == 0.5
+    assert on.trigger.check_every == 7 and isinstance(on.scorer, GradMaxScore)
+    assert on.morphism_params == {"widen.random": {"k": 3}} and on.max_growths == 2
+    deepen = loop_config(growth.model_copy(update={"morphism": "deepen.identity"}), **common)  # type: ignore[arg-type]
+    assert deepen.morphism_params == {}  # deepen.identity takes no k
