@@ -37,9 +37,10 @@ class GraphBuilder:
 
     def add(self, op: str, *inputs: str, name: str | None = None, **attrs: Any) -> str:
         """Add a node fed by ``inputs`` (in port order); returns its name."""
-        if name is None:
-            self._counts[op] = self._counts.get(op, 0) + 1
-            name = f"{_SHORT.get(op, op)}{self._counts[op]}"
+        if name is None:  # automatic names skip those given by hand ("fc1", then "fc2")
+            while name is None or name in self._graph:
+                self._counts[op] = self._counts.get(op, 0) + 1
+                name = f"{_SHORT.get(op, op)}{self._counts[op]}"
         if name in self._graph:
             raise InvalidArchitecture(f"node {name!r} is added twice; give it another name")
         try:

@@ -13,7 +13,6 @@ from morphsearch.errors import ConfigError, InvalidArchitecture
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.runner import build_seed
 
-GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 
 
 def test_mlp_on_an_image_input_flattens_first_and_computes_the_flat_mlp() -> None:
@@ -36,14 +35,15 @@ def _config(seed_graph: dict[str, object]) -> SearchConfig:
     return SearchConfig.model_validate({"seed_graph": seed_graph, "dataset": {"name": "digits"}})
 
 
-def test_build_seed_fits_the_datasets_layout_or_names_the_shape_to_use() -> None:
+def test_build_seed_fits_the_datasets_layout_or_names_the_shape_to_use(tmp_path: Path) -> None:
     digits = load_dataset("digits", seed=0)
     mlp = build_seed(_config({"builder": "mlp", "hidden": [8]}), digits)
     assert mlp.input_shape == (1, 8, 8) and mlp.output_shape == (10,)
     cnn = build_seed(_config({"builder": "cnn", "args": {"channels": [4], "hidden": [8]}}),
                      digits)
     assert cnn.input_shape == mlp.input_shape  # one dataset serves both families
-    flat = _config({"path": str(GRAPHS / "digits_mlp.json")})
+    builders.mlp([64, 8, 10]).save(tmp_path / "flat.json")  # a 64-feature MLP graph
+    flat = _config({"path": str(tmp_path / "flat.json")})
     with pytest.raises(ConfigError, match=r"input shape \(64,\) does not fit dataset digits "
                                           r"\(1, 8, 8\); use a graph with input shape \[1, 8, 8\]"):
         build_seed(flat, digits)

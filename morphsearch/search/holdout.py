@@ -17,6 +17,7 @@ from morphsearch import artifacts
 from morphsearch.data import load_dataset
 from morphsearch.growth.trainer import evaluate
 from morphsearch.lineage import LineageStore
+from morphsearch.lineage.records import BestResult
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.protocol import TEST_ACCURACY, TEST_LOSS
 
@@ -30,17 +31,37 @@ class TestScore:
     test_accuracy: float  # NaN for regression
 
 
+_FRONT_POOL = 200  # the accuracy-vs-parameters front is taken among this many best
+
+
+def _front(ranked: list[BestResult], mode: str) -> list[BestResult]:
+    """The non-dominated members of ``ranked`` (best first): no other is as small and
+    at least as good."""
+    sign = 1 if mode == "max" else -1
+    front, best_value = [], -math.inf
+    for r in sorted(ranked, key=lambda r: (r.params, -sign * r.value)):
+        if sign * r.value > best_value:
+            front.append(r)
+            best_value = sign * r.value
+    return front
+
+
 def score_on_test(store: LineageStore, config: SearchConfig, name: str) -> list[TestScore]:
-    """Score the ``selection.test_top`` best architectures of search ``name`` on the
-    test split and record the scores (idempotent: a re-run overwrites the same rows)."""
+    """Score on the test split the ``selection.test_top`` best architectures of search
+    ``name`` and the members of its validation-vs-parameters front (so a small network
+    on the front has a test score too), and record the scores (idempotent: a re-run
+    overwrites the same rows). The test split never feeds back into a choice."""
     top = config.selection.test_top
-    ranked = store.best(name, config.metric, config.mode, k=top) if top else []
+    if not top:
+        return []
+    pool = store.best(name, config.metric, config.mode, k=max(top, _FRONT_POOL))
+    chosen = {r.arch_id: r for r in pool[:top]}
+    chosen.update({r.arch_id: r for r in _front(pool, config.mode)})
+    ranked = list(chosen.values())
     if not ranked:
         return []
-    options = dict(config.dataset.options)
-    if config.dataset.path:
-        options["path"] = config.dataset.path
-    data = load_dataset(config.dataset.name, seed=config.seed, **options)
+    data = load_dataset(config.dataset.name, seed=config.seed,
+                        **config.dataset.loader_options())
     out = []
     for best in ranked:
         record = store.architecture(best.arch_id)

@@ -369,7 +369,7 @@ def test_mean_outgoing_norm_is_the_mean_of_per_unit_norms(arch: Architecture,
 
 def test_a_batch_gradmax_cannot_use_is_refused_with_the_reason() -> None:
     plain, normed = builders.mlp([6, 4, 3]), builders.mlp([6, 4, 3], batchnorm=True)
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])  # labels 0..2 all present
     bad_x = x.clone()
     bad_x[2, 1] = float("nan")
     cases = [

@@ -63,7 +63,7 @@ def test_report_round_trips_and_a_last_report_carries_the_kept_evaluation() -> N
 def _setup(tmp_path: Path, **fields: object) -> TrialSetup:
     base: dict[str, object] = {
         "search": "s", "artifacts_uri": str(tmp_path / "art"), "dataset": "digits",
-        "dataset_options": (), "data_seed": 0, "batch_size": 64, "steps": 12,
+        "dataset_options": (("image", False),), "data_seed": 0, "batch_size": 64, "steps": 12,
         "eval_every": 4, "checkpoint_every_s": 1e9, "monitor": "val_accuracy",
         "monitor_mode": "max", **fields,
     }
@@ -92,7 +92,7 @@ def test_a_trial_keeps_and_reports_its_best_evaluation(tmp_path: Path) -> None:
     kept = artifacts.load_architecture(last["weights_uri"])
     import torch
 
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)
     _, acc = evaluate(kept.to_module(), data, "val", device=torch.device("cpu"))
     assert acc == max(accs)  # the saved weights are the ones ranked
 
@@ -170,3 +170,16 @@ def test_the_growth_config_is_typed_to_the_loop_and_k_goes_where_it_is_taken() -
     assert on.morphism_params == {"widen.random": {"k": 3}} and on.max_growths == 2
     deepen = loop_config(growth.model_copy(update={"morphism": "deepen.identity"}), **common)  # type: ignore[arg-type]
     assert deepen.morphism_params == {}  # deepen.identity takes no k
+
+
+def test_the_test_split_scores_the_validation_front_too() -> None:
+    from morphsearch.lineage.records import BestResult
+    from morphsearch.search.holdout import _front
+
+    def r(arch: str, params: int, value: float) -> BestResult:
+        return BestResult(arch, "t", "val_accuracy", value, 1, params, 0)
+
+    ranked = [r("big", 900, 0.95), r("mid", 500, 0.93), r("worse", 600, 0.90),
+              r("small", 100, 0.80), r("tied", 500, 0.93)]
+    assert [p.arch_id for p in _front(ranked, "max")] == ["small", "mid", "big"]
+    assert [p.arch_id for p in _front(ranked, "min")] == ["small"]
