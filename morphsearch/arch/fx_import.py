@@ -42,6 +42,7 @@ __all__ = ["from_module", "module_from_factory"]
 TOLERANCE = 1e-4  # |IR - module| <= TOLERANCE * (1 + max |module|) on the example input
 _TORCH_DIR = str(Path(torch.__file__).parent)
 _RESERVED = frozenset({"forward", "training", "layers", "input", "output"})
+_NAMES = {"input": "x", "output": "out"}  # as the builders name them
 
 
 def from_module(module: nn.Module, example_input: torch.Tensor) -> Architecture:
@@ -292,7 +293,7 @@ class _Converter:
              attrs: Mapping[str, Any] | None = None,
              weights: Mapping[str, torch.Tensor] | None = None) -> rules.Value:
         assert self.node is not None
-        name = self._fresh("out" if op == "output" else self.node.name)
+        name = self._fresh(_NAMES.get(op) or self.node.name, op)
         try:
             spec = NodeSpec(op, dict(attrs or {}))
         except InvalidArchitecture as exc:
@@ -316,10 +317,13 @@ class _Converter:
             out.append(value)
         return out
 
-    def _fresh(self, name: str) -> str:
-        base = re.sub(r"\W", "_", name)[:100] or "node"
-        if base[0].isdigit() or base in _RESERVED:
-            base = f"n_{base}"
+    def _fresh(self, name: str, op: str = "identity") -> str:
+        """A new valid node name; a bare index (``nn.Sequential``'s ``_0``) gets its op."""
+        base = re.sub(r"\W", "_", name)[:100]
+        if not base.strip("_") or base.lstrip("_")[0].isdigit():
+            base = f"{op}_{base.lstrip('_')}"
+        if base in _RESERVED:
+            base = f"{base}_"
         candidate, i = base, 1
         while candidate in self.graph:
             candidate, i = f"{base}_{i}", i + 1

@@ -105,12 +105,13 @@ class ResidualMLP(nn.Module):
         self.block = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden),
                                    nn.GELU(), nn.Linear(hidden, hidden))
         self.side = nn.Linear(hidden, 4)
+        self.side_out = nn.Linear(4, 4)  # linear -> tanh -> linear: split.steepest's site
         self.head = nn.Linear(hidden + 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm(self.inp(x)))
         h = torch.add(h, self.block(h))
-        h = torch.cat([h.relu(), torch.tanh(self.side(h))], dim=1)
+        h = torch.cat([h.relu(), self.side_out(torch.tanh(self.side(h)))], dim=1)
         return self.head(h)
 
 
