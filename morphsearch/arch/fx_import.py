@@ -172,13 +172,27 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+class _ShapeProp(ShapeProp):
+    """ShapeProp that remembers the node it runs, to name it when the module fails."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
+
+
 def _propagate(gm: fx.GraphModule, example_input: torch.Tensor) -> torch.Tensor:
+    prop = _ShapeProp(gm)
     try:
-        out = ShapeProp(gm).propagate(example_input)
+        out = prop.propagate(example_input)
     except Exception as exc:  # the user's model failed on the example: say where
-        raise ModuleImportError(f"{gm.__class__.__name__} fails on an example input of shape "
-                                f"{list(example_input.shape)}: {_first_line(exc)}; check "
-                                "--input-shape / the dataset's input shape") from None
+        node = prop.current
+        at = "" if node is None else f" at node {node.name!r}{_where(node)}"
+        raise ModuleImportError(
+            f"{gm.__class__.__name__} fails on an example input of shape "
+            f"{list(example_input.shape)}{at}: {_first_line(exc.__cause__ or exc)}; check "
+            "the input shape (--input-shape, or the dataset's)") from None
     if not isinstance(out, torch.Tensor):
         raise ModuleImportError(f"{gm.__class__.__name__} returns {type(out).__name__}; "
                                 "the IR's network returns one tensor")

@@ -129,14 +129,14 @@ def small_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(40, 6), nn.ReLU(), nn.Linear(6, 10))
 
 
-def lstm_net() -> nn.Module:
-    return LSTMNet()
+def lstm_net(features: int = 40) -> nn.Module:
+    return LSTMNet(features)
 
 
 class LSTMNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, features: int = 40) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(40, 8, batch_first=True)
+        self.lstm = nn.LSTM(features, 8, batch_first=True)
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

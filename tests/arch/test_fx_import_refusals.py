@@ -142,7 +142,8 @@ def test_adaptive_pool_must_be_flattened_next() -> None:
 
 def test_a_module_failing_on_the_example_names_its_shape() -> None:
     message = _refusal(nn.Sequential(nn.Linear(5, 2)), 4)
-    assert message.startswith("Sequential fails on an example input of shape [2, 4]:")
+    assert message.startswith("Sequential fails on an example input of shape [2, 4] at node "
+                              "'_0': mat1 and mat2 shapes cannot be multiplied")
 
 
 def test_bad_arguments() -> None:
