@@ -1,7 +1,7 @@
 """Import a user's ``torch.nn.Module`` into the IR: :func:`from_module`.
 
-The module is traced with ``torch.fx`` and run once on the example input
-(``ShapeProp``) for every intermediate shape; each traced call then becomes IR nodes by
+The module is traced with ``torch.fx`` and run once on the example input for every
+intermediate shape; each traced call then becomes IR nodes by
 the rule tables of :mod:`morphsearch.arch._fx_rules` (one IR node per call site), with
 the module's weights and batch norm buffers. The result is checked against the module
 on the example input before it is returned.
@@ -30,7 +30,6 @@ from typing import Any
 import networkx as nx
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from morphsearch.arch import _fx_rules as rules
 from morphsearch.arch.ir import Architecture
@@ -125,8 +124,7 @@ def _cwd_on_path() -> Iterator[None]:
 
 def _traced(module: nn.Module) -> fx.GraphModule:
     """Trace ``module``; extra forward arguments keep their defaults (``verbose=False``)."""
-    tracer = fx.Tracer()
-    tracer.record_stack_traces = True  # for the code location of a refusal
+    tracer = _Tracer()
     params = list(inspect.signature(module.forward).parameters.values())[1:]
     concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     required = [p.name for p in params if p.default is inspect.Parameter.empty
@@ -142,6 +140,24 @@ def _traced(module: nn.Module) -> fx.GraphModule:
                                 "morphsearch imports what torch.fx can trace (no "
                                 "data-dependent control flow)") from None
     return fx.GraphModule(tracer.root, graph, name)
+
+
+class _Tracer(fx.Tracer):
+    """Records each node's code location: the innermost frame of the user's code.
+
+    (fx's own ``record_stack_traces`` would do, but its first use imports torch._dynamo,
+    which takes seconds.)
+    """
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(_TORCH_DIR):
+            frame = frame.f_back  # type: ignore[assignment]
+        filename = frame.f_code.co_filename if frame is not None else __file__
+        if filename != __file__:  # not a top-level nn.Sequential, traced from here
+            node.meta["location"] = f"{Path(filename).name}:{frame.f_lineno}"
+        return node
 
 
 def _where_raised(exc: BaseException) -> str:
@@ -172,20 +188,27 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-class _ShapeProp(ShapeProp):
-    """ShapeProp that remembers the node it runs, to name it when the module fails."""
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced module, keeping each tensor's shape in ``node.meta["shape"]`` and
+    the node it runs (to name it when the module fails).
+
+    (fx's ``ShapeProp`` would do, but its first use imports sympy, which takes seconds.)
+    """
 
     current: fx.Node | None = None
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
-        return super().run_node(n)
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["shape"] = tuple(int(d) for d in result.shape)
+        return result
 
 
 def _propagate(gm: fx.GraphModule, example_input: torch.Tensor) -> torch.Tensor:
-    prop = _ShapeProp(gm)
+    prop = _ShapeRecorder(gm)
     try:
-        out = prop.propagate(example_input)
+        out = prop.run(example_input)
     except Exception as exc:  # the user's model failed on the example: say where
         node = prop.current
         at = "" if node is None else f" at node {node.name!r}{_where(node)}"
@@ -298,10 +321,10 @@ class _Converter:
         return fx.node.map_arg(arg, lambda n: self.env[n]) if arg is not None else None
 
     def shape(self, arg: Any) -> tuple[int, ...]:
-        meta = arg.meta.get("tensor_meta") if isinstance(arg, fx.Node) else None
-        if meta is None or not hasattr(meta, "shape"):
+        shape = arg.meta.get("shape") if isinstance(arg, fx.Node) else None
+        if shape is None:
             raise rules.Refusal(f"expected a tensor, got {arg!r}")
-        return tuple(int(d) for d in meta.shape)
+        return tuple(shape)
 
     def emit(self, op: str, inputs: Sequence[rules.Value],
              attrs: Mapping[str, Any] | None = None,
@@ -368,8 +391,6 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
 
 
 def _where(node: fx.Node) -> str:
-    """`` at file.py:12`` from the node's recorded stack, if it points at user code."""
-    for match in re.finditer(r'File "([^"]+)", line (\d+)', node.stack_trace or ""):
-        if not match.group(1).startswith(_TORCH_DIR):
-            return f" at {Path(match.group(1)).name}:{match.group(2)}"
-    return ""
+    """`` at file.py:12``: where the user's code makes the call, if known."""
+    location = node.meta.get("location")
+    return f" at {location}" if location else ""
