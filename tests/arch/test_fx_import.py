@@ -203,3 +203,46 @@ def test_imported_grown_exported_loads_back(tmp_path: Path) -> None:
         assert _max_diff(loaded(probe), expected) <= TOL
         assert _max_diff(expected, module.eval()(probe)) <= TOL  # grown, still the model
     assert grown.num_params > arch.num_params
+
+
+# ------------------------------------------------------------ functional forms
+
+
+class Forms(nn.Module):
+    """One conv net per way of writing the head; each must import to the same graph."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.skip = nn.Identity()
+        self.fc = nn.Linear(3 * 4 * 4, 2)
+        self.pooled = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        h = torch.nn.functional.selu(self.skip(h)) + h
+        heads = {
+            "view": lambda: self.fc(h.view(h.size(0), -1)),
+            "reshape": lambda: self.fc(h.reshape(-1, 48)),
+            "flatten_method": lambda: self.fc(h.flatten(1)),
+            "size_product": lambda: self.fc(h.view(h.shape[0], h.size(1) * h.size(2) * 4)),
+            "mean": lambda: self.pooled(h.mean((2, 3))),
+            "mean_keepdim": lambda: self.pooled(torch.flatten(h.mean([-2, -1], keepdim=True), 1)),
+            "twice": lambda: self.fc(torch.nn.functional.gelu(h + h).flatten(1)),
+        }
+        return heads[self.form]()
+
+
+@pytest.mark.parametrize("form", ["view", "reshape", "flatten_method", "size_product", "mean",
+                                  "mean_keepdim", "twice"])
+def test_functional_forms_import(form: str) -> None:
+    torch.manual_seed(0)
+    module = Forms(form)
+    arch = morphsearch.from_module(module, torch.randn(2, 2, 4, 4))
+    _assert_same_function(module, arch, (2, 4, 4))
+    assert "skip" not in arch  # nn.Identity: no node
+    flattens = sum(arch.op(n) == "flatten" for n in arch)
+    assert flattens == (0 if form.startswith("mean") else 1)
+    if form == "twice":  # x + x: one edge per pair of nodes, so the second input is a copy
+        assert [arch.op(n) for n in arch.inputs("add_1")] == ["add", "identity"]
