@@ -190,12 +190,15 @@ def test_morphisms_are_offered_on_imported_networks(name: str) -> None:
     assert {"widen.random", "widen.split", "deepen.identity"} <= offered
 
 
-def test_imported_grown_exported_loads_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("formats", [
+    ["safetensors"], pytest.param(["safetensors", "onnx", "pt2"], marks=pytest.mark.slow)])
+def test_imported_grown_exported_loads_back(tmp_path: Path, formats: list[str]) -> None:
     module, arch, shape = _imported("resnet18")
     grown = morphisms.apply("widen.split", arch, "layer1_0_conv1", seed=1).child
     grown = morphisms.apply("deepen.identity", grown, morphisms.sites("deepen.identity",
                                                                       grown)[0]).child
-    export_architecture(grown, tmp_path / "export", formats=["safetensors"])
+    result = export_architecture(grown, tmp_path / "export", formats=formats)
+    assert all(error <= TOL for error in result.parity.values())  # ONNX, torch.export
     loaded = morphsearch.load(tmp_path / "export")
     probe = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
