@@ -13,95 +13,38 @@ and the fix; the converter adds the node, the call and the code location.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from morphsearch.arch._fx_values import (
+    Batch,
+    Context,
+    Refusal,
+    Rule,
+    Sizes,
+    Value,
+    arg,
+    per_dim,
+    require,
+)
+
 __all__ = [
+    "FUNCTION_NAMES",
     "FUNCTION_RULES",
     "METHOD_RULES",
     "MODULE_RULES",
     "Batch",
     "Context",
     "Refusal",
+    "Rule",
     "Sizes",
     "Value",
     "supported",
 ]
-
-
-class Refusal(Exception):
-    """A call the IR cannot express; the message says why and what to do instead."""
-
-
-@dataclass(frozen=True)
-class Value:
-    """A tensor in the IR: the output of IR node ``name``.
-
-    ``squeezed``: torch keeps trailing size-1 dims that the IR dropped (an adaptive
-    average pool to 1 is the IR's ``global_avgpool``, whose output is ``(C,)``, where
-    torch's is ``(C, 1, 1)``); only a flatten may consume it, and that flatten is then
-    a no-op.
-    """
-
-    name: str
-    squeezed: bool = False
-
-
-@dataclass(frozen=True)
-class Batch:
-    """``x.size(0)`` / ``x.shape[0]``: the batch size, only known at run time."""
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """``x.size()`` / ``x.shape`` of a tensor whose shape (batch first) is ``shape``."""
-
-    shape: tuple[int, ...]
-
-
-class Context(Protocol):
-    """What a rule may ask of the converter."""
-
-    def tensor(self, arg: Any) -> Value:
-        """The IR value of a tensor argument (refuses constants and squeezed values)."""
-
-    def resolve(self, arg: Any) -> Any:
-        """An argument with every fx node replaced by its value."""
-
-    def shape(self, arg: Any) -> tuple[int, ...]:
-        """The torch shape (batch first) of a tensor argument or node on the example."""
-
-    def emit(self, op: str, inputs: Sequence[Value], attrs: Mapping[str, Any] | None = None,
-             weights: Mapping[str, torch.Tensor] | None = None) -> Value:
-        """Add an IR node for the current fx node; returns its value."""
-
-
-Rule = Callable[[Context, fx.Node, Any], Any]
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-    """A call's argument by position or keyword (fx keeps them as written)."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
-def _per_dim(value: Any) -> int | list[int]:
-    """An int, or a per-dimension list (one int where every dimension agrees)."""
-    if isinstance(value, int):
-        return value
-    values = [int(v) for v in value]
-    return values[0] if len(set(values)) == 1 else values
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise Refusal(message)
 
 
 # --------------------------------------------------------------- layers
@@ -121,36 +64,36 @@ def _conv_padding(m: nn.Conv1d | nn.Conv2d) -> Any:
     if m.padding == "valid":
         return 0
     if m.padding == "same":
-        _require(all(k % 2 == 1 for k in m.kernel_size),
+        require(all(k % 2 == 1 for k in m.kernel_size),
                  "padding='same' with an even kernel pads unevenly; give explicit padding")
         return [(k - 1) // 2 for k in m.kernel_size]
     return m.padding
 
 
 def _conv(ctx: Context, node: fx.Node, m: nn.Conv1d | nn.Conv2d) -> Value:
-    _require(m.groups == 1, f"groups={m.groups} is not supported (the IR's convolutions "
+    require(m.groups == 1, f"groups={m.groups} is not supported (the IR's convolutions "
                             "are dense); use groups=1")
-    _require(all(d == 1 for d in m.dilation),
+    require(all(d == 1 for d in m.dilation),
              f"dilation={tuple(m.dilation)} is not supported; use dilation=1")
-    _require(m.padding_mode == "zeros",
+    require(m.padding_mode == "zeros",
              f"padding_mode={m.padding_mode!r} is not supported; use 'zeros'")
     op = "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"
     attrs = {
         "out_channels": m.out_channels,
-        "kernel_size": _per_dim(m.kernel_size),
-        "stride": _per_dim(m.stride),
-        "padding": _per_dim(_conv_padding(m)),
+        "kernel_size": per_dim(m.kernel_size),
+        "stride": per_dim(m.stride),
+        "padding": per_dim(_conv_padding(m)),
         "bias": m.bias is not None,
     }
     return ctx.emit(op, [ctx.tensor(node.args[0])], attrs, _weights(m, ["weight", "bias"]))
 
 
 def _batchnorm(ctx: Context, node: fx.Node, m: nn.BatchNorm1d | nn.BatchNorm2d) -> Value:
-    _require(m.affine, "affine=False is not supported; the IR's batchnorm has a scale and "
+    require(m.affine, "affine=False is not supported; the IR's batchnorm has a scale and "
                        "a shift (use affine=True)")
-    _require(m.track_running_stats, "track_running_stats=False is not supported (the IR's "
+    require(m.track_running_stats, "track_running_stats=False is not supported (the IR's "
                                     "batchnorm keeps running statistics)")
-    _require(m.momentum is not None, "momentum=None (a cumulative average) is not "
+    require(m.momentum is not None, "momentum=None (a cumulative average) is not "
                                      "supported; give a momentum, e.g. 0.1")
     names = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
     attrs = {"eps": float(m.eps), "momentum": float(m.momentum)}  # type: ignore[arg-type]
@@ -160,10 +103,10 @@ def _batchnorm(ctx: Context, node: fx.Node, m: nn.BatchNorm1d | nn.BatchNorm2d) 
 def _layernorm(ctx: Context, node: fx.Node, m: nn.LayerNorm) -> Value:
     x = ctx.tensor(node.args[0])
     features = ctx.shape(node.args[0])[1:]
-    _require(tuple(m.normalized_shape) == features,
+    require(tuple(m.normalized_shape) == features,
              f"normalized_shape {list(m.normalized_shape)} is not the whole sample "
              f"{list(features)}; the IR's layernorm normalises over every non-batch dim")
-    _require(m.weight is not None and m.bias is not None,
+    require(m.weight is not None and m.bias is not None,
              "elementwise_affine=False or bias=False is not supported")
     return ctx.emit("layernorm", [x], {"eps": float(m.eps)}, _weights(m, ["weight", "bias"]))
 
@@ -187,13 +130,13 @@ def _activation(op: str) -> Rule:
 
 
 def _gelu_module(ctx: Context, node: fx.Node, m: nn.GELU) -> Value:
-    _require(m.approximate == "none", "approximate='tanh' is not supported; the IR's gelu "
+    require(m.approximate == "none", "approximate='tanh' is not supported; the IR's gelu "
                                       "is the exact one (approximate='none')")
     return ctx.emit("gelu", [ctx.tensor(node.args[0])])
 
 
 def _gelu_function(ctx: Context, node: fx.Node, m: Any) -> Value:
-    _require(node.kwargs.get("approximate", "none") == "none",
+    require(node.kwargs.get("approximate", "none") == "none",
              "approximate='tanh' is not supported; the IR's gelu is the exact one")
     return ctx.emit("gelu", [ctx.tensor(node.args[0])])
 
@@ -203,32 +146,32 @@ def _gelu_function(ctx: Context, node: fx.Node, m: Any) -> Value:
 
 def _pool_attrs(kernel: Any, stride: Any, padding: Any) -> dict[str, Any]:
     return {
-        "kernel_size": _per_dim(kernel),
-        "stride": None if stride is None else _per_dim(stride),
-        "padding": _per_dim(padding),
+        "kernel_size": per_dim(kernel),
+        "stride": None if stride is None else per_dim(stride),
+        "padding": per_dim(padding),
     }
 
 
 def _maxpool(ctx: Context, node: fx.Node, m: nn.MaxPool1d | nn.MaxPool2d) -> Value:
     dilation = m.dilation if isinstance(m.dilation, Sequence) else [m.dilation]
-    _require(all(d == 1 for d in dilation), f"dilation={m.dilation} is not supported")
-    _require(not m.ceil_mode, "ceil_mode=True is not supported; use ceil_mode=False")
-    _require(not m.return_indices, "return_indices=True is not supported")
+    require(all(d == 1 for d in dilation), f"dilation={m.dilation} is not supported")
+    require(not m.ceil_mode, "ceil_mode=True is not supported; use ceil_mode=False")
+    require(not m.return_indices, "return_indices=True is not supported")
     attrs = _pool_attrs(m.kernel_size, m.stride, m.padding)
     return ctx.emit("maxpool", [ctx.tensor(node.args[0])], attrs)
 
 
 def _avgpool(ctx: Context, node: fx.Node, m: nn.AvgPool1d | nn.AvgPool2d) -> Value:
-    _require(not m.ceil_mode, "ceil_mode=True is not supported; use ceil_mode=False")
-    _require(bool(m.count_include_pad), "count_include_pad=False is not supported")
-    _require(getattr(m, "divisor_override", None) is None, "divisor_override is not supported")
+    require(not m.ceil_mode, "ceil_mode=True is not supported; use ceil_mode=False")
+    require(bool(m.count_include_pad), "count_include_pad=False is not supported")
+    require(getattr(m, "divisor_override", None) is None, "divisor_override is not supported")
     attrs = _pool_attrs(m.kernel_size, m.stride, m.padding)
     return ctx.emit("avgpool", [ctx.tensor(node.args[0])], attrs)
 
 
 def _adaptive_avgpool(ctx: Context, node: fx.Node, m: Any) -> Value:
     size = m.output_size if isinstance(m.output_size, Sequence) else [m.output_size]
-    _require(all(s == 1 for s in size), f"output_size={m.output_size} is not supported; "
+    require(all(s == 1 for s in size), f"output_size={m.output_size} is not supported; "
                                         "only pooling to 1 (the IR's global_avgpool)")
     value = ctx.emit("global_avgpool", [ctx.tensor(node.args[0])])
     return Value(value.name, squeezed=True)
@@ -237,13 +180,13 @@ def _adaptive_avgpool(ctx: Context, node: fx.Node, m: Any) -> Value:
 def _mean(ctx: Context, node: fx.Node, m: Any) -> Value:
     """``x.mean((2, 3))``: a global average pool over every spatial dim."""
     rank = len(ctx.shape(node.args[0]))
-    dims = ctx.resolve(_arg(node, 1, "dim"))
+    dims = ctx.resolve(arg(node, 1, "dim"))
     dims = [dims] if isinstance(dims, int) else list(dims or [])
-    _require(rank > 2 and sorted(d % rank for d in dims) == list(range(2, rank)),
+    require(rank > 2 and sorted(d % rank for d in dims) == list(range(2, rank)),
              f"a mean over dims {dims} is not supported; only over every spatial dim "
              "(the IR's global_avgpool)")
     value = ctx.emit("global_avgpool", [ctx.tensor(node.args[0])])
-    return Value(value.name, squeezed=bool(_arg(node, 2, "keepdim", False)))
+    return Value(value.name, squeezed=bool(arg(node, 2, "keepdim", False)))
 
 
 # ------------------------------------------------------ flatten and views
@@ -260,7 +203,7 @@ def _flatten_of(ctx: Context, arg: Any) -> Any:
 
 
 def _check_flatten_dims(start: Any, end: Any, rank: int) -> None:
-    _require(start == 1 and end % rank == rank - 1,
+    require(start == 1 and end % rank == rank - 1,
              f"flatten(start_dim={start}, end_dim={end}) is not supported; only "
              "flatten(1) (every dim but the batch)")
 
@@ -271,8 +214,8 @@ def _flatten_module(ctx: Context, node: fx.Node, m: nn.Flatten) -> Any:
 
 
 def _flatten_call(ctx: Context, node: fx.Node, m: Any) -> Any:
-    start = ctx.resolve(_arg(node, 1, "start_dim", 0))
-    end = ctx.resolve(_arg(node, 2, "end_dim", -1))
+    start = ctx.resolve(arg(node, 1, "start_dim", 0))
+    end = ctx.resolve(arg(node, 2, "end_dim", -1))
     _check_flatten_dims(start, end, len(ctx.shape(node.args[0])))
     return _flatten_of(ctx, node.args[0])
 
@@ -284,12 +227,12 @@ def _view(ctx: Context, node: fx.Node, m: Any) -> Any:
         dims = list(dims[0])
     keeps_batch = isinstance(dims[0], Batch) or (
         dims[0] == -1 and all(isinstance(d, int) and d > 0 for d in dims[1:]))
-    _require(keeps_batch, f"view/reshape to {_shown(dims)} is not supported: keep the "
+    require(keeps_batch, f"view/reshape to {_shown(dims)} is not supported: keep the "
                           "batch dim first, e.g. x.view(x.size(0), -1)")
     before, after = ctx.shape(node.args[0])[1:], ctx.shape(node)[1:]
     if after == before:
         return ctx.resolve(node.args[0])
-    _require(len(after) == 1, f"view/reshape {list(before)} -> {list(after)} is not "
+    require(len(after) == 1, f"view/reshape {list(before)} -> {list(after)} is not "
                               "supported; only flattening each sample")
     return _flatten_of(ctx, node.args[0])
 
@@ -300,24 +243,24 @@ def _shown(dims: Sequence[Any]) -> str:
 
 def _size(ctx: Context, node: fx.Node, m: Any) -> Any:
     sizes = Sizes(ctx.shape(node.args[0]))
-    dim = ctx.resolve(_arg(node, 1, "dim"))
+    dim = ctx.resolve(arg(node, 1, "dim"))
     return sizes if dim is None else _dim_of(sizes, dim)
 
 
 def _dim_of(sizes: Sizes, index: Any) -> Any:
-    _require(isinstance(index, int), f"indexing a shape with {index!r} is not supported")
+    require(isinstance(index, int), f"indexing a shape with {index!r} is not supported")
     return Batch() if index % len(sizes.shape) == 0 else sizes.shape[index]
 
 
 def _getattr(ctx: Context, node: fx.Node, m: Any) -> Any:
-    _require(node.args[1] == "shape", f"reading attribute {node.args[1]!r} of a tensor is "
+    require(node.args[1] == "shape", f"reading attribute {node.args[1]!r} of a tensor is "
                                       "not supported")
     return Sizes(ctx.shape(node.args[0]))
 
 
 def _getitem(ctx: Context, node: fx.Node, m: Any) -> Any:
     seq, index = ctx.resolve(node.args[0]), ctx.resolve(node.args[1])
-    _require(isinstance(seq, Sizes), "indexing or slicing a tensor is not supported")
+    require(isinstance(seq, Sizes), "indexing or slicing a tensor is not supported")
     return _dim_of(seq, index)
 
 
@@ -328,20 +271,20 @@ def _add(ctx: Context, node: fx.Node, m: Any) -> Any:
     a, b = ctx.resolve(node.args[0]), ctx.resolve(node.args[1])
     if not isinstance(a, Value | Batch) and not isinstance(b, Value | Batch):
         return operator.add(a, b)  # integer bookkeeping (x.size(1) + 1)
-    _require(ctx.resolve(node.kwargs.get("alpha", 1)) == 1, "add with alpha is not supported")
-    _require(isinstance(a, Value) and isinstance(b, Value),
+    require(ctx.resolve(node.kwargs.get("alpha", 1)) == 1, "add with alpha is not supported")
+    require(isinstance(a, Value) and isinstance(b, Value),
              "adding a constant is not supported; the IR's add sums tensors of one shape")
-    _require(ctx.shape(node.args[0]) == ctx.shape(node.args[1]),
+    require(ctx.shape(node.args[0]) == ctx.shape(node.args[1]),
              f"adding shapes {list(ctx.shape(node.args[0]))} and "
              f"{list(ctx.shape(node.args[1]))} broadcasts; the IR's add needs one shape")
     return ctx.emit("add", [ctx.tensor(node.args[0]), ctx.tensor(node.args[1])])
 
 
 def _cat(ctx: Context, node: fx.Node, m: Any) -> Value:
-    parts = list(_arg(node, 0, "tensors", []))
-    dim = ctx.resolve(_arg(node, 1, "dim", 0))
+    parts = list(arg(node, 0, "tensors", []))
+    dim = ctx.resolve(arg(node, 1, "dim", 0))
     rank = len(ctx.shape(parts[0]))
-    _require(isinstance(dim, int) and dim % rank == 1,
+    require(isinstance(dim, int) and dim % rank == 1,
              f"cat along dim {dim} is not supported; only along channels/features (dim=1)")
     if len(parts) == 1:
         return ctx.tensor(parts[0])
@@ -353,7 +296,7 @@ def _arithmetic(fn: Callable[[Any, Any], Any]) -> Rule:
 
     def rule(ctx: Context, node: fx.Node, m: Any) -> Any:
         a, b = ctx.resolve(node.args[0]), ctx.resolve(node.args[1])
-        _require(not isinstance(a, Value | Batch | Sizes) and
+        require(not isinstance(a, Value | Batch | Sizes) and
                  not isinstance(b, Value | Batch | Sizes),
                  "arithmetic on tensors or on the batch size is not supported")
         return fn(a, b)
@@ -363,7 +306,7 @@ def _arithmetic(fn: Callable[[Any, Any], Any]) -> Rule:
 
 def _assert(ctx: Context, node: fx.Node, m: Any) -> None:
     """The guard torch.fx adds for a forward argument fixed to its default."""
-    _require(ctx.resolve(node.args[0]) is True, "a traced assertion fails on the example")
+    require(ctx.resolve(node.args[0]) is True, "a traced assertion fails on the example")
 
 
 # ----------------------------------------------------------------- tables
