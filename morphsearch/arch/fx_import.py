@@ -99,7 +99,11 @@ def module_from_factory(spec: str, **kwargs: Any) -> nn.Module:
     factory = getattr(owner, attr, None)
     if not callable(factory):
         raise ModuleImportError(f"{spec!r}: {module_name} has no function {attr!r}")
-    made = factory(**kwargs)
+    try:
+        made = factory(**kwargs)
+    except Exception as exc:  # the user's factory: its failure, in one line
+        raise ModuleImportError(f"{spec!r} raised {type(exc).__name__}: {_first_line(exc)}"
+                                ) from None
     if not isinstance(made, nn.Module):
         raise ModuleImportError(f"{spec!r} returned {type(made).__name__}, not a "
                                 "torch.nn.Module")

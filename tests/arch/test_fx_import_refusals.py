@@ -165,6 +165,12 @@ def test_factory_specs_are_checked(spec: str, expected: str) -> None:
     assert expected in str(info.value)
 
 
+def test_a_failing_factory_is_one_line() -> None:
+    with pytest.raises(ModuleImportError) as info:
+        module_from_factory("tests.arch.fx_models:LSTMNet", width=3)  # no such keyword
+    assert str(info.value).startswith("'tests.arch.fx_models:LSTMNet' raised TypeError: ")
+
+
 def test_factory_returns_its_module() -> None:
     module = module_from_factory("tests.arch.fx_models:small_mlp")
     assert isinstance(module, nn.Sequential) and module[0].in_features == 40
