@@ -37,7 +37,9 @@ from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._surgery import (
     WidenPath,
+    as_2d,
     batch_loss,
+    conv_geometry_2d,
     fixed_dropout,
     gradients_on,
     set_unit_outgoing,
@@ -120,12 +122,11 @@ def _curvature_weights(
         loss = batch_loss(evaluate(arch, inputs, train=True, hook=hook), targets)
         (grad_h,) = torch.autograd.grad(loss, seen["h"])
     x, z = seen["x"], seen["z"].detach()
-    if arch.op(wp.site) == "conv2d":
-        spec = arch.spec(wp.site)
-        patches = F.unfold(x, spec["kernel_size"], padding=spec["padding"],
-                           stride=spec["stride"])  # [N, D, L]
+    if x.dim() > 2:  # a conv site (conv1d as a conv2d of height 1)
+        k, s, p = conv_geometry_2d(arch, wp.site)
+        patches = F.unfold(as_2d(x), k, padding=p, stride=s)  # [N, D, L]
         x = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # [N*L, D]
-        c = grad_h.reshape(z.shape) * _SECOND_DERIVATIVE[act](z)  # [N, M, H, W]
+        c = grad_h.reshape(z.shape) * _SECOND_DERIVATIVE[act](z)  # [N, M, *spatial]
         c = c.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # [N*L, M]
     else:
         c = grad_h * _SECOND_DERIVATIVE[act](z)

@@ -41,14 +41,15 @@ def test_seed_graph_takes_exactly_one_source() -> None:
 
 
 def test_module_seed_refusal_names_the_field(tmp_path: Path) -> None:
-    lstm = {"module": "tests.arch.fx_models:lstm_net", "args": {"features": 64}}
+    data = load_dataset("teacher_student")  # 20 features
+    lstm = {"module": "tests.arch.fx_models:lstm_net", "args": {"features": 20}}
     with pytest.raises(ConfigError, match=r"^seed_graph\.module: cannot import node 'lstm'"):
-        build_seed(_config(tmp_path, lstm), load_dataset("digits"))
-    too_narrow = _config(tmp_path, {"module": "tests.arch.fx_models:lstm_net"})  # 40 != 64
+        build_seed(_config(tmp_path, lstm), data)
+    too_wide = _config(tmp_path, {"module": "tests.arch.fx_models:lstm_net"})  # 40 != 20
     with pytest.raises(ConfigError, match=r"^seed_graph\.module: LSTMNet fails on an example "
-                                          r"input of shape \[2, 64\] at node 'lstm' at "
+                                          r"input of shape \[2, 20\] at node 'lstm' at "
                                           r"fx_models\.py:\d+: input\.size\(-1\) must be"):
-        build_seed(too_narrow, load_dataset("digits"))
+        build_seed(too_wide, data)
 
 
 @pytest.mark.slow
