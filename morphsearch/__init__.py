@@ -20,16 +20,19 @@ _LAZY = {
     "growth": "morphsearch.growth",
     "lineage": "morphsearch.lineage",
     "load": "morphsearch.export",
+    "from_module": "morphsearch.arch.fx_import",
     "errors": "morphsearch.errors",
     "MorphSearchError": "morphsearch.errors",
     "InvalidArchitecture": "morphsearch.errors",
     "MorphismNotApplicable": "morphsearch.errors",
+    "ModuleImportError": "morphsearch.errors",
     "UnknownMorphism": "morphsearch.errors",
 }
 
 __all__ = [
     "Architecture",
     "InvalidArchitecture",
+    "ModuleImportError",
     "MorphSearchError",
     "MorphismNotApplicable",
     "NodeSpec",
@@ -37,6 +40,7 @@ __all__ = [
     "__version__",
     "builders",
     "errors",
+    "from_module",
     "growth",
     "lineage",
     "load",
@@ -46,8 +50,10 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from morphsearch import builders, errors, growth, lineage, morphisms
     from morphsearch.arch import Architecture, NodeSpec
+    from morphsearch.arch.fx_import import from_module
     from morphsearch.errors import (
         InvalidArchitecture,
+        ModuleImportError,
         MorphismNotApplicable,
         MorphSearchError,
         UnknownMorphism,

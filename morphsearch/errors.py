@@ -14,6 +14,7 @@ __all__ = [
     "ExportError",
     "GraphFileError",
     "InvalidArchitecture",
+    "ModuleImportError",
     "MorphSearchError",
     "MorphismNotApplicable",
     "NotFound",
@@ -81,3 +82,8 @@ class SearchError(MorphSearchError):
 
 class ExportError(MorphSearchError):
     """An export failed or its parity check against PyTorch did not pass."""
+
+
+class ModuleImportError(MorphSearchError, ValueError):
+    """A PyTorch module cannot be imported into the IR (names the node, the call, the
+    code location and the supported calls)."""

@@ -1,4 +1,5 @@
-"""``morphsearch graph validate|show|draw|morphisms FILE`` and ``graph grow FILE MORPHISM``."""
+"""``morphsearch graph validate|show|draw|morphisms FILE``, ``graph grow FILE MORPHISM`` and
+``graph import FACTORY``."""
 
 from __future__ import annotations
 
@@ -52,6 +53,18 @@ def register(subparsers: Any) -> None:
                                                    "weights are written beside it")
     grow.add_argument("--json", action="store_true", help="print the morphism record as JSON")
     grow.set_defaults(func=_grow)
+
+    imp = commands.add_parser(
+        "import", help="import a PyTorch module (a factory's) as a graph file with its weights"
+    )
+    imp.add_argument("factory", help="'package.module:function' returning the nn.Module "
+                                     "(its weights are kept)")
+    imp.add_argument("--input-shape", required=True, metavar="DIMS",
+                     help="one sample's shape without the batch dim, e.g. 1,40 or 3,32,32")
+    imp.add_argument("--out", required=True, help="the graph file (.json); its weights are "
+                                                  "written beside it")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.set_defaults(func=_import)
 
 
 def _print_json(doc: Any) -> int:
@@ -164,17 +177,10 @@ def _morphisms(args: argparse.Namespace) -> int:
 
 
 def _grow(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from morphsearch import morphisms
     from morphsearch.errors import ConfigError
 
-    out = Path(args.out)
-    if out.suffix != ".json":
-        raise ConfigError(f"--out {out}: give a .json graph file path (the weights are "
-                          f"written beside it as {out.stem}.safetensors)")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {out}: directory {out.parent} does not exist; create it first")
+    out = _checked_out(args.out)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: give at least 1 sample")
     params = _parsed_params(args.param)
@@ -201,6 +207,41 @@ def _grow(args: argparse.Namespace) -> int:
         f"{out.with_suffix('.safetensors').name}"
     )
     return 0
+
+
+def _checked_out(path: str) -> Any:
+    from pathlib import Path
+
+    from morphsearch.errors import ConfigError
+
+    out = Path(path)
+    if out.suffix != ".json":
+        raise ConfigError(f"--out {out}: give a .json graph file path (the weights are "
+                          f"written beside it as {out.stem}.safetensors)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: directory {out.parent} does not exist; create it first")
+    return out
+
+
+def _import(args: argparse.Namespace) -> int:
+    import torch
+
+    from morphsearch.arch.fx_import import from_module, module_from_factory
+    from morphsearch.errors import ConfigError
+
+    out = _checked_out(args.out)
+    try:
+        shape = [int(d) for d in args.input_shape.split(",")]
+    except ValueError:
+        shape = []
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input-shape {args.input_shape!r}: give positive ints separated "
+                          "by commas, without the batch dim, e.g. 1,40")
+    module = module_from_factory(args.factory)
+    example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+    arch = from_module(module, example)
+    arch.save(out)  # only once the import has succeeded: nothing written on a refusal
+    return _show(argparse.Namespace(file=str(out), json=args.json))
 
 
 def _parsed_params(items: list[str]) -> dict[str, Any]:

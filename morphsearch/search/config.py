@@ -36,21 +36,26 @@ class _Frozen(BaseModel):
 
 
 class SeedGraph(_Frozen):
-    """Where the search starts: a graph file, or a builder fitted to the dataset.
+    """Where the search starts: a graph file, a builder fitted to the dataset, or your
+    own PyTorch model.
 
     ``builder: mlp`` takes ``hidden: [16]`` (input and output widths come from the
     dataset); ``cnn`` and ``resnet`` take their builder keywords in ``args``.
+    ``module: "package.module:factory"`` imports the ``nn.Module`` the factory returns
+    (called with ``args``), weights included, with :func:`morphsearch.from_module`.
     """
 
     path: str | None = None
     builder: Literal["mlp", "cnn", "resnet"] | None = None
+    module: str | None = None
     hidden: tuple[int, ...] = (16,)
     args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> SeedGraph:
-        if (self.path is None) == (self.builder is None):
-            raise ValueError("give exactly one of 'path' (a graph file) or 'builder'")
+        if [self.path, self.builder, self.module].count(None) != 2:
+            raise ValueError("give exactly one of 'path' (a graph file), 'builder', or "
+                             "'module' (\"package.module:factory\" returning an nn.Module)")
         return self
 
 

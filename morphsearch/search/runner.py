@@ -18,8 +18,9 @@ from ray.tune import Stopper
 
 from morphsearch import artifacts, builders, morphisms
 from morphsearch.arch import Architecture
+from morphsearch.arch.fx_import import from_module, module_from_factory
 from morphsearch.data import Dataset, load_dataset
-from morphsearch.errors import ConfigError, NotFound, SearchError
+from morphsearch.errors import ConfigError, ModuleImportError, NotFound, SearchError
 from morphsearch.growth.triggers import TRIGGERS
 from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.search.callback import LineageCallback
@@ -52,14 +53,17 @@ class SearchResult:
 
 
 def build_seed(config: SearchConfig, data: Dataset) -> Architecture:
-    """The seed architecture: a graph file, or a builder fitted to the dataset's shapes.
+    """The seed architecture: a graph file, a builder fitted to the dataset's shapes, or
+    the user's module imported on a batch of two inputs of the dataset's shape.
 
     Raises:
-        ConfigError: the graph does not fit the dataset.
+        ConfigError: the graph does not fit the dataset, or the module cannot be imported.
     """
     spec = config.seed_graph
     if spec.path is not None:
         arch = Architecture.from_json(_graph_path(spec.path, config.source))
+    elif spec.module is not None:
+        arch = _imported_seed(spec.module, spec.args, data)
     elif spec.builder == "mlp":
         width = math.prod(data.input_shape)
         arch = builders.mlp([width, *spec.hidden, data.num_outputs], seed=config.seed,
@@ -79,6 +83,14 @@ def build_seed(config: SearchConfig, data: Dataset) -> Architecture:
             f"{list(data.input_shape)} (an MLP starts with a flatten node)"
         )
     return arch
+
+
+def _imported_seed(factory: str, args: dict[str, Any], data: Dataset) -> Architecture:
+    example = torch.randn((2, *data.input_shape), generator=torch.Generator().manual_seed(0))
+    try:
+        return from_module(module_from_factory(factory, **args), example)
+    except ModuleImportError as exc:
+        raise ConfigError(f"seed_graph.module: {exc}") from None
 
 
 def _graph_path(path: str, source: str | None) -> str:
