@@ -15,6 +15,9 @@ compares the best value with its threshold.
   value is the increase of eta per added parameter. Width and depth candidates are scored
   on the same scale, which makes the width-vs-depth decision (:func:`growth_kind`).
 * :class:`RoundRobin`: no measurement; cycles through the candidates (a baseline).
+
+``SCORERS`` names them for configs: ``gradmax``, ``split``, ``natural_expansion``,
+``round_robin`` (``SCORERS.get(name)(**options)`` builds one).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from morphsearch.arch import Architecture
 from morphsearch.errors import ConfigError, MorphismNotApplicable
 from morphsearch.growth.fisher import natural_expansion_eta
 from morphsearch.morphisms import Batch, MorphismResult
+from morphsearch.registry import Registry
 
 __all__ = [
     "Candidate",
     "GradMaxScore",
     "NaturalExpansionScore",
     "RoundRobin",
+    "SCORERS",
     "Score",
     "Scorer",
     "SplittingScore",
@@ -166,19 +171,34 @@ class GradMaxScore(Scorer):
 
 @dataclass
 class SplittingScore(Scorer):
-    """Minus the smallest splitting eigenvalue at each candidate's site (> 0: split helps)."""
+    """Minus the lowest predicted loss change (over ``eps^2/2``) of any neuron's split at
+    each candidate's site: ``-lambda_min``, or with ``signed`` the best of a plain and a
+    signed split (``min(lambda_min, -c/(1+c) lambda_max)``, see
+    :mod:`morphsearch.morphisms.splitting`). > 0: a split there lowers the loss. ReLU
+    sites use the softplus surrogate of temperature ``beta``."""
+
+    signed: bool = False
+    signed_weight: float = 1.0
+    beta: float = 3.0
+    mode: Literal["train", "eval"] = "train"
 
     def score(
         self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
     ) -> list[Score]:
-        from morphsearch.morphisms.splitting import splitting_eigenvalues
+        from morphsearch.morphisms.splitting import predicted_decrease, splitting_eigenpairs
 
-        def smallest(site: str) -> float:
-            return float(splitting_eigenvalues(arch, site, batch)[0].min())
+        def best(site: str) -> tuple[float, float, float]:
+            pairs = splitting_eigenpairs(arch, site, batch, seed=seed, beta=self.beta,
+                                         mode=self.mode)
+            value, _ = predicted_decrease(pairs, signed=self.signed,
+                                          signed_weight=self.signed_weight)
+            return (float(value.min()), float(pairs.min_values.min()),
+                    float(pairs.max_values.max()))
 
         return _ranked([
-            Score(cand, -lam, {"min_eigenvalue": lam})
-            for cand, lam in _per_width_site(candidates, smallest)
+            Score(cand, -low, {"predicted": low, "min_eigenvalue": lam,
+                               "max_eigenvalue": top})
+            for cand, (low, lam, top) in _per_width_site(candidates, best)
         ])
 
 
@@ -234,3 +254,9 @@ class RoundRobin(Scorer):
         chosen = self._turn % len(candidates)
         self._turn += 1
         return _ranked([Score(c, float(i == chosen)) for i, c in enumerate(candidates)])
+
+
+SCORERS: Registry[type[Scorer]] = Registry("scorer")
+for _name, _cls in (("gradmax", GradMaxScore), ("split", SplittingScore),
+                    ("natural_expansion", NaturalExpansionScore), ("round_robin", RoundRobin)):
+    SCORERS.add(_name, _cls)
