@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gradmax_teacher_student as ts  # noqa: E402  (the sibling benchmark's protocol)
+import gradmax_teacher_student as ts  # the sibling benchmark's protocol
 
-from morphsearch import builders  # noqa: E402
+from morphsearch import builders
 
 METHODS = ("Random", "Split", "GradMax", "Steepest", "Steepest-signed")
 

@@ -140,27 +140,29 @@ def _lanczos_extremes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Lanczos: the Ritz vectors of the smallest and the largest Ritz value."""
     steps = min(iters, dim)
-    basis = torch.zeros(batch, steps, dim, dtype=dtype)
+    tol = max(tol, 10 * torch.finfo(dtype).eps)  # float32 cannot settle below its rounding
+    basis = torch.zeros(steps, batch, dim, dtype=dtype)  # step-major: cheap partial sums
     alpha = torch.zeros(batch, steps, dtype=dtype)
     beta = torch.zeros(batch, steps, dtype=dtype)
     q = _unit(torch.randn(batch, dim, generator=generator, dtype=dtype))
     previous: torch.Tensor | None = None
     used = steps
     for j in range(steps):
-        basis[:, j] = q
+        basis[j] = q
         w = matvec(q)
         alpha[:, j] = (w * q).sum(dim=1)
-        w = _orthogonalised(w, basis[:, : j + 1])
+        w = _orthogonalised(w, basis[: j + 1])
         beta[:, j] = w.norm(dim=1)
-        # An invariant subspace was found (beta ~ 0): continue from a fresh direction.
-        fresh = _orthogonalised(
-            torch.randn(batch, dim, generator=generator, dtype=dtype), basis[:, : j + 1]
-        )
         scale = alpha[:, : j + 1].abs().amax(dim=1).clamp_min(1e-300)
         stalled = beta[:, j] <= 1e-12 * scale
-        beta[:, j] = torch.where(stalled, torch.zeros_like(beta[:, j]), beta[:, j])
-        q = _unit(torch.where(stalled[:, None], fresh, w))
-        if j >= 4 and j % 2 == 0:  # convergence test: the extreme Ritz values settled
+        if bool(stalled.any()):  # an invariant subspace: continue from a fresh direction
+            fresh = _orthogonalised(
+                torch.randn(batch, dim, generator=generator, dtype=dtype), basis[: j + 1]
+            )
+            beta[:, j] = torch.where(stalled, torch.zeros_like(beta[:, j]), beta[:, j])
+            w = torch.where(stalled[:, None], fresh, w)
+        q = _unit(w)
+        if j % 8 == 7:  # convergence test (a batched eigh costs several matvecs): the extreme Ritz values settled
             ends = torch.linalg.eigvalsh(_tridiagonal(alpha, beta, j + 1))[:, [0, -1]]
             if previous is not None and bool(
                 ((ends - previous).abs() <= tol * scale[:, None]).all()
@@ -169,8 +171,8 @@ def _lanczos_extremes(
                 break
             previous = ends
     _, ritz = torch.linalg.eigh(_tridiagonal(alpha, beta, used))
-    lo = torch.einsum("bj,bjd->bd", ritz[:, :, 0], basis[:, :used])
-    hi = torch.einsum("bj,bjd->bd", ritz[:, :, -1], basis[:, :used])
+    lo = torch.einsum("bj,jbd->bd", ritz[:, :, 0], basis[:used])
+    hi = torch.einsum("bj,jbd->bd", ritz[:, :, -1], basis[:used])
     return _unit(lo), _unit(hi)
 
 
@@ -180,9 +182,10 @@ def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor, n: int) -> torch.Tenso
 
 
 def _orthogonalised(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    for _ in range(2):  # twice is enough (Kahan-Parlett)
-        w = w - torch.einsum("bj,bjd->bd", torch.einsum("bjd,bd->bj", basis, w), basis)
-    return w
+    """``w`` minus its projection on ``basis [j, b, d]``, per batch item: one classical
+    Gram-Schmidt pass (full reorthogonalisation; the extreme Ritz pairs need no more)."""
+    coef = torch.einsum("jbd,bd->jb", basis, w)
+    return w - torch.einsum("jb,jbd->bd", coef, basis)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
