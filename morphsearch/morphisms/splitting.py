@@ -278,12 +278,12 @@ def splitting_matrices(arch: Architecture, site: str, batch: Batch, *, beta: flo
 
 
 def splitting_eigenpairs(arch: Architecture, site: str, batch: Batch, *,
-                         method: str = "auto", iters: int = 40, seed: int = 0,
+                         method: str = "auto", iters: int = 24, seed: int = 0,
                          beta: float = 3.0, mode: str = "train") -> Eigenpairs:
     """Smallest and largest eigenpair of each neuron's splitting matrix.
 
     ``method``: ``"exact"`` (``eigh`` of each materialised matrix), ``"fast"`` (Lanczos on
-    matrix-free products, at most ``iters`` steps) or ``"auto"`` (fast above 128 inputs).
+    matrix-free products, at most ``iters`` steps) or ``"auto"`` (fast for large layers).
 
     Raises:
         MorphismNotApplicable: not a splittable site, or an unknown method.
@@ -296,7 +296,7 @@ def splitting_eigenpairs(arch: Architecture, site: str, batch: Batch, *,
 
 
 def splitting_eigenvalues(arch: Architecture, site: str, batch: Batch, *,
-                          method: str = "auto", iters: int = 40, seed: int = 0,
+                          method: str = "auto", iters: int = 24, seed: int = 0,
                           beta: float = 3.0, mode: str = "train",
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lambda_min [M], eigenvector [M, d])``: a "where to split" score (see
@@ -365,7 +365,7 @@ class SteepestSplit(Morphism):
     def transform(  # type: ignore[override]  # params are keyword-only by contract
         self, parent: Architecture, site: str, *, batch: Batch | None,
         generator: torch.Generator, k: int = 1, eps: float = 0.01, method: str = "auto",
-        iters: int = 40, beta: float = 3.0, mode: str = "train", signed: bool = False,
+        iters: int = 24, beta: float = 3.0, mode: str = "train", signed: bool = False,
         signed_weight: float = 1.0,
     ) -> Architecture:
         if batch is None:
@@ -405,25 +405,27 @@ def _split(parent: Architecture, wp: WidenPath, chosen: list[int],
     A step is one unit's incoming weights flattened (a conv filter as ``C*k...``), then
     the bias if the site has one.
     """
-    weights = parent.weights_copy()
-    site_w = weights[wp.site]
-    rows = site_w["weight"].reshape(len(site_w["weight"]), -1)  # a view: edits go through
-    n_in = rows.shape[1]
     dtype = parent.dtype
+    site_w = parent.weights[wp.site]
+    n_in = site_w["weight"][0].numel()
     idx = torch.tensor(chosen, dtype=torch.long)
     own = torch.stack([p[0] for p in plans]).to(dtype)
     other = torch.stack([p[1] for p in plans]).to(dtype)
-    copy_w = (rows[idx] + other[:, :n_in]).reshape(len(chosen), *site_w["weight"].shape[1:])
-    rows[idx] += own[:, :n_in]
-    copy_b = None
-    if "bias" in site_w:
-        copy_b = site_w["bias"][idx] + other[:, n_in]
-        site_w["bias"][idx] += own[:, n_in]
+    rows = site_w["weight"].reshape(len(site_w["weight"]), -1)[idx]
+    copy_w = (rows + other[:, :n_in]).reshape(len(chosen), *site_w["weight"].shape[1:])
+    copy_b = site_w["bias"][idx] + other[:, n_in] if "bias" in site_w else None
     base = [unit_outgoing(parent, wp, u) for u in chosen]
-    for unit, out, plan in zip(chosen, base, plans, strict=True):
-        for cons, w in zip(wp.consumers, out, strict=True):
-            set_unit_outgoing(weights[cons.node]["weight"], cons, unit, w * plan[2])
     outgoing = [torch.stack([out[j] * plan[3] for out, plan in zip(base, plans, strict=True)])
                 for j in range(len(wp.consumers))]
-    return widened(parent.with_weights(weights), wp, copy_w, copy_b, outgoing,
-                   path_params_copy(parent, wp, chosen))
+    child = widened(parent, wp, copy_w, copy_b, outgoing, path_params_copy(parent, wp, chosen))
+    # The site's and consumers' tensors of the child are new (torch.cat in widened) and
+    # nobody has seen the child yet: move the kept neurons and scale their outgoing
+    # weights in place instead of validating a second copy of the network.
+    new = child.weights[wp.site]
+    new["weight"].reshape(len(new["weight"]), -1)[idx] += own[:, :n_in]
+    if "bias" in new:
+        new["bias"][idx] += own[:, n_in]
+    for unit, out, plan in zip(chosen, base, plans, strict=True):
+        for cons, w in zip(wp.consumers, out, strict=True):
+            set_unit_outgoing(child.weights[cons.node]["weight"], cons, unit, w * plan[2])
+    return child
