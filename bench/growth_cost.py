@@ -144,7 +144,7 @@ def _gromo_grow(model: Any, batch: Batch, k: int) -> None:
 
 def workloads() -> dict[str, tuple[Architecture, Batch]]:
     ts = load_dataset("teacher_student")
-    digits = load_dataset("digits")
+    digits = load_dataset("digits", image=False)  # 64 features for the MLP
     images = load_dataset("digits", image=True)
     return {
         "teacher-student MLP 20:5:10": (builders.mlp([20, 5, 10]), (ts.x_train, ts.y_train)),

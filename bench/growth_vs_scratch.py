@@ -46,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows: dict[str, list[tuple[bool, int, float, int, int]]] = {}
     for seed in args.seeds:
-        data = load_dataset("digits", seed=0)
+        data = load_dataset("digits", seed=0, image=False)  # 64 features for the MLPs
         test = data.split("test")
         grown = train(builders.mlp([64, 4, 10], seed=seed), data, _config(seed, args.target, True, args.morphism, args.max_params),
                       eval_data=test)

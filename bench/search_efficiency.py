@@ -162,14 +162,16 @@ class ScratchSpace:
         return {"lr_schedule": self.task.lr_schedule}
 
 
-def scratch_trial(config: dict[str, Any], setup: TrialSetup, shape: tuple[int, int]) -> None:
+def scratch_trial(config: dict[str, Any], setup: TrialSetup, shape: tuple[int, int],
+                  input_shape: tuple[int, ...]) -> None:
     """Build the sampled MLP with fresh weights and train it with the same ``train_child``."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id() or "local"
     seed = zlib.crc32(trial_id.encode()) % 100_000
     widths = [int(config[f"w{i}"]) for i in range(1, int(config["depth"]) + 1)]
-    arch = builders.mlp([shape[0], *widths, shape[1]], activation=ACTIVATION, seed=seed)
+    arch = builders.mlp([shape[0], *widths, shape[1]], activation=ACTIVATION, seed=seed,
+                        input_shape=input_shape)  # flattens the dataset's natural layout
     ref = artifacts.save_architecture(arch, setup.artifacts_uri, f"init-{trial_id}")
     child = {
         "parent_uri": ref.uri,
@@ -213,7 +215,8 @@ def run_scratch(task: Task, seed: int, sampler: str, root: Path, name: str) -> f
     )
     shape = (int(torch.tensor(data.input_shape).prod()), data.num_outputs)
     trainable = tune.with_resources(
-        tune.with_parameters(scratch_trial, setup=setup, shape=shape), {"cpu": 1.0, "gpu": 0}
+        tune.with_parameters(scratch_trial, setup=setup, shape=shape,
+                             input_shape=tuple(data.input_shape)), {"cpu": 1.0, "gpu": 0}
     )
     tuner = tune.Tuner(
         trainable,

@@ -30,7 +30,7 @@ def _epoch_seconds(batch_size: int, hidden: list[int]) -> float:
     from morphsearch.data import load_dataset
     from morphsearch.search.trainable import _epoch
 
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)  # 64 features for the MLP
     module = builders.mlp([64, *hidden, 10]).to_module()
     optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,9 +15,10 @@ import networkx as nx
 import torch
 
 from morphsearch.arch import ACTIVATIONS, Architecture, NodeSpec
+from morphsearch.arch.ops import layer_op_for
 from morphsearch.errors import InvalidArchitecture
 
-__all__ = ["GraphBuilder", "cnn", "mlp", "resnet"]
+__all__ = ["GraphBuilder", "cnn", "mlp", "paper_cnn", "resnet"]
 
 
 class GraphBuilder:
@@ -62,7 +64,18 @@ class GraphBuilder:
         return Architecture(self._graph, weights, seed=seed, dtype=dtype)
 
 
-_SHORT = {"linear": "fc", "conv2d": "conv", "batchnorm": "bn", "layernorm": "ln"}
+_SHORT = {"linear": "fc", "conv1d": "conv", "conv2d": "conv", "batchnorm": "bn",
+          "layernorm": "ln"}
+
+
+def _conv_op(input_shape: Sequence[int], builder: str) -> str:
+    """``conv1d`` for a ``(C, L)`` signal, ``conv2d`` for a ``(C, H, W)`` image."""
+    if len(input_shape) not in (2, 3):
+        raise InvalidArchitecture(
+            f"{builder} needs a (channels, length) or (channels, height, width) input, got "
+            f"{list(input_shape)}; use mlp for vectors"
+        )
+    return layer_op_for(input_shape)
 
 
 def _check_activation(activation: str) -> None:
@@ -81,16 +94,26 @@ def mlp(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     name: str | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Architecture:
     """A multilayer perceptron ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
-    ``mlp([64, 16, 10])`` is ``x -> fc1(16) -> relu1 -> fc2(10) -> out``.
+    ``mlp([64, 16, 10])`` is ``x -> fc1(16) -> relu1 -> fc2(10) -> out``. With an
+    ``input_shape`` of rank > 1 (``(1, 8, 8)``, whose size must be ``sizes[0]``), the
+    network takes that input and flattens it first: ``x -> flatten -> fc1 -> …``, so one
+    dataset in its natural layout serves MLPs and CNNs.
     """
     _check_activation(activation)
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise InvalidArchitecture(f"mlp sizes {list(sizes)} need at least two positive widths")
-    b = GraphBuilder((sizes[0],), name=name or "mlp-" + "-".join(map(str, sizes)))
-    h = b.input
+    shape = [int(sizes[0])] if input_shape is None else [int(d) for d in input_shape]
+    if math.prod(shape) != int(sizes[0]):
+        raise InvalidArchitecture(
+            f"mlp input_shape {tuple(shape)} has {math.prod(shape)} values but sizes[0] is "
+            f"{sizes[0]}; make sizes[0] the product of the input shape"
+        )
+    b = GraphBuilder(shape, name=name or "mlp-" + "-".join(map(str, sizes)))
+    h = b.input if len(shape) == 1 else b.add("flatten", b.input, name="flatten")
     for i, width in enumerate(sizes[1:], start=1):
         h = b.add("linear", h, out_features=int(width), name=f"fc{i}")
         if i == len(sizes) - 1:
@@ -115,16 +138,18 @@ def cnn(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Architecture:
-    """A small conv net: conv blocks, one 2x2 max pool, flatten, dense head.
+    """A small conv net: conv blocks, one max pool (kernel 2), flatten, dense head.
 
-    The default fits 1x8x8 digits images: ``conv(8)-relu-conv(16)-relu-maxpool-flatten-
-    fc(32)-relu-fc(10)``.
+    ``conv1d`` and 1-d pooling for a ``(C, L)`` signal, ``conv2d`` and 2x2 pooling for a
+    ``(C, H, W)`` image. The default fits 1x8x8 digits images: ``conv(8)-relu-conv(16)-
+    relu-maxpool-flatten-fc(32)-relu-fc(10)``.
     """
     _check_activation(activation)
+    conv = _conv_op(input_shape, "cnn")
     b = GraphBuilder(input_shape, name="cnn")
     h = b.input
     for i, width in enumerate(channels, start=1):
-        h = b.add("conv2d", h, out_channels=width, kernel_size=kernel_size,
+        h = b.add(conv, h, out_channels=width, kernel_size=kernel_size,
                   padding=kernel_size // 2, name=f"conv{i}")
         if batchnorm:
             h = b.add("batchnorm", h, name=f"bn{i}")
@@ -138,6 +163,43 @@ def cnn(
     return b.build(h, seed=seed, dtype=dtype)
 
 
+def paper_cnn(
+    input_shape: Sequence[int] = (1, 40),
+    *,
+    channels: int | Sequence[int] = 25,
+    num_classes: int = 10,
+    kernel_sizes: Sequence[int] = (5, 3, 3),
+    activation: str = "relu",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    name: str = "paper-cnn",
+) -> Architecture:
+    """The MNIST-1D paper's CNN (Greydanus & Kobak): convs of stride 2 and padding 1,
+    each followed by ``activation``, then flatten and one linear layer.
+
+    The default is the paper's: ``Conv1d(1->25, k5) - Conv1d(25->25, k3) - Conv1d(25->25,
+    k3) - Linear(125->10)``, 5,210 parameters on a (1, 40) input. ``channels`` is one
+    width for every conv or one per conv (``len(kernel_sizes)`` of them); a ``(C, H, W)``
+    input gets ``conv2d`` layers.
+    """
+    _check_activation(activation)
+    conv = _conv_op(input_shape, "paper_cnn")
+    widths = [channels] * len(kernel_sizes) if isinstance(channels, int) else list(channels)
+    if len(widths) != len(kernel_sizes):
+        raise InvalidArchitecture(
+            f"paper_cnn channels {widths} need one width per kernel size {list(kernel_sizes)}"
+        )
+    b = GraphBuilder(input_shape, name=name)
+    h = b.input
+    for i, (width, k) in enumerate(zip(widths, kernel_sizes, strict=True), start=1):
+        h = b.add(conv, h, out_channels=int(width), kernel_size=int(k), stride=2, padding=1,
+                  name=f"conv{i}")
+        h = b.add(activation, h, name=f"{activation}{i}")
+    h = b.add("flatten", h, name="flatten")
+    h = b.add("linear", h, out_features=num_classes, name="fc")
+    return b.build(h, seed=seed, dtype=dtype)
+
+
 def resnet(
     input_shape: Sequence[int] = (1, 8, 8),
     *,
@@ -148,15 +210,17 @@ def resnet(
     dtype: torch.dtype = torch.float32,
 ) -> Architecture:
     """A tiny ResNet: stem conv-bn-relu, ``blocks`` residual blocks
-    (conv-bn-relu-conv-bn, add, relu), global average pool, linear head."""
+    (conv-bn-relu-conv-bn, add, relu), global average pool, linear head; ``conv1d`` on a
+    ``(C, L)`` signal, ``conv2d`` on a ``(C, H, W)`` image."""
+    conv = _conv_op(input_shape, "resnet")
     b = GraphBuilder(input_shape, name="resnet")
-    h = b.add("conv2d", b.input, out_channels=width, kernel_size=3, padding=1, name="stem")
+    h = b.add(conv, b.input, out_channels=width, kernel_size=3, padding=1, name="stem")
     h = b.add("batchnorm", h, name="stem_bn")
     h = b.add("relu", h, name="stem_relu")
     for i in range(1, blocks + 1):
         skip = h
         for j in (1, 2):
-            h = b.add("conv2d", h, out_channels=width, kernel_size=3, padding=1,
+            h = b.add(conv, h, out_channels=width, kernel_size=3, padding=1,
                       name=f"b{i}_conv{j}")
             h = b.add("batchnorm", h, name=f"b{i}_bn{j}")
             if j == 1:

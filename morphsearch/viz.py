@@ -31,18 +31,7 @@ __all__ = [
 Target = str | os.PathLike[str] | IO[bytes]
 
 _FORMATS = (".png", ".svg", ".pdf")
-_COLOURS = {
-    "input": "#d9d9d9",
-    "output": "#d9d9d9",
-    "linear": "#8ecae6",
-    "conv2d": "#219ebc",
-    "batchnorm": "#ffb703",
-    "layernorm": "#ffb703",
-    "add": "#fb8500",
-    "concat": "#fb8500",
-}
-_ACTIVATION_COLOUR = "#b7e4c7"
-_OTHER_COLOUR = "#f1faee"
+_OTHER_COLOUR = "#f1faee"  # ops whose OpDef names no colour
 
 
 def _checked_out(out: str | os.PathLike[str]) -> Path:
@@ -57,12 +46,12 @@ def _checked_out(out: str | os.PathLike[str]) -> Path:
 
 
 def _label(arch: Architecture, node: str) -> str:
+    from morphsearch.arch.ops import OPS
+
     spec = arch.spec(node)
     shape = "x".join(map(str, arch.shape(node)))
-    main = {
-        "linear": f"linear {spec.attrs.get('out_features')}",
-        "conv2d": f"conv {spec.attrs.get('kernel_size')}x{spec.attrs.get('kernel_size')}",
-    }.get(spec.op, spec.op)
+    label = OPS[spec.op].label
+    main = label(spec.attrs) if label else spec.op
     return f"{node}\n{main}\n[{shape}]"
 
 
@@ -87,7 +76,7 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
         MorphSearchError: the output path has an unsupported suffix or no folder.
     """
     path = _checked_out(out)
-    from morphsearch.arch.ops import ACTIVATIONS
+    from morphsearch.arch.ops import OPS
 
     plt = _pyplot()
 
@@ -103,8 +92,7 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
                                arrowsize=12, edge_color="#555555", node_size=2600,
                                connectionstyle=style)
     for node, (x, y) in pos.items():
-        op = arch.op(node)
-        colour = _COLOURS.get(op, _ACTIVATION_COLOUR if op in ACTIVATIONS else _OTHER_COLOUR)
+        colour = OPS[arch.op(node)].colour or _OTHER_COLOUR
         ax.text(x, y, _label(arch, node), ha="center", va="center", fontsize=8,
                 bbox={"boxstyle": "round,pad=0.4", "fc": colour, "ec": "#333333"})
     title = arch.graph.graph.get("name") or "architecture"

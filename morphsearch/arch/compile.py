@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from morphsearch.arch.ops import OPS
 from morphsearch.errors import WeightsError
 
 if TYPE_CHECKING:
@@ -46,125 +47,19 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x, min=0)
 
 
-# ------------------------------------------------- modules for stateful nodes
-
-
-class _NoInit:
-    """Mixin: skip the random initialisation a layer's constructor would do.
-
-    Compiled layers receive the architecture's weights right after construction, so
-    initialising them first is wasted work (on the meta device it is even slower, as
-    PyTorch runs the initialisers through Python decompositions there).
-    """
-
-    def reset_parameters(self) -> None:
-        pass
-
-    def _get_name(self) -> str:  # print as the PyTorch layer it is
-        return type(self).__mro__[2].__name__
-
-
-class _Linear(_NoInit, nn.Linear):
-    pass
-
-
-class _Conv2d(_NoInit, nn.Conv2d):
-    pass
-
-
-class _BatchNorm1d(_NoInit, nn.BatchNorm1d):
-    pass
-
-
-class _BatchNorm2d(_NoInit, nn.BatchNorm2d):
-    pass
-
-
-class _LayerNorm(_NoInit, nn.LayerNorm):
-    pass
-
-
-_INIT = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d,
-         "BatchNorm2d": nn.BatchNorm2d, "LayerNorm": nn.LayerNorm}
-_SHELL = {"Linear": _Linear, "Conv2d": _Conv2d, "BatchNorm1d": _BatchNorm1d,
-          "BatchNorm2d": _BatchNorm2d, "LayerNorm": _LayerNorm}
-_Classes = Mapping[str, Any]
-
-
-def _linear(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
-    return cls["Linear"](in_shape[0], spec["out_features"], bias=spec["bias"])
-
-
-def _conv2d(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
-    return cls["Conv2d"](
-        in_shape[0],
-        spec["out_channels"],
-        spec["kernel_size"],
-        stride=spec["stride"],
-        padding=spec["padding"],
-        bias=spec["bias"],
-    )
-
-
-def _batchnorm(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
-    name = "BatchNorm1d" if len(in_shape) == 1 else "BatchNorm2d"
-    return cls[name](in_shape[0], eps=spec["eps"], momentum=spec["momentum"])
-
-
-def _layernorm(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
-    return cls["LayerNorm"](list(in_shape), eps=spec["eps"])
-
-
-def _dropout(spec: NodeSpec, in_shape: tuple[int, ...], cls: _Classes) -> nn.Module:
-    return nn.Dropout(spec["p"])
-
-
-_LAYERS: dict[str, Callable[[Any, tuple[int, ...], _Classes], nn.Module]] = {
-    "linear": _linear,
-    "conv2d": _conv2d,
-    "batchnorm": _batchnorm,
-    "layernorm": _layernorm,
-    "dropout": _dropout,
-}
-
-
 def make_layer(
     spec: NodeSpec, in_shape: tuple[int, ...], *, initialise: bool = True
 ) -> nn.Module | None:
-    """The ``nn.Module`` for a stateful node, or None for a stateless one.
+    """The ``nn.Module`` for a stateful node (``OPS[op].module``), or None for a
+    stateless one.
 
     With ``initialise=False`` the parameters are left uninitialised (to be assigned).
     """
-    factory = _LAYERS.get(spec.op)
-    return factory(spec, in_shape, _INIT if initialise else _SHELL) if factory else None
+    factory = OPS[spec.op].module
+    return factory(spec.attrs, in_shape, initialise) if factory else None
 
 
-# ------------------------------------------- code for stateless nodes
-
-
-def _pool_expr(fn: str) -> Callable[[list[str], Mapping[str, Any]], str]:
-    def expr(args: list[str], attrs: Mapping[str, Any]) -> str:
-        k = attrs["kernel_size"]
-        return f"{fn}({args[0]}, {k}, {attrs['stride'] or k}, {attrs['padding']})"
-
-    return expr
-
-
-# op -> expression over its input variables. ReLU is emitted as torch.clamp itself (not
-# via relu()) to save a Python call per layer.
-_EXPRESSIONS: dict[str, Callable[[list[str], Mapping[str, Any]], str]] = {
-    "relu": lambda a, _: f"torch.clamp({a[0]}, min=0.0)",
-    "tanh": lambda a, _: f"torch.tanh({a[0]})",
-    "gelu": lambda a, _: f"F.gelu({a[0]})",
-    "selu": lambda a, _: f"F.selu({a[0]})",
-    "flatten": lambda a, _: f"torch.flatten({a[0]}, 1)",
-    "maxpool": _pool_expr("F.max_pool2d"),
-    "avgpool": _pool_expr("F.avg_pool2d"),
-    "global_avgpool": lambda a, _: f"torch.mean({a[0]}, dim=(2, 3))",
-    "add": lambda a, _: " + ".join(a),
-    "concat": lambda a, _: f"torch.cat(({', '.join(a)},), dim=1)",
-}
-_PASS_THROUGH = frozenset({"identity", "output"})
+# ------------------------------------------------------------- generated code
 
 
 def generate_code(arch: Architecture) -> str:
@@ -174,18 +69,18 @@ def generate_code(arch: Architecture) -> str:
     for node in arch.nodes:
         spec = arch.spec(node)
         args = [names[src] for src in arch.inputs(node)]
-        if spec.op == "input":
+        opdef = OPS[spec.op]
+        if not args:  # the input
             names[node] = "x"
-        elif spec.op in _PASS_THROUGH:
+        elif opdef.has_module:
+            names[node] = f"v_{node}"
+            lines.append(f"    {names[node]} = layers.{node}({args[0]})")
+        elif opdef.code is None:  # identity, output: the value passes through
             names[node] = args[0]
         else:
             names[node] = f"v_{node}"
-            expr = (
-                f"layers.{node}({args[0]})"
-                if spec.op in _LAYERS
-                else _EXPRESSIONS[spec.op](args, spec.attrs)
-            )
-            lines.append(f"    {names[node]} = {expr}")
+            in_shape = arch.shape(arch.inputs(node)[0])
+            lines.append(f"    {names[node]} = {opdef.code(args, spec.attrs, in_shape)}")
     lines.append(f"    return {names[arch.output_node]}")
     return "\n".join(lines) + "\n"
 
@@ -206,7 +101,7 @@ def forward_function(arch: Architecture) -> Callable[..., torch.Tensor]:
 def same_code_after(changed_ops: Iterable[str]) -> bool:
     """Whether changing attributes of nodes with these ops keeps the generated code
     (a layer node's line is ``layers.<node>(x)`` whatever its attributes)."""
-    return all(op in _LAYERS for op in changed_ops)
+    return all(OPS[op].has_module for op in changed_ops)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -319,18 +214,19 @@ def evaluate(
         arch: the architecture; unchanged.
         x: a batch, cast to the architecture's dtype.
         train: batch statistics and dropout (from the global RNG, like the module).
-        hook: ``hook(node, input, output)`` after each layer (linear, conv2d, batchnorm,
-            layernorm, dropout); a tensor it returns replaces the output.
+        hook: ``hook(node, input, output)`` after each node compiled as a module
+            (``OPS[op].has_module``: linear, conv, batchnorm, layernorm, dropout); a
+            tensor it returns replaces the output.
         dropout: whether dropout drops (default: ``train``); False gives train-mode
             batchnorm without random masks.
     """
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for node in arch.nodes:
         spec = arch.spec(node)
-        make = _FUNCTIONAL.get(spec.op)
+        make = OPS[spec.op].functional
         if make is None:
             continue
-        mode = train if dropout is None or spec.op != "dropout" else dropout
+        mode = train if dropout is None or not OPS[spec.op].stochastic else dropout
         fn = make(spec.attrs, arch.weights.get(node, {}), mode, arch.shape(node))
         fns[node] = fn if hook is None else _hooked(node, fn, hook)
     runner = types.SimpleNamespace(layers=types.SimpleNamespace(**fns))
@@ -350,48 +246,6 @@ def _hooked(
         return out if replaced is None else replaced
 
     return run
-
-
-def _f_linear(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
-              shape: tuple[int, ...]) -> _Fn:
-    weight, bias = w["weight"], w.get("bias")
-    return lambda x: F.linear(x, weight, bias)
-
-
-def _f_conv2d(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
-              shape: tuple[int, ...]) -> _Fn:
-    weight, bias, stride, padding = w["weight"], w.get("bias"), a["stride"], a["padding"]
-    return lambda x: F.conv2d(x, weight, bias, stride, padding)
-
-
-def _f_batchnorm(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
-                 shape: tuple[int, ...]) -> _Fn:
-    mean, var = (None, None) if train else (w["running_mean"], w["running_var"])
-    weight, bias, eps = w["weight"], w["bias"], a["eps"]
-    return lambda x: F.batch_norm(x, mean, var, weight, bias, train, 0.0, eps)
-
-
-def _f_layernorm(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
-                 shape: tuple[int, ...]) -> _Fn:
-    weight, bias, eps = w["weight"], w["bias"], a["eps"]
-    return lambda x: F.layer_norm(x, shape, weight, bias, eps)
-
-
-def _f_dropout(a: Mapping[str, Any], w: Mapping[str, torch.Tensor], train: bool,
-               shape: tuple[int, ...]) -> _Fn:
-    p = a["p"]
-    return lambda x: F.dropout(x, p, train)
-
-
-_FUNCTIONAL: dict[str, Callable[[Mapping[str, Any], Mapping[str, torch.Tensor], bool,
-                                 tuple[int, ...]], _Fn]] = {
-    "linear": _f_linear,
-    "conv2d": _f_conv2d,
-    "batchnorm": _f_batchnorm,
-    "layernorm": _f_layernorm,
-    "dropout": _f_dropout,
-}
-assert set(_FUNCTIONAL) == set(_LAYERS)
 
 
 def weights_from_module(arch: Architecture, module: nn.Module) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from morphsearch.morphisms._registry import (
 from morphsearch.morphisms.optim import transfer_optimizer, unit_positions
 
 # Importing the operator modules registers them.
-from morphsearch.morphisms import deepen, splitting, widen  # noqa: F401  isort: skip
+from morphsearch.morphisms import conv, deepen, downsample, splitting, tied, widen  # noqa: F401  isort: skip
 
 __all__ = [
     "Batch",

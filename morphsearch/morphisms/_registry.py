@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from morphsearch.arch import Architecture
+from morphsearch.arch import OPS, Architecture
 from morphsearch.arch.compile import evaluate
 from morphsearch.arch.validate import all_finite
 from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
@@ -247,10 +247,15 @@ def _check_batch(name: str, parent: Architecture, batch: Batch) -> None:
         raise MorphismNotApplicable(f"{name}: the batch targets contain NaN or infinite values")
     if not targets.is_floating_point():
         _check_labels(name, parent, targets)
-    if len(inputs) < 2 and "batchnorm" in parent.ops:
+    if len(inputs) < 2 and _uses_batch_statistics(parent.ops):
         raise MorphismNotApplicable(
             f"{name}: batchnorm needs a batch of at least 2 samples, got {len(inputs)}"
         )
+
+
+def _uses_batch_statistics(ops: frozenset[str]) -> bool:
+    """Whether train mode differs from eval mode by using the batch's statistics."""
+    return any(OPS[op].batch_statistics for op in ops)
 
 
 def _check_labels(name: str, parent: Architecture, labels: torch.Tensor) -> None:
@@ -293,7 +298,7 @@ def preservation_error(
     dtype = parent.dtype
     if child.dtype != dtype:
         child = child.to(dtype)
-    modes = [False, True] if "batchnorm" in parent.ops | child.ops else [False]
+    modes = [False, True] if _uses_batch_statistics(parent.ops | child.ops) else [False]
     error = 0.0
     with torch.no_grad():  # the compiled modules' function, without building them
         for train in modes:

@@ -1,11 +1,12 @@
 """Graph and weight surgery shared by the widening and splitting morphisms.
 
-Widening a ``linear``/``conv2d`` *site* appends ``k`` units (channels) at the end of its
-output axis. Its output travels through a *path* of per-unit ops (activations,
-batchnorm, dropout, pooling, global average pooling, at most one ``flatten``) to the
-*consumer* layers (``linear``/``conv2d``), whose input axis grows too. After a
-``flatten`` every channel owns ``H*W`` consecutive features (its *multiplicity*), so
-the new channels own the features appended at the end.
+Widening a units layer *site* (``OPS[op].is_layer``: ``linear``, ``conv1d``, ``conv2d``)
+appends ``k`` units (channels) at the end of its output axis. Its output travels through
+a *path* of per-unit ops (``OPS[op].elementwise``: activations, batchnorm, dropout,
+pooling, global average pooling; and at most one ``flatten``) to the *consumer* layers,
+whose input axis grows too. After a ``flatten`` every channel owns ``L`` or ``H*W``
+consecutive features (its *multiplicity*), so the new channels own the features appended
+at the end.
 
 A site is refused (:class:`MorphismNotApplicable`, with the reason) when its output
 reaches ``add`` or ``concat`` (tied widths), ``layernorm`` (normalises across units, so
@@ -22,14 +23,16 @@ from dataclasses import dataclass
 import torch
 
 from morphsearch.arch import Architecture, NodeSpec
-from morphsearch.arch.ops import OPS
+from morphsearch.arch.ops import OPS, dims
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.losses import gradients_on, task_loss, usable_batch
 
 __all__ = [
     "Consumer",
     "WidenPath",
+    "as_2d",
     "batch_loss",
+    "conv_geometry_2d",
     "consumer_unit_slice",
     "fixed_dropout",
     "gradients_on",
@@ -42,8 +45,15 @@ __all__ = [
     "widened",
 ]
 
-_LAYERS = frozenset({"linear", "conv2d"})
-_WIDTH_ATTR = {"linear": "out_features", "conv2d": "out_channels"}
+
+
+def _is_layer(arch: Architecture, node: str) -> bool:
+    return OPS[arch.op(node)].is_layer
+
+
+def _flattens(op: str) -> bool:
+    # flatten is the one op that turns a channel into several features
+    return op == "flatten"
 
 
 @dataclass(frozen=True)
@@ -74,18 +84,19 @@ def widen_path(arch: Architecture, site: str) -> WidenPath:
     Raises:
         MorphismNotApplicable: ``site`` is not a widenable layer; the message says why.
     """
-    if site not in arch or arch.op(site) not in _LAYERS:
-        raise MorphismNotApplicable(f"node {site!r} is not a linear or conv2d layer")
+    if site not in arch or not _is_layer(arch, site):
+        *rest, last = [op for op, d in OPS.items() if d.is_layer]
+        raise MorphismNotApplicable(f"node {site!r} is not a {', '.join(rest)} or {last} layer")
     path: list[tuple[str, int]] = []
     consumers: list[Consumer] = []
     frontier = [(node, 1, False) for node in arch.consumers(site)]
     while frontier:
         node, mult, flattened = frontier.pop(0)
         op = arch.op(node)
-        if op in _LAYERS:
+        if OPS[op].is_layer:
             consumers.append(Consumer(node, mult))
             continue
-        if op == "flatten":
+        if _flattens(op):
             if flattened:
                 raise MorphismNotApplicable(f"{site!r} reaches a second flatten at {node!r}")
             shape = arch.shape(arch.inputs(node)[0])
@@ -97,15 +108,15 @@ def widen_path(arch: Architecture, site: str) -> WidenPath:
             )
         path.append((node, mult))
         frontier.extend((nxt, mult, flattened) for nxt in arch.consumers(node))
-    width = arch.spec(site)[_WIDTH_ATTR[arch.op(site)]]
+    width = arch.spec(site)[_width_attr(arch, site)]
     return WidenPath(site, width, tuple(path), tuple(consumers))
 
 
 def widen_sites(arch: Architecture) -> list[str]:
-    """Every ``linear``/``conv2d`` node that :func:`widen_path` accepts, in graph order."""
+    """Every units layer that :func:`widen_path` accepts, in graph order."""
     out = []
     for node in arch.nodes:
-        if arch.op(node) in _LAYERS:
+        if _is_layer(arch, node):
             try:
                 widen_path(arch, node)
             except MorphismNotApplicable:
@@ -123,6 +134,28 @@ def why_not_widen(arch: Architecture, site: str) -> str | None:
     return None
 
 
+def _width_attr(arch: Architecture, node: str) -> str:
+    attr = OPS[arch.op(node)].width_attr
+    assert attr is not None  # callers pass units layers
+    return attr
+
+
+def conv_geometry_2d(arch: Architecture, node: str) -> tuple[tuple[int, int], ...]:
+    """Kernel, stride and padding of a conv node as 2-d pairs: a conv1d is a conv2d of
+    height 1 (kernel ``(1, k)``, padding ``(0, p)``), so im2col code serves both."""
+    spec, rank = arch.spec(node), OPS[arch.op(node)].spatial_rank or 1
+    k, s, p = (dims(spec[a], rank) for a in ("kernel_size", "stride", "padding"))
+    if rank == 1:
+        return (1, k[0]), (1, s[0]), (0, p[0])
+    return (k[0], k[1]), (s[0], s[1]), (p[0], p[1])
+
+
+def as_2d(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, L]`` signals as ``[B, C, 1, L]`` images (see :func:`conv_geometry_2d`);
+    images unchanged."""
+    return x.unsqueeze(2) if x.dim() == 3 else x
+
+
 def _spatial(shape: tuple[int, ...]) -> int:
     return math.prod(shape[1:])
 
@@ -136,7 +169,7 @@ def consumer_unit_slice(consumer: Consumer, unit: int) -> slice:
 def unit_outgoing(arch: Architecture, wp: WidenPath, unit: int) -> list[torch.Tensor]:
     """Outgoing weights of ``unit``: one tensor per consumer, unit axis first removed.
 
-    Shapes: linear consumer ``[out, m]``, conv consumer ``[out, kh, kw]``.
+    Shapes: linear consumer ``[out, m]``, conv consumer ``[out, *kernel]``.
     """
     out = []
     for c in wp.consumers:
@@ -206,7 +239,7 @@ def widened(
         wp: the site's :func:`widen_path`.
         in_weight: ``[k, ...]`` new rows of the site's weight.
         in_bias: ``[k]`` new bias entries (ignored when the site has no bias).
-        outgoing: per consumer, ``[k, out, m]`` (linear) or ``[k, out, kh, kw]`` (conv).
+        outgoing: per consumer, ``[k, out, m]`` (linear) or ``[k, out, *kernel]`` (conv).
         path_params: new per-unit entries of path nodes (batchnorm) of length ``k*m``;
             default: the identity that maps a zero unit to zero.
 
@@ -216,7 +249,7 @@ def widened(
     k = in_weight.shape[0]
     dtype = parent.dtype
     spec: NodeSpec = parent.spec(wp.site)
-    attr = _WIDTH_ATTR[spec.op]
+    attr = _width_attr(parent, wp.site)
     # unchanged tensors are shared (architectures never write them); changed ones are
     # new tensors from torch.cat
     weights = {node: dict(params) for node, params in parent.weights.items()}

@@ -1,17 +1,18 @@
 """Deepening morphisms: insert new layers that start out computing the identity.
 
 Both operators insert after a *site*: a hidden activation node (``relu``, ``tanh``,
-``gelu``, ``selu`` or ``identity``) whose output is a vector or an image. Activations are
-where a layer's output is "finished" (after its batch norm, before dropout and pooling),
-so new depth sits between two existing layers; the network's input and output are never
-sites. Everything that consumed the site's output consumes the new block's output
+``gelu``, ``selu`` or ``identity``: ``OPS[op].activation``) whose output is a vector, a
+signal or an image. Activations are where a layer's output is "finished" (after its
+batch norm, before dropout and pooling), so new depth sits between two existing layers;
+the network's input and output are never sites. Everything that consumed the site's output consumes the new block's output
 instead, on the same input port.
 
 ``deepen.identity`` inserts ``layer -> [batchnorm] -> [activation]`` where ``layer`` is a
-``linear`` (vector site) or a ``conv2d`` (image site: odd ``kernel_size``, stride 1,
-padding ``kernel_size // 2`` so the shape is kept) initialised to the identity (weight
-``I`` or a centre-tap ``I``, bias 0). Rule for the activation: it is repeated only when
-it is idempotent on the site's output, ``a(a(z)) = a(z)``. That holds for ``relu`` (the
+``linear`` (vector site), a ``conv1d`` (signal site) or a ``conv2d`` (image site; convs
+have an odd ``kernel_size``, stride 1, padding ``kernel_size // 2`` so the shape is kept)
+initialised to the identity (weight ``I`` or a centre-tap ``I``, bias 0). Rule for the
+activation: it is repeated only when it is idempotent on the site's output,
+``a(a(z)) = a(z)`` (``OPS[op].idempotent``). That holds for ``relu`` (the
 IR's ReLU is ``clamp(min=0)``: the site's output is already >= 0 and is passed through
 unchanged); it fails for ``tanh``, ``gelu`` and ``selu``, so there the new layer is
 inserted without an activation. It is then a linear factorisation of the next layer
@@ -44,24 +45,23 @@ from typing import Any
 import networkx as nx
 import torch
 
-from morphsearch.arch import ACTIVATIONS, Architecture, NodeSpec
+from morphsearch.arch import OPS, Architecture, NodeSpec
+from morphsearch.arch.ops import layer_op_for
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 
 __all__ = ["DeepenIdentity", "DeepenSkip", "deepen_sites"]
-
-# a(a(z)) == a(z) on a's own range: repeating it after the site changes nothing.
-_IDEMPOTENT = frozenset({"relu"})
 
 Params = dict[str, torch.Tensor]
 Layer = tuple[str, NodeSpec, Params]  # (name suffix, spec, weights)
 
 
 def deepen_sites(arch: Architecture) -> list[str]:
-    """Hidden activation nodes with a vector or image output, in topological order."""
+    """Hidden activation nodes with a vector, signal or image output, in topological
+    order."""
     return [
         n for n in arch.nodes
-        if arch.op(n) in ACTIVATIONS and len(arch.shape(n)) in (1, 3)
+        if OPS[arch.op(n)].activation and len(arch.shape(n)) in (1, 2, 3)
     ]
 
 
@@ -72,26 +72,30 @@ def _check_kernel(kernel_size: int) -> None:
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise MorphismNotApplicable(
             f"kernel_size must be a positive odd int (1, 3, 5 ...) so the new conv keeps "
-            f"the image size, got {kernel_size!r}"
+            f"its input's size, got {kernel_size!r}"
         )
 
 
 def _layer_spec(shape: Sequence[int], kernel_size: int) -> NodeSpec:
-    if len(shape) == 1:
-        return NodeSpec("linear", out_features=shape[0])
-    return NodeSpec(
-        "conv2d", out_channels=shape[0], kernel_size=kernel_size, padding=kernel_size // 2
-    )
+    """The units layer keeping ``shape``: linear, or a stride-1 conv padded to keep the
+    size (one spec for conv1d and conv2d: an int kernel means every dimension)."""
+    op = layer_op_for(shape)
+    attrs: dict[str, int] = {str(OPS[op].width_attr): shape[0]}
+    if len(shape) > 1:
+        attrs.update(kernel_size=kernel_size, padding=kernel_size // 2)
+    return NodeSpec(op, attrs)
+
+
+def _kernel(shape: Sequence[int], kernel_size: int) -> tuple[int, ...]:
+    """A square (cubic ...) kernel over the spatial dims of ``shape``; () for a vector."""
+    return (kernel_size,) * (len(shape) - 1)
 
 
 def _identity_weights(shape: Sequence[int], kernel_size: int, dtype: torch.dtype) -> Params:
-    c = shape[0]
-    eye = torch.eye(c, dtype=dtype)
-    if len(shape) == 1:
-        weight = eye
-    else:
-        weight = torch.zeros(c, c, kernel_size, kernel_size, dtype=dtype)
-        weight[:, :, kernel_size // 2, kernel_size // 2] = eye
+    c, kernel = shape[0], _kernel(shape, kernel_size)
+    weight = torch.zeros(c, c, *kernel, dtype=dtype)
+    centre: tuple[slice | int, ...] = (slice(None), slice(None), *(k // 2 for k in kernel))
+    weight[centre] = torch.eye(c, dtype=dtype)
     return {"weight": weight, "bias": torch.zeros(c, dtype=dtype)}
 
 
@@ -104,7 +108,7 @@ def _random_weights(
 ) -> Params:
     """PyTorch's default init (uniform in +-1/sqrt(fan_in)), drawn from ``generator``."""
     c = shape[0]
-    wshape = (c, c) if len(shape) == 1 else (c, c, kernel_size, kernel_size)
+    wshape = (c, c, *_kernel(shape, kernel_size))
     bound = 1.0 / math.sqrt(math.prod(wshape[1:]))
 
     def draw(*size: int) -> torch.Tensor:
@@ -239,7 +243,7 @@ class DeepenIdentity(_Deepening):
             site: a hidden activation node (see :func:`deepen_sites`).
             batch: unused.
             generator: unused (the insertion is deterministic).
-            kernel_size: odd kernel of the new conv at image sites.
+            kernel_size: odd kernel of the new conv at signal and image sites.
             batchnorm: add a batch norm that is the identity in eval mode only.
 
         Returns:
@@ -256,7 +260,7 @@ class DeepenIdentity(_Deepening):
         ]
         if batchnorm:
             chain.append(_batchnorm(shape[0], dtype, eval_identity=True))
-        if parent.op(site) in _IDEMPOTENT:
+        if OPS[parent.op(site)].idempotent:
             chain.append((parent.op(site), NodeSpec(parent.op(site)), {}))
         return _insert(parent, site, chain, "deep", join=False)
 
@@ -292,7 +296,7 @@ class DeepenSkip(_Deepening):
             batch: unused.
             generator: draws the first layer's weights when ``layers=2``.
             layers: 1 (a zero layer) or 2 (random layer, activation, zero layer).
-            kernel_size: odd kernel of the new convs at image sites.
+            kernel_size: odd kernel of the new convs at signal and image sites.
             batchnorm: with ``layers=2``, a batch norm after the first layer (exact in
                 train mode too, since the zero layer after it hides it).
 

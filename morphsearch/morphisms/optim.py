@@ -10,7 +10,7 @@ for any fresh parameter.
 Where the old units sit in the child is worked out from the graph, not guessed from
 shapes: widening appends units at the end of a layer's output axis (the morphisms'
 convention), and that position is followed through per-unit ops, ``flatten`` (channel
-blocks of ``H*W`` features), ``concat`` (offset by the widths before it) and ``add`` to
+blocks of ``L`` or ``H*W`` features), ``concat`` (offset by the widths before it) and ``add`` to
 every consumer's input axis.
 
 Caveat for Adam: the step count is per tensor, so new units inside a grown tensor share
@@ -22,24 +22,28 @@ terms than a fresh parameter's, which is the conservative side.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from morphsearch.arch import Architecture
+from morphsearch.arch import OPS, Architecture
 from morphsearch.errors import WeightsError
 
 __all__ = ["transfer_optimizer", "unit_positions"]
 
 _OUT, _IN = "out", "in"
-# Role of each axis of a parameter: the layer's own units, its input's units, or a
-# kernel/spatial axis that never grows.
-_ROLES: dict[str, dict[str, tuple[str | None, ...]]] = {
-    "linear": {"weight": (_OUT, _IN), "bias": (_OUT,)},
-    "conv2d": {"weight": (_OUT, _IN, None, None), "bias": (_OUT,)},
-}
+
+
+def _roles(op: str) -> dict[str, tuple[str | None, ...]]:
+    """Role of each axis of a units layer's parameters: the layer's own units, its
+    input's units, or a kernel axis that never grows (none for other ops)."""
+    rank = OPS[op].spatial_rank
+    if not OPS[op].is_layer or rank is None:
+        return {}
+    return {"weight": (_OUT, _IN, *([None] * rank)), "bias": (_OUT,)}
 
 
 def unit_positions(parent: Architecture, child: Architecture) -> dict[str, torch.Tensor]:
@@ -57,16 +61,16 @@ def unit_positions(parent: Architecture, child: Architecture) -> dict[str, torch
     for node in child.nodes:
         ins = child.inputs(node)
         op = child.op(node)
-        if op in _ROLES and node in parent and parent.op(node) == op:
+        if OPS[op].is_layer and node in parent and parent.op(node) == op:
             positions[node] = torch.arange(parent.shape(node)[0])
-        elif not ins or op in _ROLES:
+        elif not ins or OPS[op].is_layer:
             positions[node] = torch.arange(child.shape(node)[0])
-        elif op == "concat":
+        elif op == "concat":  # channels of the inputs one after the other
             offsets = torch.tensor([0, *(child.shape(i)[0] for i in ins)]).cumsum(0)
             positions[node] = torch.cat([positions[i] + offsets[j] for j, i in enumerate(ins)])
-        elif op == "flatten" and len(child.shape(ins[0])) == 3:
-            _, h, w = child.shape(ins[0])
-            blocks = positions[ins[0]][:, None] * (h * w) + torch.arange(h * w)
+        elif op == "flatten" and len(child.shape(ins[0])) > 1:
+            per_unit = math.prod(child.shape(ins[0])[1:])  # L or H*W features a channel
+            blocks = positions[ins[0]][:, None] * per_unit + torch.arange(per_unit)
             positions[node] = blocks.reshape(-1)
         else:  # per-unit ops, add, pooling, output: units pass straight through
             positions[node] = positions[ins[0]]
@@ -74,8 +78,11 @@ def unit_positions(parent: Architecture, child: Architecture) -> dict[str, torch
 
 
 def _axis_index(
-    role: str | None, size: int, node: str, child: Architecture, pos: Mapping[str, torch.Tensor]
+    role: str | None, size: int, node: str, child: Architecture, pos: Mapping[str, torch.Tensor],
+    new_size: int,
 ) -> torch.Tensor:
+    if role is None:  # a kernel axis grows on both sides (conv.widen_kernel): stay centred
+        return torch.arange(size) + (new_size - size) // 2
     if role == _IN:
         ins = child.inputs(node)
         index = pos[ins[0]] if ins else torch.arange(size)
@@ -90,12 +97,13 @@ def _param_index(
     pos: Mapping[str, torch.Tensor],
 ) -> tuple[torch.Tensor, ...]:
     """Broadcastable advanced index placing a parent tensor inside the child's."""
-    roles = _ROLES.get(child.op(node), {}).get(pname) or (_IN, *([None] * (len(old_shape) - 1)))
+    roles = _roles(child.op(node)).get(pname) or (_IN, *([None] * (len(old_shape) - 1)))
     index = []
     for axis, (role, size) in enumerate(zip(roles, old_shape)):
         view = [1] * len(old_shape)
         view[axis] = size
-        index.append(_axis_index(role, size, node, child, pos).view(view))
+        new_size = child.param_specs(node)[pname].shape[axis]
+        index.append(_axis_index(role, size, node, child, pos, new_size).view(view))
     return tuple(index)
 
 

@@ -66,12 +66,15 @@ import torch.nn.functional as F
 
 from morphsearch.arch import Architecture, NodeSpec
 from morphsearch.arch.compile import evaluate
+from morphsearch.arch.ops import OPS
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
 from morphsearch.morphisms._split_linalg import Curvature, Eigenpairs, extreme_eigenpairs
 from morphsearch.morphisms._surgery import (
     WidenPath,
+    as_2d,
     batch_loss,
+    conv_geometry_2d,
     fixed_dropout,
     gradients_on,
     path_params_copy,
@@ -123,8 +126,9 @@ _AFTER = frozenset({"dropout", "flatten", "maxpool", "avgpool", "global_avgpool"
 
 
 def _conv_rank(arch: Architecture, node: str) -> int | None:
-    """0 for linear, 1 for conv1d, 2 for conv2d, None otherwise (the one op-name check)."""
-    return {"linear": 0, "conv1d": 1, "conv2d": 2}.get(arch.op(node))
+    """0 for linear, 1 for conv1d, 2 for conv2d, None for other ops (the op table's)."""
+    opdef = OPS[arch.op(node)]
+    return opdef.spatial_rank if opdef.is_layer else None
 
 
 @dataclass(frozen=True)
@@ -173,20 +177,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 2 else t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
 
 
-def _per_dim(value: int | list[int], rank: int) -> tuple[int, ...]:
-    return (value,) * rank if isinstance(value, int) else tuple(value)
-
-
 def _patches(arch: Architecture, site: str, x: torch.Tensor) -> torch.Tensor:
     """The site's input rows: ``x`` (linear) or its im2col patches ``[N * L, C * k...]``."""
-    rank = _conv_rank(arch, site)
-    if not rank:
+    if not _conv_rank(arch, site):
         return x
-    spec = arch.spec(site)
-    k, s, p = (_per_dim(spec[a], rank) for a in ("kernel_size", "stride", "padding"))
-    if rank == 1:  # conv1d as a 2-d conv of a (N, C, 1, L) view
-        x, k, s, p = x.unsqueeze(2), (1, *k), (1, *s), (0, *p)
-    patches = F.unfold(x, k, padding=p, stride=s)  # [N, D, L]
+    k, s, p = conv_geometry_2d(arch, site)  # conv1d as a 2-d conv of a (N, C, 1, L) view
+    patches = F.unfold(as_2d(x), k, padding=p, stride=s)  # [N, D, L]
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
@@ -215,8 +211,7 @@ def splitting_curvature(arch: Architecture, site: str, batch: Batch, *, beta: fl
     if not beta > 0:
         raise MorphismNotApplicable(f"split.steepest: beta={beta!r} must be > 0")
     info = _split_site(arch, site)
-    direct = all(_conv_rank(arch, n) is not None or arch.op(n) == "dropout"
-                 for n in arch.consumers(info.act))
+    direct = all(OPS[arch.op(n)].has_module for n in arch.consumers(info.act))
     run_arch, watch = (arch, arch.consumers(info.act)[0]) if direct else _probe_arch(
         arch, info.act)
     seen: dict[str, torch.Tensor] = {}

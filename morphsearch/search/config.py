@@ -55,17 +55,55 @@ class SeedGraph(_Frozen):
 
 
 class DatasetConfig(_Frozen):
-    """A dataset of :func:`morphsearch.data.load_dataset`; ``options`` are its keywords."""
+    """A dataset of :func:`morphsearch.data.load_dataset`; ``options`` are its keywords.
 
-    name: Literal["teacher_student", "digits", "mnist1d", "npz"]
+    ``name`` is a registered dataset (``morphsearch.data.list_datasets()``), or give
+    ``factory: "package.module:function"`` for a user function that returns the data
+    (``name`` is then ``factory``). ``path`` is the ``npz`` file (same as
+    ``options: {path: ...}``).
+    """
+
+    name: str = "factory"
+    factory: str | None = None
     path: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _npz_needs_path(self) -> DatasetConfig:
-        if self.name == "npz" and not self.path:
-            raise ValueError("dataset 'npz' needs 'path' (a .npz file with x and y)")
+    def _known(self) -> DatasetConfig:
+        from morphsearch.data import DATASETS  # the registry fills as loaders import
+
+        if self.name not in DATASETS:
+            raise ValueError(DATASETS.unknown(self.name))
+        if (self.name == "factory") != (self.factory is not None):
+            raise ValueError(
+                "give either 'name' (a registered dataset) or 'factory' "
+                "('package.module:function'), not both"
+                if self.factory else "'name' or 'factory' is required"
+            )
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError("'factory' must be written 'package.module:function'")
+        if self.name == "npz" and not (self.path or self.options.get("path")):
+            raise ValueError(
+                "dataset 'npz' needs 'path' (a .npz file with arrays x_train, y_train, "
+                "x_test, y_test; x_val, y_val optional)"
+            )
         return self
+
+    def loader_options(self) -> dict[str, Any]:
+        """Keywords for ``load_dataset(self.name, seed=..., **options)``; lists become
+        tuples so the options can key a cache."""
+        options = {k: _hashable(v) for k, v in self.options.items()}
+        if self.path:
+            options["path"] = self.path
+        if self.factory is not None:
+            options["factory"] = self.factory
+        return options
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    return value
 
 
 class Objective(_Frozen):

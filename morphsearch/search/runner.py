@@ -59,7 +59,8 @@ def build_seed(config: SearchConfig, data: Dataset) -> Architecture:
         arch = Architecture.from_json(_graph_path(spec.path, config.source))
     elif spec.builder == "mlp":
         width = math.prod(data.input_shape)
-        arch = builders.mlp([width, *spec.hidden, data.num_outputs], seed=config.seed, **spec.args)
+        arch = builders.mlp([width, *spec.hidden, data.num_outputs], seed=config.seed,
+                            input_shape=data.input_shape, **spec.args)
     elif spec.builder == "cnn":
         arch = builders.cnn(
             data.input_shape, num_classes=data.num_outputs, seed=config.seed, **spec.args
@@ -71,7 +72,8 @@ def build_seed(config: SearchConfig, data: Dataset) -> Architecture:
     if tuple(arch.input_shape) != tuple(data.input_shape):
         raise ConfigError(
             f"seed_graph: input shape {tuple(arch.input_shape)} does not fit dataset "
-            f"{data.name} {tuple(data.input_shape)}; use a graph with that input shape"
+            f"{data.name} {tuple(data.input_shape)}; use a graph with input shape "
+            f"{list(data.input_shape)} (an MLP starts with a flatten node)"
         )
     return arch
 
@@ -113,9 +115,7 @@ def _absolute(uri: str) -> str:
 
 
 def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup, MorphismSpace]:
-    options = dict(config.dataset.options)
-    if config.dataset.path:
-        options["path"] = config.dataset.path
+    options = config.dataset.loader_options()
     data = load_dataset(config.dataset.name, seed=config.seed, **options)
     seed = build_seed(config, data)
     art = artifacts.join(storage, name, "architectures")

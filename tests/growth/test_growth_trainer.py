@@ -66,7 +66,7 @@ def test_deep_linear_saddle_to_saddle_plateaus_and_growth_escapes_them() -> None
 
 @pytest.mark.slow
 def test_digits_grows_from_4_hidden_units_to_96_percent_test_accuracy() -> None:
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)
     cfg = GrowthConfig(
         steps=3000, lr=1e-2, batch_size=64,
         trigger=LossPlateau(window=50, tol=0.05), morphisms=("widen.random",),
@@ -117,7 +117,7 @@ def test_events_chain_parent_to_child_and_replay() -> None:
 
 
 def test_optimizer_state_carried_so_the_loss_does_not_jump() -> None:
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)
     cfg = GrowthConfig(steps=200, lr=3e-3, batch_size=None,
                        trigger=Schedule(start=150, every=1000), morphisms=("widen.random",))
     result = train(builders.mlp([64, 8, 10]), data, cfg)
@@ -141,7 +141,7 @@ def test_growth_keeps_the_old_units_adam_state() -> None:
     # survive (a fresh Adam would have empty state), the new units' moments are zero.
     from morphsearch.growth.trainer import GrowingTrainer
 
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)
     cfg = GrowthConfig(steps=40, lr=3e-3, batch_size=None, optimizer="adam",
                        trigger=Schedule(start=30, every=1000), morphisms=("widen.random",),
                        morphism_params={"widen.random": {"k": 2}})

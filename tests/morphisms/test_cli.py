@@ -44,7 +44,7 @@ def test_grow_writes_the_child_apply_would_build(tmp_path: Path,
     line = capsys.readouterr().out
     assert "widen.gradmax at fc1 (k=3" in line and "610 -> 835 params" in line
     child = load(out)  # its weights from child.safetensors beside it
-    digits = load_dataset("digits")
+    digits = load_dataset("digits", image=False)  # the MLP parent takes 64 features
     batch = (digits.x_train[:100], digits.y_train[:100])
     expected = morphisms.apply("widen.gradmax", parent, "fc1", batch=batch, seed=4, k=3).child
     assert (child.structure_hash, child.weights_hash) == (expected.structure_hash,
@@ -66,10 +66,11 @@ def test_grow_reshapes_flat_samples_for_an_image_input(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["widen.gradmx"], "unknown morphism 'widen.gradmx'; valid morphisms: deepen.identity"),
+    (["widen.gradmx"], "unknown morphism 'widen.gradmx'; valid morphisms: "
+                       + ", ".join(morphisms.list_morphisms())),
     (["widen.gradmax"], "widen.gradmax needs a data batch: pass --data DATASET"),
     (["widen.gradmax", "--data", "digits", "--site", "relu1"],
-     "does not apply at 'relu1' (node 'relu1' is not a linear or conv2d layer); valid sites: fc1"),
+     "does not apply at 'relu1' (node 'relu1' is not a linear, conv1d or conv2d layer); valid sites: fc1"),
     (["widen.gradmax", "--data", "teacher_student"],
      "batch inputs (256, 20) with 256 targets do not fit the network's input shape (64,)"),
     (["widen.random", "--param", "q=1"], "has no parameter 'q'; valid parameters: eps, k, scale"),

@@ -11,6 +11,7 @@ from morphsearch import builders, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
+from morphsearch.morphisms import _gradmax_matrix as gm
 from morphsearch.morphisms import widen
 from morphsearch.morphisms._surgery import (
     batch_loss,
@@ -230,11 +231,15 @@ def test_gradmax_refuses_more_units_than_directions() -> None:
 
 
 def _chain(site_op: str, path: list[tuple[str, dict]], consumers: list[dict],
-           input_shape: tuple[int, ...] = (2, 7, 6), **site_attrs: int) -> Architecture:
-    """input -> [flatten ->] site -> path chain -> consumers (summed) -> output, float64."""
-    b = GraphBuilder(input_shape if site_op == "conv2d" else (6,))
-    if site_op == "conv2d":
-        h = b.add("conv2d", b.input, name="site",
+           input_shape: tuple[int, ...] | None = None, **site_attrs: object) -> Architecture:
+    """input -> site -> path chain -> consumers (summed) -> output, float64. A conv site
+    (``conv1d`` on a (2, 11) signal, ``conv2d`` on a 2x7x6 image by default) has conv
+    consumers of its own kind (attrs with a ``kernel_size``) or linear ones."""
+    conv = site_op != "linear"
+    default = {"conv1d": (2, 11), "conv2d": (2, 7, 6)}.get(site_op, (6,))
+    b = GraphBuilder(input_shape or default)
+    if conv:
+        h = b.add(site_op, b.input, name="site",
                   **{"out_channels": 3, "kernel_size": 3, "padding": 1, **site_attrs})
     else:
         h = b.add("linear", b.input, out_features=4, name="site")
@@ -242,9 +247,9 @@ def _chain(site_op: str, path: list[tuple[str, dict]], consumers: list[dict],
         h = b.add(op, h, name=f"p{i}", **attrs)
     outs = []
     for j, attrs in enumerate(consumers):
-        op = "conv2d" if "kernel_size" in attrs else "linear"
+        op = site_op if "kernel_size" in attrs else "linear"
         z = b.add(op, h, name=f"c{j}", **attrs)
-        if op == "conv2d":
+        if op != "linear":
             z = b.add("flatten", z, name=f"cf{j}")
             z = b.add("linear", z, out_features=3, name=f"head{j}")
         outs.append(z)
@@ -252,7 +257,7 @@ def _chain(site_op: str, path: list[tuple[str, dict]], consumers: list[dict],
     return b.build(out, dtype=F64, seed=2)
 
 
-def _conv(**kw: int) -> dict:
+def _conv(**kw: object) -> dict:
     return {"out_channels": 4, "kernel_size": 3, "padding": 1, **kw}
 
 
@@ -319,10 +324,10 @@ def test_closed_form_equals_the_auxiliary_network_path(label: str, arch: Archite
          else torch.randn(n, *arch.output_shape, generator=g, dtype=F64))
     batch = (x, y)
     wp = widen_path(arch, site)
-    form = widen._closed_form(arch, wp)
+    form = gm._closed_form(arch, wp)
     assert form is not None, label
-    fast = widen._closed_form_gradmax_matrix(arch, wp, batch, form)
-    general = widen._auxiliary_gradmax_matrix(arch, wp, batch)
+    fast = gm._closed_form_gradmax_matrix(arch, wp, batch, form)
+    general = gm._auxiliary_gradmax_matrix(arch, wp, batch)
     assert fast.shape == general.shape
     assert float(general.abs().max()) > 0.0
     torch.testing.assert_close(fast, general, rtol=1e-10,
@@ -346,7 +351,7 @@ def _branching_path() -> Architecture:
 ])
 def test_pooling_dropout_and_unknown_slopes_take_the_auxiliary_path(arch: Architecture,
                                                                     site: str) -> None:
-    assert widen._closed_form(arch, widen_path(arch, site)) is None
+    assert gm._closed_form(arch, widen_path(arch, site)) is None
 
 
 @pytest.mark.parametrize(("arch", "site"), [

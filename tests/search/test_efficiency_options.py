@@ -61,7 +61,7 @@ def _parent_config(tmp_path: Path, morphism: str) -> dict[str, Any]:
 
 
 def test_inherit_off_reinitialises_the_same_graph(tmp_path: Path) -> None:
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)
     probe = data.x_train[:32], data.y_train[:32]
     config = _parent_config(tmp_path, "widen.gradmax")
     inherited, records, spent = _grow_child(config, probe, inherit=True)
@@ -95,7 +95,7 @@ def _run_trial(
         "search": "s",
         "artifacts_uri": str(tmp_path / "art"),
         "dataset": "digits",
-        "dataset_options": (),
+        "dataset_options": (("image", False),),  # the MLP parents take 64 features
         "data_seed": 0,
         "epochs": 4,
         "batch_size": 64,
@@ -111,7 +111,7 @@ def _run_trial(
 def test_train_flops_reported_cumulatively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _parent_config(tmp_path, "widen.split")
     reports = _run_trial(tmp_path, monkeypatch, config, epochs=3, inherit_weights=False)
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)
     child_arch = artifacts.load_architecture(reports[-1]["weights_uri"])
     per_epoch = train_epoch_flops(child_arch, data)
     grow = reports[0]["train_flops"] - per_epoch
@@ -216,7 +216,7 @@ def _space(tmp_path: Path, **morphisms_: Any) -> Any:
 
     data = {**TINY, "morphisms": morphisms_ or TINY["morphisms"]}
     config = SearchConfig.model_validate(data)
-    digits = load_dataset("digits", seed=0)
+    digits = load_dataset("digits", seed=0, image=False)
     seed = builders.mlp([64, 16, 10], activation="tanh", seed=0)
     info = ParentInfo("s/seed", "unused", None, seed.to_json())
     probe = (digits.x_train[:32], digits.y_train[:32])
@@ -306,7 +306,7 @@ def test_child_continues_its_parents_optimizer_state(
     saved = artifacts.load_optimizer(parent_uri)
     assert saved is not None and saved["lr"] == 0.01
     parent = artifacts.load_architecture(parent_uri)
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, image=False)
     steps = -(-len(data.x_train) // 64) * 2
     old = saved["state"]["state"]
     assert all(int(s["step"]) == steps for s in old.values())
@@ -318,7 +318,7 @@ def test_child_continues_its_parents_optimizer_state(
         "inherit_optimizer": True,
         "lr": 0.003,
     }
-    setup = TrialSetup("s", str(tmp_path), "digits", (), 0, 2, 64, 1, {})
+    setup = TrialSetup("s", str(tmp_path), "digits", (("image", False),), 0, 2, 64, 1, {})
     child, _, _ = _grow_child(child_config, (data.x_train[:32], data.y_train[:32]))
     module = child.to_module()
     optimizer = trainable._optimizer(child_config, setup, child, module)
@@ -339,7 +339,7 @@ def test_child_continues_its_parents_optimizer_state(
         ({}, {"inherit_weights": False}),
         ({"parent_uri": _parent_config(tmp_path, None)["parent_uri"]}, {}),  # no state
     ):
-        other = TrialSetup("s", str(tmp_path), "digits", (), 0, 2, 64, 1, {}, **fields)
+        other = TrialSetup("s", str(tmp_path), "digits", (("image", False),), 0, 2, 64, 1, {}, **fields)
         fresh = trainable._optimizer({**child_config, **change}, other, child, module)
         assert not fresh.state
     # the carried optimizer trains the child end to end
