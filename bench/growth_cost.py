@@ -172,7 +172,7 @@ def wide_split_costs(repeats: int) -> None:
 
         def run(site: str = site, method: str = method, iters: int = iters,
                 found: list[torch.Tensor] = found) -> None:
-            options = {"iters": iters} if iters else {}  # else the default
+            options: dict[str, Any] = {"iters": iters} if iters else {}  # else the default
             found.append(splitting_eigenpairs(arch, site, batch, method=method,
                                               **options).min_values)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -152,7 +154,9 @@ def test_eps_zero_preserves_the_function_whatever_the_surrogate(arch: Architectu
     batch = batch_for(arch, seed=1)
     inputs, _ = batch_for(arch, n=6, seed=123)
     for site in morphisms.sites("split.steepest", arch):
-        for params in ({"beta": 3.0}, {"beta": 0.5, "signed": True, "signed_weight": 2.0}):
+        options: list[dict[str, Any]] = [
+            {"beta": 3.0}, {"beta": 0.5, "signed": True, "signed_weight": 2.0}]
+        for params in options:
             assert morphisms.get("split.steepest").preserves({**params, "eps": 0.0})
             child = morphisms.apply("split.steepest", arch, site, batch=batch, eps=0.0,
                                     k=1, **params).child
