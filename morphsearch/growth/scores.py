@@ -7,7 +7,8 @@ compares the best value with its threshold.
 
 * :class:`GradMaxScore`: the largest singular values of GradMax's eq. 11 matrix at the
   site (how much gradient norm new neurons there can get; seed 001).
-* :class:`SplittingScore`: minus the smallest splitting eigenvalue at the site (negative
+* :class:`SplittingScore`: minus the smallest splitting eigenvalue at the site, or the best
+  plain-or-signed prediction with ``signed`` (negative
   eigenvalues mean splitting a neuron there lowers the loss; splitting steepest descent).
 * :class:`NaturalExpansionScore`: Self-Expanding Neural Networks (seed 003): the natural
   expansion score eta = g^T F^-1 g of the network, with a diagonal or Kronecker-factored

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Curvature", "Eigenpairs", "extreme_eigenpairs"]
+__all__ = ["Curvature", "Eigenpairs", "extreme_eigenpairs", "train_bn_curvature"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,24 @@ class Curvature:
         cv = v @ self.cov  # C is symmetric
         out = out + self.a[:, None] * (3 * b * bv[:, None] - cv)
         return out - self.bb * bv[:, None] - b * (self.bb * v).sum(1)[:, None]
+
+
+def train_bn_curvature(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor,
+                        first: torch.Tensor, second: torch.Tensor, gamma: torch.Tensor,
+                        eps: float) -> Curvature:
+    """The curvature through train-mode batchnorm (derived in
+    :mod:`morphsearch.morphisms.splitting`): rows ``x``, the layer's outputs ``z``, ``g =
+    dL/dh``, ``sigma'`` and ``sigma''`` at BN's outputs, BN's ``gamma`` and ``eps``; the
+    statistics are over all rows (biased variance), as BN's are."""
+    mu, var = z.mean(0), z.var(0, unbiased=False)
+    s = torch.sqrt(var + eps)
+    zhat = (z - mu) / s
+    xt = x - x.mean(0)
+    rows = len(x)
+    b = zhat.T @ xt / rows
+    e = g * first * gamma / (s * s)
+    return Curvature(xt, g * second * (gamma / s) ** 2, zhat=zhat, b=b, a=(e * zhat).sum(0),
+                     bb=e.T @ xt, cov=xt.T @ xt / rows)
 
 
 def _sym(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,12 @@ from morphsearch.arch.compile import evaluate
 from morphsearch.arch.ops import OPS
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms._registry import Batch, Morphism, register
-from morphsearch.morphisms._split_linalg import Curvature, Eigenpairs, extreme_eigenpairs
+from morphsearch.morphisms._split_linalg import (
+    Curvature,
+    Eigenpairs,
+    extreme_eigenpairs,
+    train_bn_curvature,
+)
 from morphsearch.morphisms._surgery import (
     WidenPath,
     as_2d,
@@ -243,22 +248,7 @@ def splitting_curvature(arch: Architecture, site: str, batch: Batch, *, beta: fl
     if mode == "eval":
         a = bn["weight"] / torch.sqrt(bn["running_var"] + spec["eps"])
         return Curvature(x, g * second * a * a)
-    return _train_bn_curvature(x, _rows(z), g, first, second, bn["weight"], spec["eps"])
-
-
-def _train_bn_curvature(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor,
-                        first: torch.Tensor, second: torch.Tensor, gamma: torch.Tensor,
-                        eps: float) -> Curvature:
-    """The module doc's train-mode terms; BN's statistics are over all rows (biased var)."""
-    mu, var = z.mean(0), z.var(0, unbiased=False)
-    s = torch.sqrt(var + eps)
-    zhat = (z - mu) / s
-    xt = x - x.mean(0)
-    rows = len(x)
-    b = zhat.T @ xt / rows
-    e = g * first * gamma / (s * s)
-    return Curvature(xt, g * second * (gamma / s) ** 2, zhat=zhat, b=b, a=(e * zhat).sum(0),
-                     bb=e.T @ xt, cov=xt.T @ xt / rows)
+    return train_bn_curvature(x, _rows(z), g, first, second, bn["weight"], spec["eps"])
 
 
 def splitting_matrices(arch: Architecture, site: str, batch: Batch, *, beta: float = 3.0,
