@@ -51,6 +51,7 @@ from morphsearch import artifacts, builders
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.losses import accuracy
 from morphsearch.search.config import SearchConfig
+from morphsearch.search.protocol import TrialPlan
 from morphsearch.search.runner import TrainFlopsStopper, run_search
 from morphsearch.search.trainable import TrialSetup, train_child
 
@@ -173,15 +174,10 @@ def scratch_trial(config: dict[str, Any], setup: TrialSetup, shape: tuple[int, i
     arch = builders.mlp([shape[0], *widths, shape[1]], activation=ACTIVATION, seed=seed,
                         input_shape=input_shape)  # flattens the dataset's natural layout
     ref = artifacts.save_architecture(arch, setup.artifacts_uri, f"init-{trial_id}")
-    child = {
-        "parent_uri": ref.uri,
-        "parent_sha256": ref.sha256,
-        "parent_id": None,
-        "morphism": None,
-        "lr": config["lr"],
-        "trial_seed": seed,
-        "lr_schedule": config.get("lr_schedule", "constant"),
-    }
+    child = TrialPlan(
+        parent_id="", parent_uri=ref.uri, parent_sha256=ref.sha256, lr=float(config["lr"]),
+        trial_seed=seed, lr_schedule=str(config.get("lr_schedule", "constant")),
+    ).to_config()
     train_child(child, setup)
 
 
@@ -198,10 +194,11 @@ def run_scratch(task: Task, seed: int, sampler: str, root: Path, name: str) -> f
         dataset=task.dataset,
         dataset_options=(),
         data_seed=seed,
-        epochs=task.epochs,
         batch_size=task.batch_size,
+        # the same budget as morphsearch's seed: epochs_per_trial, evaluated every epoch
+        steps=task.epochs * math.ceil(len(data.split("train")[0]) / task.batch_size),
+        eval_every=math.ceil(len(data.split("train")[0]) / task.batch_size),
         cpus=1.0,
-        growth={},
         # the same early stopping as morphsearch's trials (budget.patience, first objective)
         patience=task.patience,
         monitor="val_accuracy",

@@ -10,6 +10,14 @@ overhead into a fixed cost per search and a marginal cost per trial. Every searc
 still record every epoch in lineage. The one-off ``ray.init`` is reported apart.
 
     .venv/bin/python bench/search_overhead.py --trials 12 --short-trials 4 --trial-seconds 5
+
+``--suggest-only`` times the driver's suggestion alone (no Ray): a lineage with a pool of
+``--pool`` trained architectures, GradMax among the morphisms, and ``--suggestions``
+suggestions, deciding structure with ``morphisms.plan`` and one lineage query per parent
+(``plan``) or, as before, by applying each candidate morphism on a probe batch with one
+lineage query per child (``apply``).
+
+    .venv/bin/python bench/search_overhead.py --suggest-only --pool 8 --suggestions 40
 """
 
 from __future__ import annotations
@@ -20,24 +28,25 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 
 def _epoch_seconds(batch_size: int, hidden: list[int]) -> float:
-    """Seconds per epoch of the seed MLP on digits, without Ray (the baseline)."""
+    """Seconds per epoch of the seed MLP on digits, without Ray (the baseline): the
+    trials' own step loop, timed over three epochs after a warm-up one."""
     from morphsearch import builders
     from morphsearch.data import load_dataset
-    from morphsearch.search.trainable import _epoch
+    from morphsearch.growth.trainer import GrowingTrainer, GrowthConfig
 
-    data = load_dataset("digits", seed=0, image=False)  # 64 features for the MLP
-    module = builders.mlp([64, *hidden, 10]).to_module()
-    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    _epoch(module, optimizer, data, batch_size, generator, torch.device("cpu"))  # warm-up
+    data = load_dataset("digits", seed=0, image=False)
+    per_epoch = math.ceil(len(data.split("train")[0]) / batch_size)
+    config = GrowthConfig(steps=4 * per_epoch, batch_size=batch_size, device="cpu")
+    trainer = GrowingTrainer(builders.mlp([64, *hidden, 10]), data, config)
+    trainer.advance(per_epoch)  # warm-up
     start = time.perf_counter()
-    for _ in range(3):
-        _epoch(module, optimizer, data, batch_size, generator, torch.device("cpu"))
+    trainer.advance(3 * per_epoch)
     return (time.perf_counter() - start) / 3
 
 
@@ -122,8 +131,69 @@ def _epochs_recorded(db: Path) -> int:
     return int(count)
 
 
+def _suggestion_ms(pool: int, suggestions: int, resolve: str, hidden: list[int]) -> float:
+    """Mean ms per suggestion of ``MorphismSpace`` over a recorded pool (see --suggest-only)."""
+    import optuna
+
+    from morphsearch import builders, morphisms
+    from morphsearch.arch import Architecture
+    from morphsearch.data import load_dataset
+    from morphsearch.lineage import ArchitectureIn, LineageStore
+    from morphsearch.search.config import SearchConfig
+    from morphsearch.search.space import MorphismSpace, ParentInfo
+
+    class ApplySpace(MorphismSpace):  # the space before structure planning
+        def _plan(self, morphism: str, arch: Architecture, site: str,
+                  params: dict[str, Any]) -> Architecture:  # fmt: skip
+            return morphisms.apply(morphism, arch, site, batch=self.probe, seed=0,
+                                   **params).child  # fmt: skip
+
+        def _grown_from(self, parent_id: str) -> set[tuple[str, str]]:
+            return {(parent_id, self.store.architecture(n.arch_id).structure_hash)
+                    for n in self.store.descendants(parent_id, max_depth=1)[1:]}  # fmt: skip
+
+    folder = Path(tempfile.mkdtemp(prefix="ms-suggest-"))
+    db = f"sqlite:///{folder}/lineage.db"
+    config = SearchConfig.model_validate({
+        "name": "s", "seed_graph": {"builder": "mlp", "hidden": hidden},
+        "dataset": {"name": "digits"}, "database": db,
+        "morphisms": {"widen.gradmax": {"k": [1, 8]}, "widen.split": {"k": [1, 8]},
+                      "deepen.identity": {}},
+        "selection": {"pool_size": pool, "max_children": None},
+    })  # fmt: skip
+    seed = builders.mlp([64, *hidden, 10], seed=0)
+
+    def record(arch: Architecture, arch_id: str) -> ArchitectureIn:
+        return ArchitectureIn(arch_id, arch.to_json(), arch.structure_hash, arch.num_params,
+                              arch.flops, None, f"{arch_id}.safetensors", None)  # fmt: skip
+
+    with LineageStore(db, write=True) as store:
+        store.create_search("s", config.model_dump(mode="json"))
+        store.record_seed("s", record(seed, "s/seed"))
+        for i in range(pool):  # a trained pool: children of the seed, scored
+            child = morphisms.apply("widen.random", seed, ("fc1", "fc2")[i % 2], k=i + 1).child
+            store.record_trial("s", f"t{i}", "s/seed", record(child, f"s/t{i}"))
+            store.record_metrics(f"t{i}", 1, {"val_accuracy": 0.5 + i / 100})
+    data = load_dataset("digits", seed=0, image=False)
+    probe = (data.split("train")[0][:32], data.split("train")[1][:32])
+    info = ParentInfo("s/seed", "s/seed.safetensors", None, seed.to_json())
+    space = (MorphismSpace if resolve == "plan" else ApplySpace)(config, "s", db, probe, info)
+    space.suggested.add(("s/seed", "train"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=0))  # fmt: skip
+    space(study.ask())  # warm-up (imports, first queries)
+    start = time.perf_counter()
+    for _ in range(suggestions):
+        space(study.ask())
+    return 1000 * (time.perf_counter() - start) / suggestions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suggest-only", action="store_true")
+    parser.add_argument("--pool", type=int, default=8)
+    parser.add_argument("--suggestions", type=int, default=40)
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--short-trials", type=int, default=4,
                         help="trials of the second, shorter search (fixed vs per-trial cost)")
@@ -133,6 +203,12 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.suggest_only:
+        print("| resolve | pool | suggestions | ms per suggestion |\n|---|---:|---:|---:|")
+        for resolve in ("apply", "plan"):
+            ms = _suggestion_ms(args.pool, args.suggestions, resolve, args.hidden)
+            print(f"| {resolve} | {args.pool} | {args.suggestions} | {ms:.1f} |")
+        return
     epoch_s = _epoch_seconds(args.batch_size, args.hidden)
     epochs = max(1, math.ceil(args.trial_seconds / epoch_s))
 

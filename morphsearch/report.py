@@ -123,6 +123,12 @@ def _value_text(result: BestResult | None) -> str:
 # ------------------------------------------------------------------ model card
 
 
+def _test_values(store: LineageStore, search: str) -> dict[str, dict[str, Any]]:
+    """The test-split scores of the search's top architectures, by metric and architecture."""
+    return {name: {r.arch_id: r for r in metric_values(store, search, name, mode)}
+            for name, mode in (("test_accuracy", "max"), ("test_loss", "min"))}  # fmt: skip
+
+
 def model_card(
     store: LineageStore,
     record: ArchitectureRecord,
@@ -155,6 +161,9 @@ def model_card(
         f"| FLOPs per sample | {record.flops:,} |",
         f"| input shape | {shapes.get('input')} |",
         f"| {metric} ({mode}) | {_value_text(values.get(record.arch_id))} |",
+        *[f"| {name} (scored once at the search's end, never used to select) | "
+          f"{_value_text(scored[record.arch_id])} |" for name, scored in
+          _test_values(store, record.search).items() if record.arch_id in scored],
         "",
         f"## Lineage: {len(steps) - 1} steps from the seed",
         "",

@@ -208,17 +208,28 @@ def _best(args: argparse.Namespace) -> int:
         search = store.resolve_search(args.search)
         metric, mode = _metric(store, search, args)
         results = store.best(search, metric, mode, args.budget, args.top)
+        tests = {r.arch_id: _test_scores(store, r.trial_id, r.arch_id) for r in results}
     at = f" at budget {args.budget}" if args.budget is not None else ""
     rows = [
         (i + 1, r.arch_id, r.value, r.budget, r.trial_id, r.params, r.flops)
         for i, r in enumerate(results)
     ]
     columns = ["rank", "architecture", metric, "budget", "trial", "params", "flops"]
+    # scored once on the test split at the search's end (never used to rank): shown beside
+    shown = [n for n in ("test_accuracy", "test_loss") if any(n in t for t in tests.values())]
+    rows = [(*row, *(tests[r.arch_id].get(n) for n in shown)) for row, r in zip(rows, results)]
+    columns += shown
     return _emit(
         args,
         results,
         lambda: render.table(f"best of {search} by {metric} ({mode}){at}", columns, rows),
     )
+
+
+def _test_scores(store: Any, trial_id: str, arch_id: str) -> dict[str, float]:
+    """The test metrics recorded for ``arch_id`` by its trial (empty when not scored)."""
+    return {m.name: m.value for m in store.metrics(trial_id)
+            if m.arch_id == arch_id and m.name in ("test_accuracy", "test_loss")}  # fmt: skip
 
 
 def _pareto(args: argparse.Namespace) -> int:

@@ -1,23 +1,22 @@
-"""A training loop that grows the network when a trigger fires.
+"""The one training loop: minibatch steps at a per-step learning rate; growth is its hook.
 
-Each step trains the compiled module on a minibatch. When growth is allowed (caps, the
-minimum gap since the last growth) and the trigger says so, the scorer ranks every
-(morphism, site) candidate on a fixed scoring batch, the best one that fits the parameter
-cap is applied with ``morphisms.apply``, the module is swapped for the child's, the
-optimizer state is carried over, and a :class:`GrowthEvent` is recorded.
+Search trials (:mod:`morphsearch.search.trial`) and :func:`train` drive a
+:class:`GrowingTrainer`. After each step, with a trigger configured, the growth hook asks
+it; when it fires (within the caps) the scorer ranks every (morphism, site) candidate on a
+fixed scoring batch, the best that fits is applied, the module swapped for the child's,
+the optimizer state carried over and a :class:`GrowthEvent` recorded.
 
->>> from morphsearch import builders, data, growth
->>> d = data.load_dataset("digits")
 >>> cfg = growth.GrowthConfig(steps=300, trigger=growth.LossPlateau(window=50))
 >>> result = growth.train(builders.mlp([64, 4, 10]), d, cfg)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +33,10 @@ from morphsearch.losses import accuracy, task_loss
 from morphsearch.morphisms import Batch, MorphismResult
 from morphsearch.morphisms.optim import transfer_optimizer
 
-__all__ = ["GrowingTrainer", "GrowthConfig", "train"]
+__all__ = ["GrowingTrainer", "GrowthConfig", "batches", "cosine_lr", "evaluate", "train"]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+_AMP: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class GrowthConfig:
         eval_every: evaluate on held-out data every this many steps (0: only at the end).
         target_accuracy: stop once held-out accuracy reaches it (classification).
         device: ``"cpu"``, ``"cuda"``...; None uses CUDA when present.
+        precision: ``"fp32"``, or mixed precision under ``torch.autocast`` (``"bf16"``,
+            ``"fp16"`` with loss scaling on CUDA).
         seed: seeds minibatch order and every morphism.
     """
 
@@ -78,17 +82,19 @@ class GrowthConfig:
     eval_every: int = 0
     target_accuracy: float | None = None
     device: str | None = None
+    precision: Precision = "fp32"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"optimizer {self.optimizer!r} must be 'sgd' or 'adam'")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(
-                f"lr_schedule {self.lr_schedule!r} must be 'constant' or 'cosine'"
-            )
-        if self.steps < 1 or self.lr <= 0:
-            raise ConfigError(f"steps ({self.steps}) must be >= 1 and lr ({self.lr}) > 0")
+        for name, value, valid in (
+            ("optimizer", self.optimizer, ("sgd", "adam")),
+            ("lr_schedule", self.lr_schedule, ("constant", "cosine")),
+            ("precision", self.precision, tuple(_AMP)),
+        ):
+            if value not in valid:
+                raise ConfigError(f"{name} {value!r} must be one of {', '.join(valid)}")
+        if self.steps < 1 or self.lr < 0:
+            raise ConfigError(f"steps ({self.steps}) must be >= 1 and lr ({self.lr}) >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size {self.batch_size} must be >= 1 or None (full batch)")
 
@@ -99,24 +105,59 @@ def cosine_lr(lr: float, step: float, total: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
 
 
+def batches(
+    data: Dataset | Batch, which: str, batch_size: int | None, *, shuffle: bool, seed: int
+) -> Iterator[Batch]:
+    """One pass over a split in minibatches (the last one may be short); ``shuffle``
+    draws the order from ``seed``. The one place the loop reads data from."""
+    x, y = data.split(which) if isinstance(data, Dataset) else data  # type: ignore[arg-type]
+    if batch_size is None or batch_size >= len(x):
+        yield x, y
+        return
+    order = (torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+             if shuffle else torch.arange(len(x)))  # fmt: skip
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        yield x[idx], y[idx]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for ``precision`` (a no-op for fp32)."""
+    dtype = _AMP[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def evaluate(
+    module: torch.nn.Module, data: Dataset | Batch, which: str, *, device: torch.device,
+    batch_size: int = 1024, precision: str = "fp32",
+) -> tuple[float, float]:
+    """Mean loss and accuracy (NaN for regression) of a split, in eval mode, in minibatches."""
+    module.eval()
+    loss = correct = 0.0
+    seen, classes = 0, True
+    dtype = next(module.parameters()).dtype
+    with torch.no_grad(), autocast(device, precision):
+        for x, y in batches(data, which, batch_size, shuffle=False, seed=0):
+            x, y = _as_dtype(x, dtype).to(device), _as_dtype(y, dtype).to(device)
+            out = module(x)
+            loss += float(task_loss(out.float(), y)) * len(x)
+            acc = accuracy(out, y)
+            classes = classes and acc is not None
+            correct += (acc or 0.0) * len(x)
+            seen += len(x)
+    n = max(seen, 1)
+    return loss / n, correct / n if classes else math.nan
+
+
 def train(
-    arch: Architecture,
-    data: Dataset | Batch,
-    config: GrowthConfig,
-    *,
+    arch: Architecture, data: Dataset | Batch, config: GrowthConfig, *,
     eval_data: Batch | None = None,
 ) -> TrainResult:
-    """Train ``arch`` on ``data``, growing it as ``config`` says.
-
-    Args:
-        arch: the seed architecture (its weights are the starting point).
-        data: a :class:`~morphsearch.data.Dataset` (trains on its train split, evaluates
-            on its val split) or a training batch ``(inputs, targets)``.
-        config: see :class:`GrowthConfig`.
-        eval_data: held-out ``(inputs, targets)``; overrides the dataset's val split.
-
-    Returns:
-        A :class:`TrainResult` with the final architecture and its trained weights.
+    """Train ``arch`` on ``data`` (a dataset's train split, or a batch ``(inputs,
+    targets)``), growing it as ``config`` says; evaluates on ``eval_data`` or the
+    dataset's val split.
 
     Raises:
         ConfigError: a bad config, or a device that is not available.
@@ -126,34 +167,34 @@ def train(
 
 
 class GrowingTrainer:
-    """The state of one growing training run; :func:`train` is the usual entry point."""
+    """The state of one training run: module, optimizer, step count, growth history.
+
+    ``module``/``optimizer`` may be given (a search trial continuing a parent's or a
+    checkpoint's optimizer); ``start_step`` resumes the step count and batch order.
+    """
 
     def __init__(
-        self,
-        arch: Architecture,
-        data: Dataset | Batch,
-        config: GrowthConfig,
-        *,
-        eval_data: Batch | None = None,
+        self, arch: Architecture, data: Dataset | Batch, config: GrowthConfig, *,
+        eval_data: Batch | None = None, module: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None, start_step: int = 0,
     ) -> None:
-        self.config = config
+        self.config, self.data = config, data
         self.device = _device(config.device)
-        x, y = data.split("train") if isinstance(data, Dataset) else data
-        if eval_data is None and isinstance(data, Dataset):
-            eval_data = data.split("val")
-        x, y = _as_dtype(x, arch.dtype), _as_dtype(y, arch.dtype)
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        self.eval_data = None if eval_data is None else tuple(
-            _as_dtype(t, arch.dtype) for t in eval_data
-        )
-        self.generator = torch.Generator().manual_seed(config.seed)
-        perm = torch.randperm(len(x), generator=self.generator)[: config.score_batch_size]
-        self.score_batch: Batch = (x[perm].cpu(), y[perm].cpu())
+        self.eval_data: Dataset | Batch | None = eval_data if eval_data is not None else (
+            data if isinstance(data, Dataset) else None)  # fmt: skip
+        self._eval_split = "val" if eval_data is None else "train"
+        x, y = next(batches(data, "train", config.score_batch_size, shuffle=True,
+                            seed=config.seed))  # fmt: skip
+        self.score_batch: Batch = (_as_dtype(x, arch.dtype), _as_dtype(y, arch.dtype))
+        self.n_train = len(data.split("train")[0] if isinstance(data, Dataset) else data[0])
         self.trigger = copy.deepcopy(config.trigger)
         self.scorer = copy.deepcopy(config.scorer) if config.scorer else RoundRobin()
         self.arch = arch
-        self.module = arch.to_module(device=self.device)
-        self.optimizer = self._new_optimizer(self.module)
+        self.module = module if module is not None else arch.to_module(device=self.device)
+        self.optimizer = optimizer if optimizer is not None else self._new_optimizer(self.module)
+        self.scaler = torch.amp.GradScaler(self.device.type) if (
+            config.precision == "fp16" and self.device.type == "cuda") else None  # fmt: skip
+        self.step = start_step
         self.losses: list[float] = []
         self.params: list[int] = []
         self.events: list[GrowthEvent] = []
@@ -161,7 +202,7 @@ class GrowingTrainer:
         self.flops = 0
         self.last_growth = -(10**9)
         self.capped = False
-        self._order = torch.empty(0, dtype=torch.long)
+        self._stream = self._epoch_stream(start_step)
 
     # ------------------------------------------------------------------ the loop
 
@@ -169,31 +210,42 @@ class GrowingTrainer:
         """Train for ``config.steps`` steps (or until the target accuracy)."""
         start = time.perf_counter()
         stopped = False
-        for step in range(self.config.steps):
-            self._set_lr(step)
-            self._train_step()
-            self._maybe_grow(step)
-            every = self.config.eval_every
-            if every and (step + 1) % every == 0 and self._evaluate(step):
-                stopped = True
-                break
-        if not stopped and self.eval_data is not None:
-            self._evaluate(len(self.losses) - 1)
+        every = self.config.eval_every or self.config.steps
+        while self.step < self.config.steps and not stopped:
+            self.advance(min(every, self.config.steps - self.step))
+            if self.step < self.config.steps or self.eval_data is not None:
+                stopped = self._record_eval()
         final = self.arch.with_weights_from(self.module)
         return TrainResult(
             final, tuple(self.losses), tuple(self.params), tuple(self.events),
             tuple(self.evals), self.flops, time.perf_counter() - start, stopped,
         )
 
-    def _next_batch(self) -> Batch:
+    def advance(self, n: int) -> float:
+        """Take ``n`` steps (each followed by the growth hook); their mean training loss."""
+        first = len(self.losses)
+        for _ in range(n):
+            self._set_lr(self.step)
+            self._train_step()
+            if self.trigger is not None:
+                self._maybe_grow(self.step)
+            self.step += 1
+        taken = self.losses[first:]
+        return sum(taken) / len(taken) if taken else math.nan
+
+    def _epoch_stream(self, step: int) -> Iterator[Batch]:
+        """Batches from ``step`` on: epoch ``e`` is shuffled with seed ``seed*1009 + e``,
+        so a run resumed at any step sees the batches it would have seen."""
         size = self.config.batch_size
-        if size is None or size >= len(self.x):
-            return self.x, self.y
-        if len(self._order) < size:  # a new epoch: reshuffle
-            self._order = torch.randperm(len(self.x), generator=self.generator)
-        idx, self._order = self._order[:size], self._order[size:]
-        idx = idx.to(self.device)
-        return self.x[idx], self.y[idx]
+        per_epoch = 1 if size is None else math.ceil(self.n_train / size)
+        epoch, skip = divmod(step, per_epoch)
+        while True:
+            seed = self.config.seed * 1009 + epoch
+            stream = batches(self.data, "train", size, shuffle=True, seed=seed)
+            for i, batch in enumerate(stream):
+                if i >= skip:
+                    yield batch
+            epoch, skip = epoch + 1, 0
 
     def _set_lr(self, step: int) -> None:
         if self.config.lr_schedule != "cosine":
@@ -203,46 +255,45 @@ class GrowingTrainer:
             group["lr"] = lr
 
     def _train_step(self) -> None:
-        x, y = self._next_batch()
+        x, y = next(self._stream)
+        x = _as_dtype(x, self.arch.dtype).to(self.device, non_blocking=True)
+        y = _as_dtype(y, self.arch.dtype).to(self.device, non_blocking=True)
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = task_loss(self.module(x), y)
-        loss.backward()
-        self.optimizer.step()
+        with autocast(self.device, self.config.precision):
+            loss = task_loss(self.module(x), y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         self.losses.append(float(loss.detach()))
         self.params.append(self.arch.num_params)
         self.flops += 3 * self.arch.flops * len(x)
 
-    def _evaluate(self, step: int) -> bool:
+    def _record_eval(self) -> bool:
         """Record held-out loss/accuracy; True when the target accuracy is reached."""
         if self.eval_data is None:
             return False
-        x, y = (t.to(self.device) for t in self.eval_data)
-        self.module.eval()
-        with torch.no_grad():
-            out = self.module(x)
-        acc = accuracy(out, y)
-        loss = float(task_loss(out, y))
-        self.evals.append(EvalRecord(step, loss, acc, self.arch.num_params, self.flops))
+        loss, acc = evaluate(self.module, self.eval_data, self._eval_split, device=self.device,
+                             precision=self.config.precision)  # fmt: skip
+        accuracy_ = None if math.isnan(acc) else acc
+        self.evals.append(EvalRecord(self.step - 1, loss, accuracy_, self.arch.num_params,
+                                     self.flops))  # fmt: skip
         target = self.config.target_accuracy
-        return target is not None and acc is not None and acc >= target
+        return target is not None and accuracy_ is not None and accuracy_ >= target
 
-    # ------------------------------------------------------------------ growth
-
-    def _growth_allowed(self, step: int) -> bool:
-        cfg = self.config
-        return not (
-            self.trigger is None
-            or self.capped
-            or step - self.last_growth < cfg.min_steps_between
-            or (cfg.max_growths is not None and len(self.events) >= cfg.max_growths)
-            or (cfg.max_params is not None and self.arch.num_params >= cfg.max_params)
-        )
+    # ------------------------------------------------------------------ the growth hook
 
     def _maybe_grow(self, step: int) -> None:
-        if not self._growth_allowed(step):
+        cfg = self.config
+        if self.trigger is None or self.capped or step - self.last_growth < cfg.min_steps_between:
             return
-        assert self.trigger is not None  # checked by _growth_allowed
+        if (cfg.max_growths is not None and len(self.events) >= cfg.max_growths) or (
+                cfg.max_params is not None and self.arch.num_params >= cfg.max_params):
+            return
         scores: list[Score] | None = None
         best: float | None = None
         if self.trigger.needs_score:
@@ -267,14 +318,13 @@ class GrowingTrainer:
         if not scores:
             return  # no candidate could be scored now; that is not a size cap
         parent = self.arch.with_weights_from(self.module)
-        chosen = self._first_fitting(parent, scores)
-        if chosen is None:
+        result = self._first_fitting(parent, scores)
+        if result is None:
             self.capped = True  # every scored candidate is over max_params: stop trying
             return
-        _, result = chosen
         child = result.child
         new_module = child.to_module(device=self.device)
-        self.optimizer = self._carry_optimizer(new_module, parent, child)
+        self.optimizer = transfer_optimizer(self.optimizer, self.module, new_module, parent, child)
         self.events.append(GrowthEvent(
             step=step, trigger=self.trigger.name if self.trigger else "",
             site=result.record.site, morphism=result.record.to_json(),
@@ -287,9 +337,7 @@ class GrowingTrainer:
         self.arch, self.module = child, new_module
         self.last_growth = step
 
-    def _first_fitting(
-        self, parent: Architecture, scores: list[Score]
-    ) -> tuple[Score, MorphismResult] | None:
+    def _first_fitting(self, parent: Architecture, scores: list[Score]) -> MorphismResult | None:
         cap = self.config.max_params
         for score in scores:
             cand = score.candidate
@@ -298,7 +346,7 @@ class GrowingTrainer:
                 seed=self._growth_seed(), **cand.params,
             )
             if cap is None or result.child.num_params <= cap:
-                return score, result
+                return result
         return None
 
     def _eval_loss(self, arch: Architecture) -> float:
@@ -307,21 +355,12 @@ class GrowingTrainer:
             out = arch.to_module().eval()(x.to(arch.dtype))
         return float(task_loss(out, y))
 
-    # ------------------------------------------------------------------ optimizer
-
     def _new_optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
-        cfg = self.config
-        params = list(module.parameters())
+        cfg, params = self.config, list(module.parameters())
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)  # fmt: skip
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def _carry_optimizer(
-        self, new_module: torch.nn.Module, parent: Architecture, child: Architecture
-    ) -> torch.optim.Optimizer:
-        return transfer_optimizer(self.optimizer, self.module, new_module, parent, child)
 
 
 def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

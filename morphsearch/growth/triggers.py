@@ -17,12 +17,14 @@ Contract:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from morphsearch.errors import ConfigError
+from morphsearch.registry import Registry
 
 __all__ = [
+    "TRIGGERS",
     "LossPlateau",
     "Schedule",
     "ScoreThreshold",
@@ -221,3 +223,33 @@ def find_plateaus(
             plateaus.append((start, j))
         i = j
     return plateaus
+
+
+@dataclass(frozen=True)
+class TriggerPlan:
+    """What a config says about a trigger, for the registered factories below."""
+
+    steps: int  # the run's optimizer steps
+    max_events: int
+    tau: float = 0.0
+    check_every: int = 10
+
+
+TRIGGERS: Registry[Callable[[TriggerPlan], Trigger]] = Registry("trigger")
+
+
+@TRIGGERS.register("schedule")
+def _schedule(plan: TriggerPlan) -> Trigger:
+    """``max_events`` growths evenly spaced over the run."""
+    every = max(1, plan.steps // (plan.max_events + 1))
+    return Schedule(start=every, every=every, max_growths=plan.max_events)
+
+
+@TRIGGERS.register("plateau")
+def _plateau(plan: TriggerPlan) -> Trigger:
+    return LossPlateau(window=max(10, plan.steps // 10))
+
+
+@TRIGGERS.register("score")
+def _score(plan: TriggerPlan) -> Trigger:
+    return ScoreThreshold(tau=plan.tau, check_every=plan.check_every)

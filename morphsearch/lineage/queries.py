@@ -34,6 +34,7 @@ __all__ = [
     "ancestors",
     "architecture",
     "best",
+    "child_hashes",
     "descendants",
     "diff",
     "growth_events",
@@ -141,6 +142,19 @@ def descendants(session: Session, arch_id: str, max_depth: int | None = None) ->
         NotFound: no such architecture.
     """
     return _walk(session, "descendants", arch_id, MAX_DEPTH if max_depth is None else max_depth)
+
+
+def child_hashes(session: Session, arch_id: str) -> set[str]:
+    """Structure hashes of the direct children of ``arch_id``, in one query (the search's
+    duplicate check runs it for every parent it considers)."""
+    parent = aliased(Architecture)
+    rows = session.execute(
+        select(Architecture.structure_hash)
+        .join(Edge, Edge.child_id == Architecture.id)
+        .join(parent, parent.id == Edge.parent_id)
+        .where(parent.arch_id == arch_id)
+    )
+    return {str(h) for (h,) in rows}
 
 
 def architecture(session: Session, arch_id: str) -> ArchitectureRecord:

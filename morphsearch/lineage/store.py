@@ -351,6 +351,10 @@ class LineageStore:
         """The subtree under ``arch_id``, root first, level by level. Raises NotFound."""
         return self._run(lambda s: queries.descendants(s, arch_id, max_depth))
 
+    def child_hashes(self, arch_id: str) -> set[str]:
+        """Structure hashes of ``arch_id``'s direct children (one query)."""
+        return self._run(lambda s: queries.child_hashes(s, arch_id))
+
     def best(
         self, search: str, metric: str, mode: Mode = "max", budget: int | None = None, k: int = 1
     ) -> list[BestResult]:

@@ -40,6 +40,7 @@ __all__ = [
     "apply",
     "get",
     "list_morphisms",
+    "plan",
     "preservation_error",
     "register",
     "replay",
@@ -133,6 +134,19 @@ class Morphism(abc.ABC):
     def param_defaults(self) -> dict[str, Any]:
         return dict(_param_defaults(type(self)))
 
+    def plan(self, parent: Architecture, site: str, **params: Any) -> Architecture:
+        """The child's structure, without data: an architecture whose graph (specs,
+        structure hash, parameter count) is the child's; its weights are placeholders.
+
+        The default runs :meth:`transform` without a batch (cheap for a morphism that
+        needs none); a morphism that needs a batch overrides it, or the driver falls back
+        to applying it (``NotImplementedError``).
+        """
+        if self.needs_batch:
+            raise NotImplementedError(f"{self.name} plans its child only with a batch")
+        return self.transform(parent, site, batch=None,
+                              generator=torch.Generator().manual_seed(0), **params)  # fmt: skip
+
 
 @functools.cache
 def _param_defaults(cls: type[Morphism]) -> Mapping[str, Any]:
@@ -174,6 +188,21 @@ def get(name: str) -> Morphism:
 def sites(name: str, arch: Architecture) -> list[str]:
     """Where morphism ``name`` applies in ``arch`` (empty if nowhere)."""
     return list(get(name).sites(arch))
+
+
+def plan(name: str, parent: Architecture, site: str | None = None, **params: Any) -> Architecture:
+    """The structure of ``apply(name, parent, site, **params)``'s child, without data:
+    the same graph (and structure hash and parameter count), placeholder weights. The
+    search's driver decides with it; the worker applies the morphism once and checks the
+    planned hash.
+
+    Raises:
+        UnknownMorphism, MorphismNotApplicable: as :func:`apply`.
+        NotImplementedError: the morphism can plan only with a batch (apply it instead).
+    """
+    morphism = get(name)
+    site = _checked_site(morphism, parent, site)
+    return morphism.plan(parent, site, **_checked_params(morphism, params))
 
 
 def apply(

@@ -92,6 +92,17 @@ class _Widening(Morphism):
     def accepts(self, arch: Architecture, site: str) -> bool:
         return why_not_widen(arch, site) is None
 
+    def plan(self, parent: Architecture, site: str, **params: Any) -> Architecture:
+        """``k`` more units at ``site``, zero weights (the structure only; no batch)."""
+        k = len(params["units"]) if params.get("units") else params.get("k", 1)
+        wp = widen_path(parent, site)
+        shapes = outgoing_shapes(parent, wp)
+        # GradMax has as many directions as outgoing weights per unit
+        _check_k(self.name, k, sum(math.prod(s) for s in shapes) if self.needs_batch else None)
+        zeros = torch.zeros(k, *site_rows_shape(parent, site), dtype=parent.dtype)
+        return widened(parent, wp, zeros, None,
+                       [torch.zeros(k, *s, dtype=parent.dtype) for s in shapes])
+
 
 @register
 class RandomWiden(_Widening):

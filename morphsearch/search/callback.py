@@ -11,29 +11,26 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from ray.tune import Callback
 
 from morphsearch import artifacts
+from morphsearch.errors import MorphSearchError
 from morphsearch.lineage import ArchitectureIn, LineageStore
-from morphsearch.search.trainable import EPOCH_HISTORY
+from morphsearch.search.protocol import (
+    EPOCH_HISTORY,
+    LINEAGE_METRICS,
+    EpochReport,
+    TrialReport,
+    is_trial_result,
+)
 
-__all__ = ["METRIC_NAMES", "LineageCallback"]
+__all__ = ["LineageCallback"]
 
 log = logging.getLogger(__name__)
-
-METRIC_NAMES = (
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "final_loss",
-    "first_batch_loss",
-    "train_time_s",
-    "setup_time_s",
-)
 
 
 def _now() -> datetime:
@@ -80,18 +77,19 @@ class LineageCallback(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        if not is_trial_result(result):
+            return
         trial_id = str(trial.trial_id)
-        # the epochs trained since the previous report, then this report's own
-        reports = [*json.loads(result.get(EPOCH_HISTORY) or "[]"), result]
-        rows = [(_budget(r), _values(r)) for r in reports]
+        report = TrialReport.from_result(result)
+        rows = [(r.epoch, _values(r)) for r in report.evaluations]
         self._last[trial_id] = {
             k: v for k, v in result.items() if _plain(v) and k != EPOCH_HISTORY
         }
         if trial_id in self._recorded:
-            self.store.record_metrics_many(trial_id, rows)
+            self.store.record_metrics_many(trial_id, rows, arch_id=self._measured(report))
             return
         self._pending.setdefault(trial_id, []).extend(rows)
-        if result.get("weights_uri"):
+        if report.is_final:
             self._record(trial, "RUNNING", None)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
@@ -104,8 +102,9 @@ class LineageCallback(Callback):
         self._finish(trial, "TERMINATED", None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        error = getattr(trial, "error_file", None)
-        self._finish(trial, "ERROR", f"trial failed; see {error}" if error else "trial failed")
+        line = trial_error_line(trial)
+        log.warning("trial %s failed: %s", trial.trial_id, line)
+        self._finish(trial, "ERROR", line)
 
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
         trial_id = str(trial.trial_id)
@@ -122,37 +121,35 @@ class LineageCallback(Callback):
                 "trial %s ended before reporting its architecture; not in lineage", trial_id
             )
             return False
-        grown = json.loads(last.get("growth_events") or "[]")
-        child = self._child(last, with_weights=not grown)
+        report = TrialReport.from_result(last)
+        holder = report.final_arch_id if report.is_final else None
+        child = self._child(report.arch_id, report.child_uri, report.structure_hash,
+                            report.params, report.flops, report if holder == report.arch_id
+                            else None)  # fmt: skip
         config = {k: v for k, v in dict(trial.config).items() if _plain(v)}
         self.store.record_trial(
-            self.search,
-            trial_id,
-            last.get("parent_id"),
-            child,
-            json.loads(last.get("morphisms") or "[]"),
-            node=last.get("node_id"),
-            status=status,
-            config=config,
-            error=error,
-            started=None,
-        )
+            self.search, trial_id, report.parent_id, child, [dict(m) for m in report.morphisms],
+            node=report.node_id, status=status, config=config, error=error, started=None,
+        )  # fmt: skip
         self._recorded.add(trial_id)
-        for i, event in enumerate(grown):
-            self._record_growth(trial_id, event, last if i == len(grown) - 1 else None)
-        measured = last.get("final_arch_id") if grown else None
-        self.store.record_metrics_many(trial_id, self._pending.pop(trial_id, []), arch_id=measured)
+        for event in report.growth_events:
+            self._record_growth(trial_id, event, report if event["arch_id"] == holder else None)
+        rows = self._pending.pop(trial_id, [])
+        self.store.record_metrics_many(trial_id, rows, arch_id=self._measured(report))
         return True
 
+    @staticmethod
+    def _measured(report: TrialReport) -> str | None:
+        """The architecture a grown trial's metrics belong to: the one holding its weights."""
+        return report.final_arch_id if report.growth_events else None
+
     def _record_growth(
-        self, trial_id: str, event: dict[str, Any], last: dict[str, Any] | None
+        self, trial_id: str, event: Mapping[str, Any], weights: TrialReport | None
     ) -> None:
-        """One growth inside the trial; the last grown architecture holds the weights."""
-        fields = dict(event)
-        if last is not None:
-            for key in ("weights_uri", "weights_sha256", "weights_hash"):
-                fields[key] = last.get(key)
-        post = self._child(fields, with_weights=last is not None)
+        """One growth inside the trial; the architecture the trial kept holds the weights."""
+        post = self._child(str(event["arch_id"]), str(event["child_uri"]),
+                           str(event["structure_hash"]), int(event["params"]),
+                           int(event["flops"]), weights)  # fmt: skip
         self.store.record_growth(
             trial_id,
             event["pre_id"],
@@ -165,31 +162,36 @@ class LineageCallback(Callback):
             loss_after=event["loss_after"],
         )
 
-    def _child(self, last: dict[str, Any], *, with_weights: bool = True) -> ArchitectureIn:
-        graph = json.loads(artifacts.read_bytes(artifacts.graph_uri_for(str(last["child_uri"]))))
+    @staticmethod
+    def _child(arch_id: str, uri: str, structure_hash: str, params: int, flops: int,
+               weights: TrialReport | None) -> ArchitectureIn:  # fmt: skip
+        graph = json.loads(artifacts.read_bytes(artifacts.graph_uri_for(uri)))
         return ArchitectureIn(
-            arch_id=str(last["arch_id"]),
-            graph=graph,
-            structure_hash=str(last["structure_hash"]),
-            params=int(last.get("child_params", last.get("params", 0))),
-            flops=int(last.get("child_flops", last.get("flops", 0))),
-            weights_hash=last.get("weights_hash") if with_weights else None,
-            weights_uri=last.get("weights_uri") if with_weights else None,
-            weights_sha256=last.get("weights_sha256") if with_weights else None,
-        )
+            arch_id=arch_id, graph=graph, structure_hash=structure_hash, params=params,
+            flops=flops, weights_hash=weights.weights_hash if weights else None,
+            weights_uri=weights.weights_uri if weights else None,
+            weights_sha256=weights.weights_sha256 if weights else None,
+        )  # fmt: skip
 
 
-def _values(report: dict[str, Any]) -> dict[str, float]:
-    return {
-        name: float(report[name])
-        for name in METRIC_NAMES
-        if isinstance(report.get(name), (int, float)) and not math.isnan(float(report[name]))
-    }
-
-
-def _budget(report: dict[str, Any]) -> int:
-    return int(report.get("epoch", report.get("training_iteration", 0)))
+def _values(report: EpochReport) -> dict[str, float]:
+    values = report.metrics()
+    return {name: values[name] for name in LINEAGE_METRICS if name in values}
 
 
 def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, list, dict))
+
+
+def trial_error_line(trial: Any) -> str:
+    """One line for a failed trial: a MorphSearchError's own message (out of GPU memory,
+    a child that is not the planned one), else where Tune wrote the traceback."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # storage gone or unpicklable: fall back to the file's path
+        error = None
+    cause = getattr(error, "cause", error)
+    if isinstance(cause, MorphSearchError):
+        return str(cause).splitlines()[0]
+    where = getattr(trial, "error_file", None)
+    return f"trial failed; see {where}" if where else "trial failed"

@@ -19,7 +19,6 @@ from morphsearch.errors import ConfigError
 __all__ = [
     "BudgetConfig",
     "DatasetConfig",
-    "GrowthConfig",
     "MorphismRange",
     "Objective",
     "ResourcesConfig",
@@ -27,6 +26,7 @@ __all__ = [
     "SearchConfig",
     "SeedGraph",
     "SelectionConfig",
+    "TrialGrowthConfig",
     "load_config",
 ]
 
@@ -120,12 +120,19 @@ class Objective(_Frozen):
 class BudgetConfig(_Frozen):
     """How much the search may spend, and how long each trial trains.
 
-    ``epochs_per_trial`` trains the seed (and, with ``selection.inherit_weights:
-    false``, every re-initialised child). A child that inherits its trained parent's
-    weights only needs fine-tuning: it trains at most ``child_epochs`` (``None``: half of
-    ``epochs_per_trial``, rounded up). Every trial stops early once its first objective
-    (when that is a per-epoch validation metric, else ``val_loss``) has not improved for
-    ``patience`` epochs (``None``: never); its last weights are its result.
+    A trial's budget is given in epochs or in optimizer steps, not both:
+
+    * epochs: ``epochs_per_trial`` trains the seed (and, with ``selection.inherit_weights:
+      false``, every re-initialised child); a child that inherits its trained parent's
+      weights only fine-tunes, ``child_epochs`` (``None``: half of ``epochs_per_trial``,
+      rounded up);
+    * steps: ``steps_per_trial`` and ``child_steps`` (``None``: half of
+      ``steps_per_trial``), the recipe of a paper ("6000 steps at batch 100").
+
+    A trial evaluates every epoch, or every ``eval_every_steps`` steps when given; it
+    keeps the weights of its best evaluation by the first objective (when that is
+    measured every evaluation, else ``val_loss``) and stops early once that has not
+    improved for ``patience`` evaluations (``None``: never).
     """
 
     trials: int = Field(default=8, ge=1)
@@ -133,22 +140,39 @@ class BudgetConfig(_Frozen):
     max_concurrent: int = Field(default=1, ge=1)
     epochs_per_trial: int = Field(default=3, ge=1)
     child_epochs: int | None = Field(default=None, ge=1)
+    steps_per_trial: int | None = Field(default=None, ge=1)
+    child_steps: int | None = Field(default=None, ge=1)
+    eval_every_steps: int | None = Field(default=None, ge=1)
     patience: int | None = Field(default=3, ge=1)
     max_params: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
     checkpoint_every_s: float = Field(default=10.0, ge=0)
-    # report to Tune at most this often (seconds of training; 0: every epoch). Every
-    # report is a round trip through the driver while the trial waits; epochs between
-    # reports travel in the next one, so lineage still gets every epoch's metrics.
+    # report to Tune at most this often (seconds of training; 0: every evaluation). Every
+    # report is a round trip through the driver while the trial waits; evaluations between
+    # reports travel in the next one, so lineage still gets every evaluation's metrics.
     report_every_s: float = Field(default=1.0, ge=0)
     # a compute budget: stop the whole search once its trials have spent this many
     # training FLOPs (the ``train_flops`` metric summed over trials); None: no limit
     max_train_flops: float | None = Field(default=None, gt=0)
-    # learning rate within a trial: a cosine decay from the trial's lr towards 0 over its
-    # planned epochs (epoch e of E trains at lr * (1 + cos(pi * (e-1) / E)) / 2), or
-    # constant. Cosine is the default: in bench/search_efficiency.py it raised the best
-    # test accuracy on MNIST-1D for every method (morphsearch the most, +2 points).
+    # learning rate within a trial, per optimizer step: a cosine decay from the trial's
+    # lr towards 0 over its planned steps (step t of T trains at lr * (1 + cos(pi t / T))
+    # / 2), or constant. Cosine is the default: in bench/search_efficiency.py it raised
+    # the best test accuracy on MNIST-1D for every method (morphsearch the most).
     lr_schedule: Literal["constant", "cosine"] = "cosine"
+    # arithmetic of training: fp32, or mixed precision (torch.autocast) in bf16 or fp16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> BudgetConfig:
+        in_epochs = {"epochs_per_trial", "child_epochs"} & self.model_fields_set
+        if self.steps_per_trial is not None and in_epochs:
+            raise ValueError(
+                f"give the trial budget in steps (steps_per_trial, child_steps) or in epochs "
+                f"({', '.join(sorted(in_epochs))}), not both; remove one"
+            )
+        if self.child_steps is not None and self.steps_per_trial is None:
+            raise ValueError("'child_steps' needs 'steps_per_trial' (budgets in steps)")
+        return self
 
     @property
     def epochs_per_child(self) -> int:
@@ -156,6 +180,20 @@ class BudgetConfig(_Frozen):
         if self.child_epochs is not None:
             return self.child_epochs
         return max(1, -(-self.epochs_per_trial // 2))
+
+    def in_steps(self, train_size: int) -> tuple[int, int, int]:
+        """``(steps, child_steps, eval_every)`` for a training split of ``train_size``."""
+        per_epoch = max(1, -(-train_size // self.batch_size))
+        every = self.eval_every_steps or per_epoch
+        if self.steps_per_trial is not None:
+            child = self.child_steps or max(1, -(-self.steps_per_trial // 2))
+            return self.steps_per_trial, child, every
+        return self.epochs_per_trial * per_epoch, self.epochs_per_child * per_epoch, every
+
+    def evaluations(self, train_size: int) -> int:
+        """How many evaluations a full-budget trial makes (ASHA's ``max_t``)."""
+        steps, _, every = self.in_steps(train_size)
+        return -(-steps // every)
 
 
 class MorphismRange(_Frozen):
@@ -181,14 +219,24 @@ class MorphismRange(_Frozen):
         return self
 
 
-class GrowthConfig(_Frozen):
-    """In-training growth (``morphsearch.growth``) inside each trial."""
+class TrialGrowthConfig(_Frozen):
+    """In-training growth inside each trial: the step loop's growth hook.
+
+    ``trigger`` says when (``schedule``: ``max_events`` growths evenly spaced over the
+    trial; ``plateau``: the training loss stalls; ``score``: the best candidate's
+    ``scorer`` value exceeds ``tau``, checked every ``check_every`` steps); ``scorer``
+    says where (``round_robin``, ``gradmax``, ``splitting``, ``natural_expansion``);
+    ``morphism`` how, with ``k`` units when the morphism takes a ``k``.
+    """
 
     enabled: bool = False
-    trigger: Literal["schedule", "plateau", "score"] = "plateau"
+    trigger: str = "plateau"
+    scorer: str = "round_robin"
     morphism: str = "widen.gradmax"
     k: int = Field(default=2, ge=1)
     max_events: int = Field(default=1, ge=0)
+    tau: float = 0.0
+    check_every: int = Field(default=10, ge=1)
 
 
 class SelectionConfig(_Frozen):
@@ -220,6 +268,14 @@ class SelectionConfig(_Frozen):
     # rank the parent pool by this metric and mode instead of the first objective (e.g.
     # val_loss/min: a smoother signal than accuracy on a small validation split)
     rank_by: Objective | None = None
+    # train the seed alone, to its full budget, before suggesting any child (children then
+    # fine-tune a trained seed); false starts children at once from its initial weights
+    # (more parallel at the start of a search on many workers, each child trains fully)
+    seed_first: bool = True
+    # at the search's end, score this many best architectures (by the first objective)
+    # once on the test split: lineage metrics test_accuracy / test_loss, never used to
+    # select (0: none)
+    test_top: int = Field(default=5, ge=0)
 
     @model_validator(mode="after")
     def _lr_ordered(self) -> SelectionConfig:
@@ -258,7 +314,7 @@ class SearchConfig(_Frozen):
             "deepen.identity": MorphismRange(),
         }
     )
-    growth: GrowthConfig = Field(default_factory=GrowthConfig)
+    growth: TrialGrowthConfig = Field(default_factory=TrialGrowthConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)

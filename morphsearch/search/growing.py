@@ -1,109 +1,70 @@
-"""In-training growth inside a search trial, through :mod:`morphsearch.growth`.
+"""In-training growth inside a search trial: the typed config becomes the loop's hook.
 
-With ``growth.enabled`` a trial trains its child with the growing trainer: a trigger
-(schedule, loss plateau or score threshold) decides when, the configured morphism how;
-each growth becomes an edge ``pre -> post`` that the driver's callback records with
-``record_growth``. The architectures grown inside the trial are written to the artifact
-store as graphs; the last one also gets the trained weights.
+With ``growth.enabled`` a trial's step loop (:class:`~morphsearch.growth.GrowingTrainer`)
+grows its network: the registered trigger (``growth.trigger``) decides when, the
+registered scorer (``growth.scorer``) where, the configured morphism how. Each growth
+becomes an edge ``pre -> post`` that the driver's callback records with
+``record_growth``; :func:`event_record` is what a trial reports about one.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
-import torch
+from morphsearch import morphisms
+from morphsearch.growth import GradMaxScore, NaturalExpansionScore, RoundRobin, SplittingScore
+from morphsearch.growth.events import GrowthEvent
+from morphsearch.growth.scores import Scorer
+from morphsearch.growth.trainer import GrowthConfig
+from morphsearch.growth.triggers import TRIGGERS, TriggerPlan
+from morphsearch.registry import Registry
+from morphsearch.search.config import TrialGrowthConfig
 
-from morphsearch import artifacts
-from morphsearch.arch import Architecture
-from morphsearch.data import Dataset
+__all__ = ["SCORERS", "event_record", "loop_config"]
 
-__all__ = ["GrowthOutcome", "grow_during_trial"]
-
-
-@dataclass(frozen=True)
-class GrowthOutcome:
-    arch: Architecture
-    train_loss: float
-    events: list[dict[str, Any]]
-    train_flops: int = 0  # training FLOPs of the trial (growth trainer's count)
-
-
-def _trigger(options: dict[str, Any], steps: int) -> Any:
-    from morphsearch.growth import LossPlateau, Schedule, ScoreThreshold
-
-    if options["trigger"] == "schedule":
-        every = max(1, steps // (int(options["max_events"]) + 1))
-        return Schedule(start=every, every=every, max_growths=int(options["max_events"]))
-    if options["trigger"] == "score":
-        return ScoreThreshold(tau=0.0)
-    return LossPlateau(window=max(10, steps // 10))
+SCORERS: Registry[Callable[[], Scorer]] = Registry("scorer")
+SCORERS.add("round_robin", RoundRobin)
+SCORERS.add("gradmax", GradMaxScore)
+SCORERS.add("splitting", SplittingScore)
+SCORERS.add("natural_expansion", NaturalExpansionScore)
 
 
-def grow_during_trial(
-    child: Architecture,
-    data: Dataset,
-    options: dict[str, Any],
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    lr_schedule: Literal["constant", "cosine"] = "constant",
-    device: torch.device,
-    base: str,
-    arch_id: str,
-) -> GrowthOutcome:
-    """Train ``child`` for ``epochs`` with growth; write each grown graph to ``base``.
+def loop_config(
+    growth: TrialGrowthConfig, *, steps: int, lr: float, schedule: str, batch_size: int,
+    seed: int, device: str, precision: str,
+) -> GrowthConfig:
+    """The step loop's config for a trial: Adam at ``lr`` on the per-step ``schedule``;
+    with ``growth.enabled``, its trigger, scorer and morphism (``k`` only where the
+    morphism takes one)."""
+    base = GrowthConfig(steps=steps, optimizer="adam", lr=lr, lr_schedule=schedule,  # type: ignore[arg-type]
+                        batch_size=batch_size, seed=seed, device=device,
+                        precision=precision)  # type: ignore[arg-type]  # fmt: skip
+    if not growth.enabled:
+        return base
+    plan = TriggerPlan(steps, growth.max_events, growth.tau, growth.check_every)
+    takes_k = "k" in morphisms.get(growth.morphism).param_defaults()
+    return GrowthConfig(
+        **{**base.__dict__, "trigger": TRIGGERS.get(growth.trigger)(plan),
+           "scorer": SCORERS.get(growth.scorer)(), "morphisms": (growth.morphism,),
+           "morphism_params": {growth.morphism: {"k": growth.k}} if takes_k else {},
+           "max_growths": growth.max_events},
+    )  # fmt: skip
 
-    Returns:
-        The final architecture (trained weights), the mean loss of the last epoch's
-        steps, and one JSON-ready dict per growth event (ids, URIs, scores, losses).
-    """
-    from morphsearch.growth import GrowthConfig, train
 
-    steps = epochs * math.ceil(len(data.x_train) / batch_size)
-    config = GrowthConfig(
-        steps=steps,
-        optimizer="adam",
-        lr=lr,
-        lr_schedule=lr_schedule,
-        batch_size=batch_size,
-        trigger=_trigger(options, steps),
-        morphisms=(str(options["morphism"]),),
-        morphism_params={str(options["morphism"]): {"k": int(options["k"])}},
-        max_growths=int(options["max_events"]),
-        seed=seed,
-        device=str(device),
-    )
-    result = train(child, data, config)
-    events, pre = [], arch_id
-    for i, event in enumerate(result.events, start=1):
-        post = f"{arch_id}/g{i}"
-        uri = artifacts.join(base, post.replace("/", "__") + ".safetensors")
-        graph = json.dumps(event.child.to_json(), sort_keys=True).encode()
-        artifacts.write_bytes(artifacts.graph_uri_for(uri), graph)
-        events.append(
-            {
-                "pre_id": pre,
-                "arch_id": post,
-                "child_uri": uri,
-                "structure_hash": event.child.structure_hash,
-                "params": event.child.num_params,
-                "flops": event.child.flops,
-                "morphism": dict(event.morphism),
-                "step": event.step,
-                "trigger": event.trigger,
-                "scores": dict(event.scores),
-                "loss_before": event.loss_before,
-                "loss_after": event.loss_after,
-            }
-        )
-        pre = post
-    per_epoch = max(1, steps // epochs)
-    tail = result.losses[-per_epoch:] or (math.nan,)
-    return GrowthOutcome(
-        result.arch, float(sum(tail) / len(tail)), events, int(result.train_flops)
-    )
+def event_record(event: GrowthEvent, pre_id: str, post_id: str, uri: str) -> dict[str, Any]:
+    """What a trial reports about one growth (JSON): the edge, its scores and losses."""
+    return {
+        "pre_id": pre_id,
+        "arch_id": post_id,
+        "child_uri": uri,
+        "structure_hash": event.child.structure_hash,
+        "params": event.child.num_params,
+        "flops": event.child.flops,
+        "morphism": dict(event.morphism),
+        "step": event.step,
+        "trigger": event.trigger,
+        "scores": dict(event.scores),
+        "loss_before": event.loss_before,
+        "loss_after": event.loss_after,
+    }

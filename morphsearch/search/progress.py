@@ -12,7 +12,6 @@ only translates Tune's hooks into its events.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -22,7 +21,7 @@ from typing import IO, Any
 
 from ray.tune import Callback
 
-from morphsearch.search.trainable import EPOCH_HISTORY
+from morphsearch.search.protocol import TrialReport, is_trial_result
 
 __all__ = ["ProgressState", "SearchProgress", "format_duration", "use_live"]
 
@@ -77,12 +76,15 @@ class ProgressState:
 
     def result(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Take a reported result (and the epochs batched into it); True on a new best."""
-        batched = json.loads(result.get(EPOCH_HISTORY) or "[]")
-        improved = [self._value(trial_id, r) for r in (*batched, result)]
-        return any(improved)
+        if not is_trial_result(result):
+            return self._value(trial_id, result.get(self.metric))
+        report = TrialReport.from_result(result)
+        values = [r.value(self.metric) for r in (*report.evaluations, report.latest)]
+        if self.metric in ("params", "flops"):  # per architecture, not per evaluation
+            values = [result.get(self.metric)]
+        return any([self._value(trial_id, v) for v in values])
 
-    def _value(self, trial_id: str, result: dict[str, Any]) -> bool:
-        value = result.get(self.metric)
+    def _value(self, trial_id: str, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         value = float(value)

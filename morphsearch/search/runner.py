@@ -20,19 +20,22 @@ from morphsearch import artifacts, builders, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.errors import ConfigError, NotFound, SearchError
+from morphsearch.growth.triggers import TRIGGERS
 from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
+from morphsearch.search.growing import SCORERS
+from morphsearch.search.holdout import score_on_test
 from morphsearch.search.progress import SearchProgress
+from morphsearch.search.protocol import EPOCH, EPOCH_METRICS
 from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
-from morphsearch.search.trainable import TrialSetup, probe_batch, train_child
+from morphsearch.search.trainable import train_child
+from morphsearch.search.trial import TrialSetup, probe_batch
 
 __all__ = ["SearchResult", "TrainFlopsStopper", "asha_milestones", "build_seed", "run_search"]
 
 log = logging.getLogger(__name__)
-
-EPOCH_METRICS = ("val_accuracy", "val_loss", "train_loss", "final_loss")
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,7 @@ def _graph_path(path: str, source: str | None) -> str:
 
 
 def _check_morphisms(config: SearchConfig) -> None:
-    """Every morphism the config names is registered; in-training growth and ASHA are not
-    combined (a growing trial reports once, at its end: ASHA would have nothing to stop)."""
+    """Every morphism, trigger and scorer the config names is registered."""
     valid = morphisms.list_morphisms()
     named = [(f"morphisms.{name}", name) for name in config.morphisms]
     if config.growth.enabled:
@@ -102,12 +104,12 @@ def _check_morphisms(config: SearchConfig) -> None:
                 f"{config.source or 'config'}: field '{field}': unknown morphism {name!r}; "
                 f"valid morphisms: {', '.join(valid) or 'none registered'}"
             )
-    if config.growth.enabled and config.scheduler.asha:
-        raise ConfigError(
-            f"{config.source or 'config'}: field 'scheduler.asha': trials that grow while "
-            "training (growth.enabled) report once, at their end, so ASHA cannot stop them "
-            "early; turn one of the two off"
-        )
+    for field, registry, name in (("growth.trigger", TRIGGERS, config.growth.trigger),
+                                  ("growth.scorer", SCORERS, config.growth.scorer)):
+        if name not in registry:
+            raise ConfigError(
+                f"{config.source or 'config'}: field '{field}': {registry.unknown(name)}"
+            )
 
 
 def _absolute(uri: str) -> str:
@@ -137,25 +139,31 @@ def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup,
                     ref.sha256,
                 ),
             )
-    # early stopping watches the first objective when it is measured every epoch
+    # the kept weights and early stopping follow the first objective when it is measured
+    # every evaluation (else val_loss)
     monitor, monitor_mode = (
         (config.metric, config.mode) if config.metric in EPOCH_METRICS else ("val_loss", "min")
     )
+    train_size = len(data.split("train")[0])
+    steps, child_steps, every = config.budget.in_steps(train_size)
     setup = TrialSetup(
         search=name,
         artifacts_uri=art,
         dataset=config.dataset.name,
         dataset_options=tuple(sorted(options.items())),
         data_seed=config.seed,
-        epochs=config.budget.epochs_per_trial,
         batch_size=config.budget.batch_size,
+        steps=steps,
+        eval_every=every,
+        child_steps=child_steps,
         cpus=config.resources.cpus,
-        growth=config.growth.model_dump(),
+        gpus=config.resources.gpus,
+        precision=config.budget.precision,
+        growth=config.growth,
         checkpoint_every_s=config.budget.checkpoint_every_s,
         report_every_s=config.budget.report_every_s,
-        report_epochs=asha_milestones(config),
+        report_epochs=asha_milestones(config, config.budget.evaluations(train_size)),
         inherit_weights=config.selection.inherit_weights,
-        child_epochs=config.budget.epochs_per_child,
         patience=config.budget.patience,
         monitor=monitor,
         monitor_mode=monitor_mode,
@@ -174,14 +182,16 @@ def _recorded_seed(store: LineageStore, arch_id: str) -> artifacts.ArtifactRef |
     return artifacts.ArtifactRef(record.weights_uri or "", record.weights_sha256 or "")
 
 
-def asha_milestones(config: SearchConfig) -> tuple[int, ...]:
-    """The epochs at which ASHA compares trials (its rungs: ``grace_period * rf**k`` up to
-    ``epochs_per_trial``); trials always report these, however ``report_every_s`` batches
-    the others. Empty without ASHA."""
+def asha_milestones(config: SearchConfig, max_t: int | None = None) -> tuple[int, ...]:
+    """The evaluations at which ASHA compares trials (its rungs: ``grace_period * rf**k``
+    up to ``max_t``, a full trial's evaluations, by default ``epochs_per_trial``); trials
+    always report these, however ``report_every_s`` batches the others. Empty without
+    ASHA."""
     if not config.scheduler.asha:
         return ()
+    top = config.budget.epochs_per_trial if max_t is None else max_t
     epoch, out = config.scheduler.grace_period, []
-    while epoch <= config.budget.epochs_per_trial:
+    while epoch <= top:
         out.append(epoch)
         epoch *= config.scheduler.reduction_factor
     return tuple(out)
@@ -221,8 +231,8 @@ def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
         scheduler = ASHAScheduler(
             metric=config.metric,
             mode=config.mode,
-            time_attr="epoch",
-            max_t=config.budget.epochs_per_trial,
+            time_attr=EPOCH,
+            max_t=-(-setup.steps // setup.eval_every),  # a full trial's evaluations
             grace_period=config.scheduler.grace_period,
             reduction_factor=config.scheduler.reduction_factor,
         )
@@ -323,6 +333,7 @@ def run_search(
     grid = tuner.fit()
     with LineageStore(config.database, write=True) as store:
         errors = sum(1 for r in grid if r.error is not None)
+        score_on_test(store, config, name)
         store.set_search_status(name, "finished" if errors == 0 else "finished_with_errors")
         return _summary(store, config, name, len(grid), artifacts.join(storage, name))
 

@@ -25,7 +25,28 @@ log = logging.getLogger(__name__)
 
 
 class ResumableOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that ignores results for trials its study already finished."""
+    """``OptunaSearch`` that ignores results for trials its study already finished and,
+    with ``wait_for_seed``, suggests nothing more while the seed trial trains: children
+    then fine-tune a seed trained to its full budget instead of starting from its
+    untrained weights."""
+
+    wait_for_seed = False
+    _seed_trial: str | None = None
+
+    def suggest(self, trial_id: str) -> dict[Any, Any] | None:
+        if self.wait_for_seed and self._seed_trial is not None:
+            return None  # Tune asks again on its next loop
+        config = super().suggest(trial_id)
+        if self.wait_for_seed and isinstance(config, dict) and config.get("morphism") is None:
+            self._seed_trial = trial_id
+        return config
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id == self._seed_trial:
+            self._seed_trial = None  # trained (or failed: its children then train fully)
+        super().on_trial_complete(trial_id, result, error)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         try:
@@ -58,7 +79,7 @@ def make_searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Optu
     metrics = [o.metric for o in config.objectives]
     modes: list[str] = [o.mode for o in config.objectives]
     single = len(metrics) == 1
-    return ResumableOptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=space,
         metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
@@ -67,3 +88,5 @@ def make_searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Optu
         storage=storage,
         seed=config.seed,
     )
+    searcher.wait_for_seed = config.selection.seed_first and config.selection.inherit_weights
+    return searcher

@@ -5,8 +5,11 @@ a trial is suggested. It reads the parent pool (the best trained architectures s
 from lineage, lets Optuna choose a parent rank, a morphism, a site position, an amount
 ``k`` and a learning rate, and resolves them into a concrete, novel child: if the chosen
 child has the same structure as one already grown from the same parent (or exceeds
-``max_params``), it walks to the next site and morphism instead. The resolved values are
-returned as constants, which Ray merges into the trial's config.
+``max_params``), it walks to the next site and morphism instead. Children are judged by
+structure alone (:func:`morphisms.plan`: no data, no weights computed); the worker applies
+the morphism once and checks the planned structure hash. The resolved
+:class:`~morphsearch.search.protocol.TrialPlan` is returned as constants, which Ray merges
+into the trial's config.
 
 The object is pickled with the searcher's state (Tune experiment checkpoints), so it
 holds only plain values; the lineage store is reopened lazily after unpickling.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +29,7 @@ from morphsearch.arch import Architecture
 from morphsearch.errors import MorphSearchError, SearchError
 from morphsearch.lineage import LineageStore
 from morphsearch.search.config import SearchConfig
+from morphsearch.search.protocol import PlannedMorphism, TrialPlan
 
 __all__ = ["MorphismSpace", "ParentInfo", "seed_arch_id"]
 
@@ -72,11 +76,19 @@ class MorphismSpace:
         # (parent id, child structure hash) of every child suggested so far
         self.suggested: set[tuple[str, str]] = set()
         self._store: LineageStore | None = None
+        self._parents: dict[str, ParentInfo] = {}
+        self._archs: dict[str, Architecture] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None  # engines do not pickle; reopened on first use
+        state["_archs"] = {}  # rebuilt from the graphs on demand
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_parents", {})  # a searcher pickled before these caches
+        state.setdefault("_archs", {})
+        self.__dict__.update(state)
 
     @property
     def store(self) -> LineageStore:
@@ -85,34 +97,32 @@ class MorphismSpace:
         return self._store
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        """Suggest one trial; returns the resolved constants Ray adds to its config."""
-        lr = trial.suggest_float("lr", *self.config.selection.lr, log=True)
+        """Suggest one trial; returns its plan as the constants Ray adds to its config."""
+        return self.suggest(trial).to_config()
+
+    def suggest(self, trial: Any) -> TrialPlan:
+        """Suggest one trial's :class:`~morphsearch.search.protocol.TrialPlan`."""
         selection = self.config.selection
-        base: dict[str, Any] = {
-            "lr": lr,
-            "trial_seed": self.config.seed * 100_003 + int(trial.number),
-            # per-trial training options the trainable reads from the trial's config
-            "lr_schedule": self.config.budget.lr_schedule,
-            "inherit_optimizer": selection.inherit_weights and selection.inherit_optimizer,
-        }
+        base = TrialPlan(
+            parent_id=self.seed_info.arch_id,
+            parent_uri=self.seed_info.weights_uri,
+            lr=trial.suggest_float("lr", *selection.lr, log=True),
+            lr_schedule=self.config.budget.lr_schedule,
+            trial_seed=self.config.seed * 100_003 + int(trial.number),
+            inherit_optimizer=selection.inherit_weights and selection.inherit_optimizer,
+        )
         pool = self.pool()
         seed_key = (self.seed_info.arch_id, "train")
         if not pool and seed_key not in self.suggested:
             # First trial: train the seed as it is, so children have a trained parent
             # and the search has a baseline to beat.
             self.suggested.add(seed_key)
-            return {
-                **base,
-                **self._parent_fields(self.seed_info),
-                "morphism": None,
-                "site": None,
-                "params": {},
-            }
-        # the seed may still be training: its children then start from untrained weights
-        trained = bool(pool)
-        base["fine_tune"] = trained
+            return replace(base, **self._parent_fields(self.seed_info))
+        # the seed may still be training (when the searcher does not wait for it): its
+        # children then start from untrained weights and train the full budget
+        base = replace(base, fine_tune=bool(pool))
         pool = pool or [self.seed_info]
-        rank = trial.suggest_int("parent_rank", 0, self.config.selection.pool_size - 1)
+        rank = trial.suggest_int("parent_rank", 0, selection.pool_size - 1)
         name = trial.suggest_categorical("morphism", sorted(self.config.morphisms))
         position = trial.suggest_float("site_position", 0.0, 1.0)
         spec = self.config.morphisms[name]
@@ -122,11 +132,12 @@ class MorphismSpace:
         else:
             k = trial.suggest_int(f"k.{name}", *spec.k)
         start = min(rank, len(pool) - 1)
-        ordered_pool = pool[start:] + pool[:start]
-        for parent in ordered_pool:
-            choice = self._resolve(parent, name, position, k)
+        for parent in pool[start:] + pool[:start]:
+            choice = self._resolve(parent, name, position, k, base.trial_seed)
             if choice is not None:
-                return {**base, **self._parent_fields(parent), **choice}
+                morphism, child_hash = choice
+                return replace(base, **self._parent_fields(parent), morphism=morphism,
+                               child_structure_hash=child_hash)  # fmt: skip
         raise SearchError(
             f"search {self.search!r}: every enabled morphism at every site of the parent pool "
             "gives a duplicate or too large child; enable more morphisms, widen their 'k' "
@@ -147,16 +158,10 @@ class MorphismSpace:
         fresh: list[ParentInfo] = []
         used: list[ParentInfo] = []
         for result in found:
-            record = self.store.architecture(result.arch_id)
-            if record.weights_uri is None:  # stopped early: nothing to inherit
+            info = self._parent(result.arch_id)
+            if info is None:  # stopped early: nothing to inherit
                 continue
-            info = ParentInfo(
-                record.arch_id,
-                record.weights_uri,
-                record.weights_sha256,
-                record.graph,
-            )
-            if limit is not None and self.children(record.arch_id) >= limit:
+            if limit is not None and self.children(info.arch_id) >= limit:
                 used.append(info)
             else:
                 fresh.append(info)
@@ -165,6 +170,24 @@ class MorphismSpace:
         # all exhausted (or too few fresh ones): the best used-up parents fill the pool
         return fresh + used[: k - len(fresh)]
 
+    def _parent(self, arch_id: str) -> ParentInfo | None:
+        """A scored architecture as a parent; recorded architectures never change, so
+        each is read from lineage once (the pool is re-ranked every suggestion)."""
+        if arch_id not in self._parents:
+            record = self.store.architecture(arch_id)
+            if record.weights_uri is None:
+                return None
+            self._parents[arch_id] = ParentInfo(
+                record.arch_id, record.weights_uri, record.weights_sha256, record.graph
+            )
+        return self._parents[arch_id]
+
+    def _arch(self, parent: ParentInfo) -> Architecture:
+        """The parent's graph as an architecture (built once per process)."""
+        if parent.arch_id not in self._archs:
+            self._archs[parent.arch_id] = Architecture.from_json(parent.graph)
+        return self._archs[parent.arch_id]
+
     def children(self, parent_id: str) -> int:
         """How many distinct children ``parent_id`` has: suggested here or in lineage."""
         mine = {key for key in self.suggested if key[0] == parent_id}
@@ -172,36 +195,32 @@ class MorphismSpace:
 
     @staticmethod
     def _parent_fields(parent: ParentInfo) -> dict[str, Any]:
-        return {
+        return {  # the TrialPlan fields that name the parent
             "parent_id": parent.arch_id,
             "parent_uri": parent.weights_uri,
             "parent_sha256": parent.weights_sha256,
         }
 
     def _resolve(
-        self, parent: ParentInfo, name: str, position: float, k: float
-    ) -> dict[str, Any] | None:
-        arch = Architecture.from_json(parent.graph)
+        self, parent: ParentInfo, name: str, position: float, k: float, seed: int
+    ) -> tuple[PlannedMorphism, str] | None:
+        """The first candidate whose child is novel and small enough, with its hash."""
+        arch = self._arch(parent)
         grown = self._grown_from(parent.arch_id)
         for morphism, site, params in self._candidates(arch, name, position, k):
             try:
-                child = morphisms.apply(morphism, arch, site, batch=self.probe, seed=0, **params)
+                child = self._plan(morphism, arch, site, params)
             except MorphSearchError as exc:
                 log.debug("skipping %s at %s: %s", morphism, site, exc)
                 continue
             limit = self.config.budget.max_params
-            if limit is not None and child.child.num_params > limit:
+            if limit is not None and child.num_params > limit:
                 continue
-            key = (parent.arch_id, child.child.structure_hash)
+            key = (parent.arch_id, child.structure_hash)
             if key in self.suggested or key in grown:
                 continue
             self.suggested.add(key)
-            return {
-                "morphism": morphism,
-                "site": site,
-                "params": params,
-                "child_structure_hash": key[1],
-            }
+            return PlannedMorphism(morphism, site, params, seed), key[1]
         return None
 
     def _candidates(
@@ -238,12 +257,21 @@ class MorphismSpace:
                         seen.add((site, params.get("k")))
                         yield morphism, site, params
 
+    def _plan(
+        self, morphism: str, arch: Architecture, site: str, params: dict[str, Any]
+    ) -> Architecture:
+        """The candidate child's structure, without data (no GradMax pass, no SVD); a
+        morphism that can plan only with a batch is applied on the probe instead."""
+        try:
+            return morphisms.plan(morphism, arch, site, **params)
+        except NotImplementedError:
+            return morphisms.apply(morphism, arch, site, batch=self.probe, seed=0,
+                                   check=False, **params).child  # fmt: skip
+
     def _grown_from(self, parent_id: str) -> set[tuple[str, str]]:
-        """(parent, structure hash) of the children lineage already holds for ``parent_id``."""
-        out = set()
-        for node in self.store.descendants(parent_id, max_depth=1)[1:]:
-            out.add((parent_id, self.store.architecture(node.arch_id).structure_hash))
-        return out
+        """(parent, structure hash) of the children lineage already holds for ``parent_id``
+        (one query)."""
+        return {(parent_id, h) for h in self.store.child_hashes(parent_id)}
 
 
 def _units(arch: Architecture, site: str, amount: float, relative: bool) -> int:

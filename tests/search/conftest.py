@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +46,30 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+class FakeSession:
+    """A trial's session without Ray: reports go to a list (checkpoints are dropped)."""
+
+    trial_id = "t0"
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+
+    def checkpoint_dir(self) -> Path | None:
+        return None
+
+    def report(self, result: dict[str, Any], folder: Path | None) -> None:
+        self.reports.append(result)
+
+    def node_id(self) -> str | None:
+        return None
+
+
+def run_trial_here(plan: Any, setup: Any) -> list[dict[str, Any]]:
+    """Run one trial in this process; its Ray results, in order."""
+    from morphsearch.search.trial import run_trial
+
+    session = FakeSession()
+    run_trial(plan, setup, session)
+    return session.reports

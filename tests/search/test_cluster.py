@@ -92,6 +92,9 @@ def _config(tmp_path: Path, name: str, trials: int) -> Path:
         "database": f"sqlite:///{tmp_path}/lineage.db",
         "storage": str(tmp_path / "runs"),
         "budget": {**TINY["budget"], "trials": trials, "epochs_per_trial": 2},
+        # two trials from the start (the seed and a child of its initial weights), so that
+        # both one-CPU nodes are busy at once
+        "selection": {**TINY["selection"], "seed_first": False},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -138,11 +138,34 @@ def test_unknown_growth_morphism_exits_2(
     assert "growth.morphism" in capsys.readouterr().err
 
 
-def test_growth_with_asha_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_growth_trigger_or_scorer_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(QUICKSTART.read_text() + "growth: {enabled: true}\nscheduler: {asha: true}\n")
-    assert main(["search", str(path), "--db", f"sqlite:///{tmp_path}/l.db"]) == 2
-    err = capsys.readouterr().err
-    assert "scheduler.asha" in err and "turn one of the two off" in err
-    assert len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "l.db").exists()  # refused before anything was written
+    for field, bad, valid in (("trigger", "sometimes", "plateau, schedule, score"),
+                              ("scorer", "vibes", "gradmax, natural_expansion")):
+        path.write_text(QUICKSTART.read_text() + f"growth: {{enabled: true, {field}: {bad}}}\n")
+        assert main(["search", str(path), "--db", f"sqlite:///{tmp_path}/l.db"]) == 2
+        err = capsys.readouterr().err
+        assert f"growth.{field}" in err and repr(bad) in err and valid in err
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "l.db").exists()  # refused before anything was written
+
+
+def test_budget_in_steps_or_epochs_not_both(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    head = "seed_graph: {builder: mlp}\ndataset: {name: digits}\n"
+    path.write_text(head + "budget: {steps_per_trial: 600, child_steps: 200, eval_every_steps: 50}\n")
+    budget = load_config(path).budget
+    assert budget.in_steps(1169) == (600, 200, 50) and budget.evaluations(1169) == 12
+    path.write_text(head + "budget: {steps_per_trial: 601}\n")
+    assert load_config(path).budget.in_steps(1169) == (601, 301, 19)  # eval every epoch
+    path.write_text(head + "budget: {epochs_per_trial: 4, child_epochs: 1, batch_size: 100}\n")
+    assert load_config(path).budget.in_steps(1169) == (48, 12, 12)
+    for bad, says in (("{steps_per_trial: 600, epochs_per_trial: 3}", "not both"),
+                      ("{child_steps: 100}", "needs 'steps_per_trial'"),
+                      ("{precision: fp8}", "precision")):
+        path.write_text(head + f"budget: {bad}\n")
+        with pytest.raises(ConfigError, match=says) as caught:
+            load_config(path)
+        assert "budget" in str(caught.value) and "\n" not in str(caught.value)

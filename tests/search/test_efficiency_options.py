@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +13,11 @@ import torch
 from morphsearch import artifacts, builders
 from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError
-from morphsearch.search import trainable
 from morphsearch.search.config import SearchConfig, load_config
+from morphsearch.search.protocol import PlannedMorphism, TrialPlan
 from morphsearch.search.runner import TrainFlopsStopper
-from morphsearch.search.trainable import (
-    TrialSetup,
-    _grow_child,
-    morphism_flops,
-    train_child,
-    train_epoch_flops,
-)
-from tests.search.conftest import TINY
+from morphsearch.search.trial import TrialSetup, grow_child, make_optimizer, morphism_flops
+from tests.search.conftest import TINY, run_trial_here
 
 
 def test_defaults_inherit_and_no_flops_budget() -> None:
@@ -46,29 +42,25 @@ def test_options_parse_and_validate(tmp_path: Path) -> None:
         load_config(path)
 
 
-def _parent_config(tmp_path: Path, morphism: str) -> dict[str, Any]:
+def _parent_config(tmp_path: Path, morphism: str | None, **plan: Any) -> TrialPlan:
     parent = builders.mlp([64, 8, 10], activation="tanh", seed=3)
     ref = artifacts.save_architecture(parent, str(tmp_path), "parent")
-    return {
-        "parent_uri": ref.uri,
-        "parent_sha256": ref.sha256,
-        "morphism": morphism,
-        "site": "fc1",
-        "params": {"k": 4},
-        "trial_seed": 7,
-        "lr": 0.01,
-    }
+    planned = None if morphism is None else PlannedMorphism(morphism, "fc1", {"k": 4}, 7)
+    fields: dict[str, Any] = {"parent_id": "p", "parent_uri": ref.uri,
+                              "parent_sha256": ref.sha256, "morphism": planned,
+                              "trial_seed": 7, "lr": 0.01, "lr_schedule": "constant", **plan}
+    return TrialPlan(**fields)
 
 
 def test_inherit_off_reinitialises_the_same_graph(tmp_path: Path) -> None:
     data = load_dataset("digits", seed=0, image=False)
     probe = data.x_train[:32], data.y_train[:32]
     config = _parent_config(tmp_path, "widen.gradmax")
-    inherited, records, spent = _grow_child(config, probe, inherit=True)
-    fresh, records_off, spent_off = _grow_child(config, probe, inherit=False)
+    parent = artifacts.load_architecture(config.parent_uri)
+    inherited, records, spent = grow_child(config, probe, parent, inherit=True)
+    fresh, records_off, spent_off = grow_child(config, probe, parent, inherit=False)
     assert inherited.structure_hash == fresh.structure_hash
     assert records == records_off and spent == spent_off > 0
-    parent = artifacts.load_architecture(config["parent_uri"])
     x = data.x_val[:16]
     with torch.no_grad():
         want = parent.to_module()(x)
@@ -79,41 +71,30 @@ def test_inherit_off_reinitialises_the_same_graph(tmp_path: Path) -> None:
     assert spent > morphism_flops("widen.split", parent, inherited, 32)
 
 
+PER_EPOCH = 19  # digits: 1169 training samples at batch 64
+
+
 def _run_trial(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any], **setup: Any
+    tmp_path: Path, config: TrialPlan, epochs: int = 4, child_epochs: int | None = None,
+    **setup: Any,
 ) -> list[dict[str, Any]]:
-    reports: list[dict[str, Any]] = []
-
-    class Context:
-        def get_trial_id(self) -> str:
-            return "t0"
-
-    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
-    monkeypatch.setattr(trainable.tune, "get_context", lambda: Context())
-    monkeypatch.setattr(trainable.tune, "report", lambda metrics, **_: reports.append(metrics))
     fields: dict[str, Any] = {
-        "search": "s",
-        "artifacts_uri": str(tmp_path / "art"),
-        "dataset": "digits",
-        "dataset_options": (("image", False),),  # the MLP parents take 64 features
-        "data_seed": 0,
-        "epochs": 4,
-        "batch_size": 64,
-        "cpus": 1,
-        "growth": {},
-        "checkpoint_every_s": 1e9,
-        **setup,
+        "search": "s", "artifacts_uri": str(tmp_path / "art"), "dataset": "digits",
+        "dataset_options": (("image", False),), "data_seed": 0, "batch_size": 64,
+        "steps": epochs * PER_EPOCH, "eval_every": PER_EPOCH,
+        "child_steps": None if child_epochs is None else child_epochs * PER_EPOCH,
+        "checkpoint_every_s": 1e9, **setup,
     }
-    train_child(config, TrialSetup(**fields))
-    return reports
+    return run_trial_here(config, TrialSetup(**fields))
 
 
-def test_train_flops_reported_cumulatively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_flops_reported_cumulatively(tmp_path: Path) -> None:
     config = _parent_config(tmp_path, "widen.split")
-    reports = _run_trial(tmp_path, monkeypatch, config, epochs=3, inherit_weights=False)
+    reports = _run_trial(tmp_path, config, epochs=3, inherit_weights=False)
     data = load_dataset("digits", seed=0, image=False)
+    assert len(data.x_train) <= 64 * PER_EPOCH < len(data.x_train) + 64
     child_arch = artifacts.load_architecture(reports[-1]["weights_uri"])
-    per_epoch = train_epoch_flops(child_arch, data)
+    per_epoch = 3 * child_arch.flops * len(data.x_train)  # forward + backward per sample
     grow = reports[0]["train_flops"] - per_epoch
     assert grow > 0  # the morphism's probe passes are counted
     assert [r["train_flops"] for r in reports] == [grow + e * per_epoch for e in (1, 2, 3)]
@@ -173,42 +154,25 @@ def test_efficiency_defaults_and_validation(tmp_path: Path) -> None:
     ],
 )
 def test_child_epochs(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    change: dict[str, Any],
-    setup: dict[str, Any],
-    epochs: int,
+    tmp_path: Path, change: dict[str, Any], setup: dict[str, Any], epochs: int
 ) -> None:
-    config = {**_parent_config(tmp_path, "widen.split"), **change}
-    reports = _run_trial(tmp_path, monkeypatch, config, **setup)
+    config = replace(_parent_config(tmp_path, "widen.split"), **change)
+    reports = _run_trial(tmp_path, config, **setup)
     assert [r["epoch"] for r in reports] == list(range(1, epochs + 1))
+    assert [r["step"] for r in reports[:-1]] == [e * PER_EPOCH for e in range(1, epochs)]
     assert "weights_uri" in reports[-1] and reports[-1]["stopped_early"] is False
 
 
-def test_patience_stops_a_stalled_trial_with_its_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_patience_stops_a_stalled_trial_with_its_weights(tmp_path: Path) -> None:
     # lr 0: the validation loss never improves after the first epoch
-    config = {**_parent_config(tmp_path, "widen.split"), "lr": 0.0}
-    reports = _run_trial(tmp_path, monkeypatch, config, epochs=10, patience=2)
+    config = replace(_parent_config(tmp_path, "widen.split"), lr=0.0)
+    reports = _run_trial(tmp_path, config, epochs=10, patience=2)
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert reports[-1]["stopped_early"] is True
     assert "weights_uri" in reports[-1] and "weights_uri" not in reports[-2]
     assert artifacts.load_architecture(reports[-1]["weights_uri"]).num_params > 0
-
-
-def test_stalled_counts_epochs_without_gain() -> None:
-    setup = TrialSetup("s", "x", "digits", (), 0, 5, 64, 1, {}, patience=2,
-                       monitor="val_accuracy", monitor_mode="max")
-    state: dict[str, Any] = {}
-    seen = [
-        trainable._stalled(state, {"val_accuracy": v}, setup)
-        for v in (0.5, 0.6, 0.6, 0.7, 0.65, 0.7)
-    ]
-    assert seen == [False, False, False, False, False, True]
-    assert state["best_monitor"] == 0.7
-    off = TrialSetup("s", "x", "digits", (), 0, 5, 64, 1, {})
-    assert not any(trainable._stalled({}, {"val_loss": 1.0}, off) for _ in range(5))
+    # the kept weights are the first epoch's (never improved on): the result says so
+    assert reports[-1]["kept_epoch"] == 1 and reports[-1]["val_loss"] == reports[0]["val_loss"]
 
 
 def _space(tmp_path: Path, **morphisms_: Any) -> Any:
@@ -252,8 +216,8 @@ def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
                 structure_hash="h",
             )
 
-        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
-            return [SimpleNamespace(arch_id=arch_id)]  # no recorded children
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()  # no recorded children
 
     space._store = Store()
     assert [p.arch_id for p in space.pool()] == ["a", "b"]  # TINY: pool_size 2
@@ -292,36 +256,31 @@ def test_optimizer_options_parse_and_validate(tmp_path: Path) -> None:
             load_config(path)
 
 
-def test_child_continues_its_parents_optimizer_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_child_continues_its_parents_optimizer_state(tmp_path: Path) -> None:
     # without inherit_optimizer a trial saves no optimizer state
-    config = {**_parent_config(tmp_path, None), "lr": 0.01, "lr_schedule": "constant"}
-    reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
+    config = _parent_config(tmp_path, None)
+    reports = _run_trial(tmp_path, config, epochs=2)
     assert artifacts.load_optimizer(reports[-1]["weights_uri"]) is None
     # with it, the parent trial (no morphism) saves its Adam state beside its weights
-    config["inherit_optimizer"] = True
-    reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
+    config = replace(config, inherit_optimizer=True)
+    reports = _run_trial(tmp_path, config, epochs=2)
     parent_uri = reports[-1]["weights_uri"]
     saved = artifacts.load_optimizer(parent_uri)
     assert saved is not None and saved["lr"] == 0.01
     parent = artifacts.load_architecture(parent_uri)
     data = load_dataset("digits", seed=0, image=False)
-    steps = -(-len(data.x_train) // 64) * 2
+    steps = PER_EPOCH * 2
     old = saved["state"]["state"]
     assert all(int(s["step"]) == steps for s in old.values())
     # a child widened by 4 units continues it: old units keep their moments, new ones 0
-    child_config = {
-        **_parent_config(tmp_path, "widen.split"),
-        "parent_uri": parent_uri,
-        "parent_sha256": reports[-1]["weights_sha256"],
-        "inherit_optimizer": True,
-        "lr": 0.003,
-    }
-    setup = TrialSetup("s", str(tmp_path), "digits", (("image", False),), 0, 2, 64, 1, {})
-    child, _, _ = _grow_child(child_config, (data.x_train[:32], data.y_train[:32]))
+    child_config = replace(
+        _parent_config(tmp_path, "widen.split"), parent_uri=parent_uri,
+        parent_sha256=reports[-1]["weights_sha256"], inherit_optimizer=True, lr=0.003,
+    )
+    setup = TrialSetup("s", str(tmp_path), "digits", (("image", False),), 0, 64, 2, 1)
+    child, _, _ = grow_child(child_config, (data.x_train[:32], data.y_train[:32]), parent)
     module = child.to_module()
-    optimizer = trainable._optimizer(child_config, setup, child, module)
+    optimizer = make_optimizer(child_config, setup, parent, child, module)
     assert [g["lr"] for g in optimizer.param_groups] == [0.003]
     names = [n for n, _ in parent.to_module().named_parameters()]
     params = dict(module.named_parameters())
@@ -334,47 +293,36 @@ def test_child_continues_its_parents_optimizer_state(
     assert out_w["exp_avg"].shape == (10, 12)
     assert torch.equal(out_w["exp_avg"][:, :8], old[names.index("layers.fc2.weight")]["exp_avg"])
     # off (or with re-initialised children, or no saved state): a fresh Adam
+    unsaved = _parent_config(tmp_path, None).parent_uri
     for change, fields in (
         ({"inherit_optimizer": False}, {}),
         ({}, {"inherit_weights": False}),
-        ({"parent_uri": _parent_config(tmp_path, None)["parent_uri"]}, {}),  # no state
+        ({"parent_uri": unsaved}, {}),  # no state
     ):
-        other = TrialSetup("s", str(tmp_path), "digits", (("image", False),), 0, 2, 64, 1, {}, **fields)
-        fresh = trainable._optimizer({**child_config, **change}, other, child, module)
+        other = TrialSetup("s", str(tmp_path), "digits", (("image", False),), 0, 64, 2, 1,
+                           inherit_weights=fields.get("inherit_weights", True))
+        fresh = make_optimizer(replace(child_config, **change), other, parent, child, module)
         assert not fresh.state
     # the carried optimizer trains the child end to end
-    reports = _run_trial(tmp_path, monkeypatch, child_config, epochs=1)
+    reports = _run_trial(tmp_path, child_config, epochs=1)
     assert "weights_uri" in reports[-1]
     assert artifacts.load_optimizer(reports[-1]["weights_uri"]) is not None
 
 
-def test_cosine_lr_schedule() -> None:
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.Adam([param], lr=0.1)
-    seen = []
-    for epoch in range(1, 5):
-        trainable._schedule_lr(optimizer, {"lr": 0.1, "lr_schedule": "cosine"}, epoch, 4)
-        seen.append(optimizer.param_groups[0]["lr"])
-    # cos(0), cos(pi/4), cos(pi/2), cos(3pi/4): 0.1, 0.1 (2 + sqrt 2) / 4, 0.05, 0.1 (2 - sqrt 2) / 4
-    want = [0.1, 0.0853553390593, 0.05, 0.0146446609407]
-    assert seen == pytest.approx(want, rel=1e-9)
-    trainable._schedule_lr(optimizer, {"lr": 0.5, "lr_schedule": "constant"}, 3, 4)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(want[-1])  # untouched
-
-
-def test_a_trial_trains_on_the_cosine_schedule(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the last of 2 epochs trains at half the lr; the saved optimizer state shows it
-    # (a trial config without lr_schedule, as a hand-written one, trains at a constant lr)
-    for schedule, last_lr in (("cosine", 0.005), ("constant", 0.01), (None, 0.01)):
-        config = {**_parent_config(tmp_path, None), "lr": 0.01, "inherit_optimizer": True}
-        if schedule is not None:
-            config["lr_schedule"] = schedule
-        reports = _run_trial(tmp_path, monkeypatch, config, epochs=2)
+def test_a_trial_trains_on_the_cosine_schedule_per_step(tmp_path: Path) -> None:
+    # the lr follows the step: after 2 epochs of 19 steps the last step (37 of 38)
+    # trained at lr (1 + cos(37 pi / 38)) / 2; the saved optimizer state shows it
+    steps = 2 * PER_EPOCH
+    for schedule, last_lr in (
+        ("cosine", 0.01 * (1 + math.cos(math.pi * (steps - 1) / steps)) / 2),
+        ("constant", 0.01),
+    ):
+        config = replace(_parent_config(tmp_path, None), inherit_optimizer=True,
+                         lr_schedule=schedule)
+        reports = _run_trial(tmp_path, config, epochs=2, patience=None)
         saved = artifacts.load_optimizer(reports[-1]["weights_uri"])
         assert saved is not None and saved["lr"] == 0.01
-        assert saved["state"]["param_groups"][0]["lr"] == pytest.approx(last_lr)
+        assert saved["state"]["param_groups"][0]["lr"] == pytest.approx(last_lr, rel=1e-9)
 
 
 def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> None:
@@ -389,8 +337,8 @@ def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> Non
         def best(self, *args: Any, **kwargs: Any) -> list[Any]:
             return []
 
-        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
-            return [arch_id]
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()
 
     space._store = EmptyStore()
     study = optuna.create_study(direction="maximize")
@@ -428,8 +376,8 @@ def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
             return SimpleNamespace(arch_id=arch_id, weights_uri=f"{arch_id}.st",
                                    weights_sha256=None, graph=graph)
 
-        def descendants(self, arch_id: str, max_depth: int) -> list[Any]:
-            return [SimpleNamespace(arch_id=arch_id)]
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()
 
     space._store = Store()
     assert [p.arch_id for p in space.pool()] == ["a", "b"]  # the objective: val_accuracy

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from morphsearch.search.progress import ProgressState, SearchProgress, format_duration, use_live
+from morphsearch.search.protocol import EpochReport, TrialReport
 
 
 class FakeClock:
@@ -77,7 +78,11 @@ def test_min_mode_and_time_budget_cap() -> None:
     assert state.result("b", {"val_loss": 0.2}) and state.best == (0.2, "b")
     assert not state.result("c", {"val_loss": "n/a"}) and not state.result("c", {"x": 1})
     # epochs batched into a report count too (the best may be an earlier epoch)
-    batched = {"val_loss": 0.3, "epoch_history": '[{"val_loss": 0.25}, {"val_loss": 0.1}]'}
+    def epoch(n: int, val_loss: float) -> EpochReport:
+        return EpochReport.from_values({"epoch": n, "val_loss": val_loss})
+
+    batched = TrialReport(epoch(3, 0.3), "s/c", None, "c.safetensors", "h", 1, 1,
+                          history=(epoch(1, 0.25), epoch(2, 0.1))).to_result()
     assert state.result("c", batched) and state.best == (0.1, "c")
     clock.now += 30
     assert state.eta() == 30  # no trial finished yet: the time budget bounds it

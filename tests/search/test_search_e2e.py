@@ -53,12 +53,14 @@ def test_search_on_digits(tmp_path: Path, local_ray: None) -> None:
         if parent is None or parent.trial_id is None:
             continue  # grown from the untrained seed
         child_first = metrics[node.trial_id][("first_batch_loss", 1)]
-        # the parent's last epoch: 2 for the seed, 1 for a fine-tuned child (child_epochs)
-        last = max(b for name, b in metrics[parent.trial_id] if name == "final_loss")
-        parent_final = metrics[parent.trial_id][("final_loss", last)]
+        # the parent's kept weights: its best epoch by val_accuracy (the first of ties)
+        scores = {b: v for (name, b), v in metrics[parent.trial_id].items()
+                  if name == "val_accuracy"}
+        kept = min(b for b, v in scores.items() if v == max(scores.values()))
+        parent_final = metrics[parent.trial_id][("final_loss", kept)]
         assert child_first == pytest.approx(parent_final, rel=1e-4, abs=1e-5)
         checked += 1
-    assert checked >= 2
+    assert checked == 4  # every child: the seed trains before any child is suggested
 
     # the search improved on the seed trained alone
     assert result.seed_value is not None and result.best_value is not None
@@ -98,3 +100,44 @@ def test_growth_inside_trials(tmp_path: Path, local_ray: None) -> None:
             assert node.morphisms[0]["name"] == "widen.random"
             parent = store.architecture(node.parent_id or "")
             assert record.params > parent.params and parent.weights_uri is None
+
+
+def test_growth_with_asha_keeps_the_best_weights_and_scores_the_top_on_test(
+    tmp_path: Path, local_ray: None
+) -> None:
+    import torch
+
+    from morphsearch.data import load_dataset
+    from morphsearch.export import export_from_store
+    from morphsearch.growth.trainer import evaluate
+
+    base = tiny_config(tmp_path, name="ashagrow", trials=3, epochs_per_trial=4)
+    config = base.model_validate({
+        **base.model_dump(),
+        "budget": {**base.budget.model_dump(), "patience": None, "child_epochs": 4},
+        "growth": {"enabled": True, "trigger": "schedule", "morphism": "widen.random",
+                   "max_events": 1},
+        "scheduler": {"asha": True, "grace_period": 1, "reduction_factor": 2},
+        "selection": {**base.selection.model_dump(), "test_top": 2},
+    })
+    run_search(config)
+    data = load_dataset("digits", seed=0)
+    with LineageStore(config.database) as store:
+        assert store.summary("ashagrow").n_trials == 3
+        assert [n for n in store.descendants("ashagrow/seed") if n.kind == "growth"]
+        ranked = store.best("ashagrow", "val_accuracy", "max", k=3)
+        best = ranked[0]
+        # the exported weights score exactly what lineage ranks the architecture by
+        out = export_from_store(tmp_path / "export", db=config.database, search="ashagrow",
+                                formats=("safetensors",)).out
+        assert best.arch_id in (out / "MODEL_CARD.md").read_text()
+        assert "test_accuracy (scored once" in (out / "MODEL_CARD.md").read_text()
+        from morphsearch.export import load as load_export
+
+        _, val_acc = evaluate(load_export(out), data, "val", device=torch.device("cpu"))
+        assert val_acc == pytest.approx(best.value, abs=1e-12)
+        # the top 2 by validation were scored once on the test split, the third was not
+        for rank, result in enumerate(ranked):
+            names = {m.name for m in store.metrics(result.trial_id)
+                     if m.arch_id == result.arch_id}
+            assert ("test_accuracy" in names) == (rank < 2)

@@ -1,0 +1,172 @@
+"""The trial hop: plans and reports survive Ray's dicts; the driver side needs no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from morphsearch import artifacts, builders
+from morphsearch.errors import SearchError
+from morphsearch.search.protocol import (
+    EpochReport,
+    PlannedMorphism,
+    TrialPlan,
+    TrialReport,
+)
+from morphsearch.search.trial import TrialSetup
+from tests.search.conftest import run_trial_here
+
+
+def test_driver_side_modules_import_neither_torch_nor_the_worker() -> None:
+    code = (
+        "import sys; import morphsearch.search.protocol, morphsearch.search.callback, "
+        "morphsearch.search.progress; "
+        "bad = [m for m in ('torch', 'morphsearch.search.trainable', "
+        "'morphsearch.search.trial') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plan_round_trips_through_rays_config() -> None:
+    plan = TrialPlan("s/seed", "file:///w.safetensors", "abc",
+                     PlannedMorphism("widen.split", "fc1", {"k": 3}, 11), "hash", 0.02,
+                     "cosine", 11, False, True)  # fmt: skip
+    config = {**plan.to_config(), "__trial_index__": 4}  # Ray adds keys of its own
+    assert TrialPlan.from_config(config) == plan
+    seed = replace(plan, morphism=None, child_structure_hash=None)
+    assert TrialPlan.from_config(seed.to_config()) == seed
+
+
+def test_report_round_trips_and_a_last_report_carries_the_kept_evaluation() -> None:
+    def epoch(n: int, acc: float) -> EpochReport:
+        return EpochReport(n, 10 * n, 1.0 / n, 0.5, acc, 0.4, 2.0, 100 * n)
+
+    running = TrialReport(epoch(2, 0.8), "s/t", "s/seed", "u", "h", 10, 20,
+                          history=(epoch(1, 0.7),))  # fmt: skip
+    back = TrialReport.from_result(running.to_result())
+    assert back == replace(running, final_params=10, final_flops=20)
+    assert [r.epoch for r in back.evaluations] == [1, 2]
+    # the last report: epochs 3 and 4 unreported, epoch 2 kept (reported before)
+    last = replace(running, latest=epoch(2, 0.8), history=(epoch(3, 0.6), epoch(4, 0.7)),
+                   weights_uri="w", final_arch_id="s/t", kept_epoch=2, last_epoch=4)
+    result = last.to_result()
+    assert result["epoch"] == 4 and result["val_accuracy"] == 0.8  # ASHA's time, kept value
+    back = TrialReport.from_result(result)
+    assert back.latest == epoch(2, 0.8) and [r.epoch for r in back.evaluations] == [3, 4]
+
+
+def _setup(tmp_path: Path, **fields: object) -> TrialSetup:
+    base: dict[str, object] = {
+        "search": "s", "artifacts_uri": str(tmp_path / "art"), "dataset": "digits",
+        "dataset_options": (), "data_seed": 0, "batch_size": 64, "steps": 12,
+        "eval_every": 4, "checkpoint_every_s": 1e9, "monitor": "val_accuracy",
+        "monitor_mode": "max", **fields,
+    }
+    return TrialSetup(**base)  # type: ignore[arg-type]
+
+
+def _plan(tmp_path: Path, **fields: object) -> TrialPlan:
+    parent = builders.mlp([64, 8, 10], seed=3)
+    ref = artifacts.save_architecture(parent, str(tmp_path), "parent")
+    return replace(TrialPlan("p", ref.uri, ref.sha256, lr=0.02), **fields)  # type: ignore[arg-type]
+
+
+def test_a_trial_keeps_and_reports_its_best_evaluation(tmp_path: Path) -> None:
+    from morphsearch.data import load_dataset
+    from morphsearch.growth.trainer import evaluate
+
+    reports = run_trial_here(_plan(tmp_path, lr=0.05), _setup(tmp_path, steps=40, eval_every=2))
+    accs = [r["val_accuracy"] for r in reports[:-1]]
+    last = reports[-1]
+    import json
+
+    accs += [h["val_accuracy"] for h in json.loads(last.get("epoch_history") or "[]")
+             if h["epoch"] > len(accs)]
+    assert len(accs) == 20 and last["epoch"] == 20
+    assert last["val_accuracy"] == max(accs) and last["kept_epoch"] == accs.index(max(accs)) + 1
+    kept = artifacts.load_architecture(last["weights_uri"])
+    import torch
+
+    data = load_dataset("digits", seed=0)
+    _, acc = evaluate(kept.to_module(), data, "val", device=torch.device("cpu"))
+    assert acc == max(accs)  # the saved weights are the ones ranked
+
+
+def test_bf16_trains_on_cpu(tmp_path: Path) -> None:
+    reports = run_trial_here(_plan(tmp_path), _setup(tmp_path, precision="bf16"))
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert reports[-1]["val_accuracy"] > 0.3  # it learns (10 classes: chance is 0.1)
+
+
+def test_a_child_unlike_its_plan_is_refused(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, morphism=PlannedMorphism("widen.random", "fc1", {"k": 2}),
+                 child_structure_hash="0" * 64)
+    with pytest.raises(SearchError, match="not the planned 000000000000"):
+        run_trial_here(plan, _setup(tmp_path))
+
+
+class _Checkpointing:
+    """A session that keeps every checkpoint folder (Tune would upload it)."""
+
+    trial_id = "t0"
+
+    def __init__(self, root: Path, start: Path | None = None) -> None:
+        self.root, self.start = root, start
+        self.reports: list[dict[str, object]] = []
+        self.folders: list[Path] = []
+
+    def checkpoint_dir(self) -> Path | None:
+        return self.start
+
+    def report(self, result: dict[str, object], folder: Path | None) -> None:
+        import shutil
+
+        self.reports.append(result)
+        if folder is not None:
+            kept = self.root / f"ckpt{len(self.reports)}"
+            shutil.copytree(folder, kept)
+            self.folders.append(kept)
+
+    def node_id(self) -> str | None:
+        return None
+
+
+def test_a_restored_trial_continues_where_it_stopped(tmp_path: Path) -> None:
+    from morphsearch.search.trial import run_trial
+
+    plan = _plan(tmp_path, morphism=PlannedMorphism("widen.random", "fc1", {"k": 2}, 3),
+                 trial_seed=3)  # fmt: skip
+    setup = _setup(tmp_path, steps=12, eval_every=3, checkpoint_every_s=0.0)
+    whole = _Checkpointing(tmp_path / "a")
+    run_trial(plan, setup, whole)
+    assert [r["epoch"] for r in whole.reports] == [1, 2, 3, 4] and len(whole.folders) == 3
+    resumed = _Checkpointing(tmp_path / "b", start=whole.folders[1])  # after epoch 2
+    run_trial(plan, setup, resumed)
+    assert [r["epoch"] for r in resumed.reports] == [3, 4]
+    # the same batches and optimizer state: the same numbers as the uninterrupted run
+    for key in ("val_loss", "train_loss", "step", "kept_epoch", "weights_hash"):
+        assert resumed.reports[-1][key] == whole.reports[-1][key]
+
+
+def test_the_growth_config_is_typed_to_the_loop_and_k_goes_where_it_is_taken() -> None:
+    from morphsearch.growth import GradMaxScore, ScoreThreshold
+    from morphsearch.search.config import TrialGrowthConfig
+    from morphsearch.search.growing import loop_config
+
+    common = {"steps": 100, "lr": 0.01, "schedule": "cosine", "batch_size": 32, "seed": 1,
+              "device": "cpu", "precision": "bf16"}  # fmt: skip
+    off = loop_config(TrialGrowthConfig(), **common)  # type: ignore[arg-type]
+    assert off.trigger is None and off.precision == "bf16" and off.lr_schedule == "cosine"
+    growth = TrialGrowthConfig(enabled=True, trigger="score", scorer="gradmax", tau=0.5,
+                               check_every=7, morphism="widen.random", k=3, max_events=2)
+    on = loop_config(growth, **common)  # type: ignore[arg-type]
+    assert isinstance(on.trigger, ScoreThreshold) and on.trigger.tau == 0.5
+    assert on.trigger.check_every == 7 and isinstance(on.scorer, GradMaxScore)
+    assert on.morphism_params == {"widen.random": {"k": 3}} and on.max_growths == 2
+    deepen = loop_config(growth.model_copy(update={"morphism": "deepen.identity"}), **common)  # type: ignore[arg-type]
+    assert deepen.morphism_params == {}  # deepen.identity takes no k
