@@ -16,9 +16,6 @@ compares the best value with its threshold.
   value is the increase of eta per added parameter. Width and depth candidates are scored
   on the same scale, which makes the width-vs-depth decision (:func:`growth_kind`).
 * :class:`RoundRobin`: no measurement; cycles through the candidates (a baseline).
-
-``SCORERS`` names them for configs: ``gradmax``, ``split``, ``natural_expansion``,
-``round_robin`` (``SCORERS.get(name)(**options)`` builds one).
 """
 
 from __future__ import annotations
@@ -35,14 +32,12 @@ from morphsearch.arch import Architecture
 from morphsearch.errors import ConfigError, MorphismNotApplicable
 from morphsearch.growth.fisher import natural_expansion_eta
 from morphsearch.morphisms import Batch, MorphismResult
-from morphsearch.registry import Registry
 
 __all__ = [
     "Candidate",
     "GradMaxScore",
     "NaturalExpansionScore",
     "RoundRobin",
-    "SCORERS",
     "Score",
     "Scorer",
     "SplittingScore",
@@ -255,9 +250,3 @@ class RoundRobin(Scorer):
         chosen = self._turn % len(candidates)
         self._turn += 1
         return _ranked([Score(c, float(i == chosen)) for i, c in enumerate(candidates)])
-
-
-SCORERS: Registry[type[Scorer]] = Registry("scorer")
-for _name, _cls in (("gradmax", GradMaxScore), ("split", SplittingScore),
-                    ("natural_expansion", NaturalExpansionScore), ("round_robin", RoundRobin)):
-    SCORERS.add(_name, _cls)

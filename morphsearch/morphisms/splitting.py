@@ -344,6 +344,18 @@ class SteepestSplit(Morphism):
     def accepts(self, arch: Architecture, site: str) -> bool:
         return _conv_rank(arch, site) is not None and self.why_not(arch, site) is None
 
+    def plan(self, parent: Architecture, site: str, **params: Any) -> Architecture:
+        """``k`` more units at ``site`` (each split appends one copy), zero weights: the
+        child's structure without a batch."""
+        wp = _split_site(parent, site).wp
+        k = params.get("k", 1)
+        if not isinstance(k, int) or not 1 <= k <= wp.width:
+            raise MorphismNotApplicable(f"{self.name}: k={k!r} must be an int in [1, {wp.width}]")
+        zeros = torch.zeros(k, *parent.weights[site]["weight"].shape[1:], dtype=parent.dtype)
+        return widened(parent, wp, zeros, None,
+                       [torch.zeros(k, *t.shape, dtype=parent.dtype)
+                        for t in unit_outgoing(parent, wp, 0)])
+
     def preserves(self, params: Mapping[str, Any]) -> bool:
         return params.get("eps", 0.01) == 0
 

@@ -18,7 +18,6 @@ from morphsearch.growth import (
     growth_kind,
     natural_expansion_eta,
 )
-from morphsearch.growth.scores import SCORERS
 from tests.growth._nets import dominant_directions, linear_net
 
 
@@ -128,13 +127,6 @@ def test_splitting_score_ranks_relu_sites_by_the_best_predicted_split() -> None:
         other = signed[s.candidate.key]
         assert other.value >= s.value - 1e-12
         assert other.value >= 0.5 * other.detail["max_eigenvalue"] - 1e-12
-
-
-def test_scorers_are_registered_by_name() -> None:
-    assert SCORERS.get("split") is SplittingScore
-    assert SCORERS.get("gradmax") is GradMaxScore
-    with pytest.raises(ConfigError, match=r"unknown scorer 'splitt'.*split"):
-        SCORERS.get("splitt")
 
 
 def test_round_robin_cycles_through_the_sites() -> None:

@@ -337,3 +337,14 @@ def test_conv1d_channels_split_like_conv2d() -> None:
     h_, base = 1e-3, _loss(arch, batch)
     plus = _loss(splitting._split(arch, wp, [1], _plain(h_ * v)), batch)
     assert (plus - base) / (h_**2 / 2) == pytest.approx(float(v @ S[1] @ v), rel=1e-3)
+
+
+def test_plan_gives_the_childs_structure_without_a_batch() -> None:
+    for arch, site in ((_setup("relu", bn=True)[0], "fc1"), (CONV_CASES[2][1], "conv")):
+        planned = morphisms.plan("split.steepest", arch, site, k=2)
+        child = morphisms.apply("split.steepest", arch, site, k=2,
+                                batch=batch_for(arch, n=16)).child
+        assert planned.structure_hash == child.structure_hash
+        assert planned.num_params == child.num_params
+    with pytest.raises(MorphismNotApplicable, match="k=9 must be an int in"):
+        morphisms.plan("split.steepest", arch, site, k=9)
