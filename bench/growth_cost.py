@@ -8,7 +8,16 @@ backward, SGD step on the compiled module) timed just before it: the median of t
 paired ratios. GradMax is also run with GroMo, a peer library, on the same MLPs
 (growing the same hidden layer by the same k).
 
-Run: ``.venv/bin/python bench/growth_cost.py [--repeats 15]`` (one thread, medians).
+A second table (``--wide``) times the splitting eigenpairs of a 1,024-unit layer
+(``splitting_eigenpairs``: the forward/backward pass for the curvature weights, then the
+smallest and largest eigenpair of each of the 1,024 splitting matrices) against a
+training step of that network: MLP 64:1024:1024:10 on the digits training split, at
+``fc1`` (65 weights per neuron with the bias: exact ``eigh`` or Lanczos) and ``fc2``
+(1,025: Lanczos only), with the largest relative error of ``lambda_min`` against the
+exact eigendecomposition (float64, untimed) where that fits in memory.
+
+Run: ``.venv/bin/python bench/growth_cost.py [--repeats 15] [--wide]`` (one thread,
+medians).
 """
 
 from __future__ import annotations
@@ -144,12 +153,49 @@ def workloads() -> dict[str, tuple[Architecture, Batch]]:
     }
 
 
+def wide_split_costs(repeats: int) -> None:
+    """The ``--wide`` table (see the module doc)."""
+    from morphsearch.morphisms.splitting import splitting_eigenpairs
+
+    digits = load_dataset("digits")
+    batch = (digits.x_train, digits.y_train)
+    arch = builders.mlp([64, 1024, 1024, 10])
+    step = train_step(arch, batch)
+    seconds = step_seconds(step, 3)
+    print(f"| MLP 64:1024:1024:10 (batch {len(batch[0])}) | training step | {seconds * 1e3:.0f} "
+          "| 1.00 | |")
+    exact = splitting_eigenpairs(arch.to(torch.float64), "fc1",
+                                 (batch[0].double(), batch[1]), method="exact").min_values
+    for site, method, iters in (("fc1", "exact", 0), ("fc1", "auto", 0), ("fc1", "fast", 20),
+                                ("fc2", "fast", 10)):
+        found: list[torch.Tensor] = []
+
+        def run(site: str = site, method: str = method, iters: int = iters,
+                found: list[torch.Tensor] = found) -> None:
+            options: dict[str, Any] = {"iters": iters} if iters else {}  # else the default
+            found.append(splitting_eigenpairs(arch, site, batch, method=method,
+                                              **options).min_values)
+
+        took, ratio = paired(run, step, repeats)
+        error = "" if site != "fc1" else (
+            f"{float(((found[-1].double() - exact).abs() / exact.abs()).max()):.1e}")
+        label = method if not iters else f"Lanczos, {iters} steps"
+        print(f"| | {site}: {label} | {took * 1e3:.0f} | {ratio:.2f} | {error} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15,
                         help="pairs per measurement at least (more for cheap steps: ~0.5 s each)")
+    parser.add_argument("--wide", action="store_true",
+                        help="only the splitting eigenpairs of a 1,024-unit layer")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.wide:
+        print("| workload | eigenpairs of | ms | x step | max rel. error of lambda_min |")
+        print("| --- | --- | ---: | ---: | ---: |")
+        wide_split_costs(max(3, args.repeats // 5))
+        return
     print("| workload | operator | site | apply (ms) | x step | no check (ms) | x step |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for label, (arch, batch) in workloads().items():

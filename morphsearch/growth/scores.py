@@ -7,7 +7,8 @@ compares the best value with its threshold.
 
 * :class:`GradMaxScore`: the largest singular values of GradMax's eq. 11 matrix at the
   site (how much gradient norm new neurons there can get; seed 001).
-* :class:`SplittingScore`: minus the smallest splitting eigenvalue at the site (negative
+* :class:`SplittingScore`: minus the smallest splitting eigenvalue at the site, or the best
+  plain-or-signed prediction with ``signed`` (negative
   eigenvalues mean splitting a neuron there lowers the loss; splitting steepest descent).
 * :class:`NaturalExpansionScore`: Self-Expanding Neural Networks (seed 003): the natural
   expansion score eta = g^T F^-1 g of the network, with a diagonal or Kronecker-factored
@@ -166,19 +167,34 @@ class GradMaxScore(Scorer):
 
 @dataclass
 class SplittingScore(Scorer):
-    """Minus the smallest splitting eigenvalue at each candidate's site (> 0: split helps)."""
+    """Minus the lowest predicted loss change (over ``eps^2/2``) of any neuron's split at
+    each candidate's site: ``-lambda_min``, or with ``signed`` the best of a plain and a
+    signed split (``min(lambda_min, -c/(1+c) lambda_max)``, see
+    :mod:`morphsearch.morphisms.splitting`). > 0: a split there lowers the loss. ReLU
+    sites use the softplus surrogate of temperature ``beta``."""
+
+    signed: bool = False
+    signed_weight: float = 1.0
+    beta: float = 3.0
+    mode: Literal["train", "eval"] = "train"
 
     def score(
         self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
     ) -> list[Score]:
-        from morphsearch.morphisms.splitting import splitting_eigenvalues
+        from morphsearch.morphisms.splitting import predicted_decrease, splitting_eigenpairs
 
-        def smallest(site: str) -> float:
-            return float(splitting_eigenvalues(arch, site, batch)[0].min())
+        def best(site: str) -> tuple[float, float, float]:
+            pairs = splitting_eigenpairs(arch, site, batch, seed=seed, beta=self.beta,
+                                         mode=self.mode)
+            value, _ = predicted_decrease(pairs, signed=self.signed,
+                                          signed_weight=self.signed_weight)
+            return (float(value.min()), float(pairs.min_values.min()),
+                    float(pairs.max_values.max()))
 
         return _ranked([
-            Score(cand, -lam, {"min_eigenvalue": lam})
-            for cand, lam in _per_width_site(candidates, smallest)
+            Score(cand, -low, {"predicted": low, "min_eigenvalue": lam,
+                               "max_eigenvalue": top})
+            for cand, (low, lam, top) in _per_width_site(candidates, best)
         ])
 
 

@@ -96,15 +96,37 @@ def test_gradmax_and_splitting_scores_vanish_at_a_perfect_fit() -> None:
     cands = candidates(arch, ["widen.gradmax"])
     assert GradMaxScore().score(arch, (x, fit), cands)[0].value < 1e-10
     assert GradMaxScore().score(arch, (x, noisy), cands)[0].value > 1e-3
-    # Splitting (tanh: relu has no curvature to split along): the splitting matrices are
-    # weighted by dL/dh, which vanishes at a perfect fit.
-    arch = builders.mlp([5, 4, 3], activation="tanh", seed=0).to(torch.float64)
-    with torch.no_grad():
-        fit = arch.to_module()(x)
-    cands = candidates(arch, ["split.steepest"])
-    assert abs(SplittingScore().score(arch, (x, fit), cands)[0].value) < 1e-10
-    noisy = fit + torch.randn_like(fit)
-    assert SplittingScore().score(arch, (x, noisy), cands)[0].value > 1e-4
+    # Splitting (tanh, and ReLU through its softplus surrogate): the splitting matrices
+    # are weighted by dL/dh, which vanishes at a perfect fit.
+    for activation in ("tanh", "relu"):
+        arch = builders.mlp([5, 4, 3], activation=activation, seed=0).to(torch.float64)
+        with torch.no_grad():
+            fit = arch.to_module()(x)
+        cands = candidates(arch, ["split.steepest"])
+        for scorer in (SplittingScore(), SplittingScore(signed=True)):
+            assert abs(scorer.score(arch, (x, fit), cands)[0].value) < 1e-10
+            noisy = fit + torch.randn_like(fit)
+            assert scorer.score(arch, (x, noisy), cands)[0].value > 1e-4
+
+
+def test_splitting_score_ranks_relu_sites_by_the_best_predicted_split() -> None:
+    # A ReLU MLP with batchnorm: each site's value is minus its best neuron's predicted
+    # change; signed splits can only predict more (c/(1+c) lambda_max >= 0 candidates).
+    arch = builders.mlp([6, 5, 4, 3], batchnorm=True, seed=1).to(torch.float64)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(64, 6, generator=g, dtype=torch.float64),
+             torch.randint(0, 3, (64,), generator=g))
+    cands = candidates(arch, ["split.steepest", "widen.random"])
+    plain = SplittingScore().score(arch, batch, cands)
+    assert {s.candidate.site for s in plain} == {"fc1", "fc2"}
+    assert [s.value for s in plain] == sorted((s.value for s in plain), reverse=True)
+    signed = {s.candidate.key: s for s in SplittingScore(signed=True).score(arch, batch,
+                                                                           cands)}
+    for s in plain:
+        assert s.value == pytest.approx(-s.detail["min_eigenvalue"])
+        other = signed[s.candidate.key]
+        assert other.value >= s.value - 1e-12
+        assert other.value >= 0.5 * other.detail["max_eigenvalue"] - 1e-12
 
 
 def test_round_robin_cycles_through_the_sites() -> None:

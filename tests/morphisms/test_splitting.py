@@ -2,54 +2,133 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from morphsearch import builders, morphisms
 from morphsearch.arch import Architecture
+from morphsearch.arch.compile import evaluate
+from morphsearch.arch.ops import OPS
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms import splitting
+from morphsearch.morphisms._split_linalg import extreme_eigenpairs
 from morphsearch.morphisms._surgery import batch_loss
+from tests.morphisms.strategies import architectures, batch_for, outputs
 
 F64 = torch.float64
 
 
-def _setup(activation: str = "tanh", dtype: torch.dtype = F64) -> tuple[Architecture, tuple]:
-    arch = builders.mlp([5, 7, 3], activation=activation, dtype=dtype, seed=2)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(48, 5, generator=g, dtype=dtype)
-    return arch, (x, torch.randn(48, 3, generator=g, dtype=dtype))
+def _setup(activation: str = "tanh", dtype: torch.dtype = F64, *, bn: bool = False,
+           n: int = 48, seed: int = 2) -> tuple[Architecture, tuple]:
+    arch = builders.mlp([5, 7, 3], activation=activation, batchnorm=bn, dtype=dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed - 2)
+    x = torch.randn(n, 5, generator=g, dtype=dtype)
+    return arch, (x, torch.randn(n, 3, generator=g, dtype=dtype))
 
 
-def _loss(arch: Architecture, batch: tuple) -> float:
+def _loss(arch: Architecture, batch: tuple, mode: str = "train") -> float:
     with torch.no_grad():
-        return float(batch_loss(arch.to_module()(batch[0]), batch[1]))
+        out = evaluate(arch, batch[0], train=mode == "train", dropout=False)
+        return float(batch_loss(out, batch[1]))
+
+
+def _plain(step: torch.Tensor) -> list[splitting.Plan]:
+    return [(step, -step, 0.5, 0.5)]
 
 
 @pytest.mark.parametrize("activation", ["tanh", "gelu", "selu"])
-def test_loss_change_matches_second_order_prediction(activation: str) -> None:
-    # L(split) - L = eps^2/2 * lambda_min + O(eps^3): the ratio tends to 1.
-    arch, batch = _setup(activation)
-    vals, _ = splitting.splitting_eigenvalues(arch, "fc1", batch)
+@pytest.mark.parametrize("bn", [False, True], ids=["plain", "bn_eval"])
+def test_loss_change_matches_second_order_prediction(activation: str, bn: bool) -> None:
+    # Theory check: L(split) - L = eps^2/2 * lambda_min + O(eps^3), a decrease since
+    # lambda_min < 0; with batchnorm in eval mode (a folded per-channel affine map).
+    arch, batch = _setup(activation, bn=bn)
+    mode = "eval" if bn else "train"
+    vals, _ = splitting.splitting_eigenvalues(arch, "fc1", batch, mode=mode)
     assert float(vals.min()) < 0
-    eps = 0.01
-    child = morphisms.apply("split.steepest", arch, "fc1", batch=batch, eps=eps).child
-    ratio = (_loss(child, batch) - _loss(arch, batch)) / (eps**2 / 2 * float(vals.min()))
-    assert abs(ratio - 1) < 0.01
+    for eps in (0.01, 0.003):
+        child = morphisms.apply("split.steepest", arch, "fc1", batch=batch, eps=eps,
+                                mode=mode).child
+        change = _loss(child, batch, mode) - _loss(arch, batch, mode)
+        assert change < 0
+        assert abs(change / (eps**2 / 2 * float(vals.min())) - 1) < 0.1
 
 
-def test_splitting_matrix_quadratic_form_is_the_second_derivative_of_the_loss() -> None:
-    # v^T S_i v = d^2/d eps^2 of L(split neuron i along v by eps), at eps = 0,
-    # measured by a central finite difference on the split network.
-    arch, batch = _setup()
-    S = splitting.splitting_matrices(arch, "fc1", batch)
+CASES = [("tanh", False, "train"), ("tanh", True, "train"), ("gelu", True, "train"),
+         ("tanh", True, "eval"), ("selu", True, "eval")]
+
+
+@pytest.mark.parametrize(("activation", "bn", "mode"), CASES)
+def test_splitting_matrix_quadratic_form_is_the_second_derivative_of_the_loss(
+        activation: str, bn: bool, mode: str) -> None:
+    # v^T S_i v = d^2/d eps^2 of L(split neuron i along v by eps), at eps = 0, measured by
+    # a finite difference on the split network: for train-mode batchnorm this checks
+    # the derivation through the batch statistics (module doc), and signed splits
+    # (weights -c, 1+c; steps v, c/(1+c) v) give -c/(1+c) v^T S_i v.
+    arch, batch = _setup(activation, bn=bn)
+    S = splitting.splitting_matrices(arch, "fc1", batch, mode=mode)
+    wp = splitting._split_site(arch, "fc1").wp
     v = torch.randn(6, generator=torch.Generator().manual_seed(1), dtype=F64)
     v = v / v.norm()
-    h, base = 1e-3, _loss(arch, batch)
-    plus = _loss(splitting._split(arch, splitting._split_path(arch, "fc1")[0], [4],
-                                  (h * v)[None]), batch)
+    h, base = 1e-3, _loss(arch, batch, mode)
+    plus = _loss(splitting._split(arch, wp, [4], _plain(h * v)), batch, mode)
     assert (plus - base) / (h**2 / 2) == pytest.approx(float(v @ S[4] @ v), rel=1e-3)
+    c = 2.0
+    signed = splitting._split(arch, wp, [4], [(h * v, c / (1 + c) * h * v, -c, 1 + c)])
+    assert (_loss(signed, batch, mode) - base) / (h**2 / 2) == pytest.approx(
+        -c / (1 + c) * float(v @ S[4] @ v), rel=2e-2)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_relu_splits_along_the_surrogate_direction_lower_the_loss(bn: bool) -> None:
+    # relu'' = 0 a.e.: the softplus surrogate (beta = 3) only chooses the direction; the
+    # child is an exact split of the real ReLU network and its loss goes down.
+    for seed in (2, 3, 4):
+        arch, batch = _setup("relu", bn=bn, n=256, seed=seed)
+        vals, _ = splitting.splitting_eigenvalues(arch, "fc1", batch)
+        assert float(vals.min()) < 0
+        child = morphisms.apply("split.steepest", arch, "fc1", batch=batch, eps=0.3).child
+        assert _loss(child, batch) < _loss(arch, batch)
+    # a sharper surrogate is a different matrix: beta is a real parameter
+    sharp = splitting.splitting_matrices(arch, "fc1", batch, beta=30.0)
+    assert not torch.allclose(sharp, splitting.splitting_matrices(arch, "fc1", batch))
+
+
+def test_signed_split_escapes_a_splitting_stable_neuron() -> None:
+    # A neuron with lambda_min >= 0 cannot lower the loss by a plain split, but a signed
+    # one along the top eigenvector predicts -c/(1+c) lambda_max < 0 and delivers it.
+    arch, batch = _setup()
+    vals, vecs = splitting.splitting_eigenvalues(arch, "fc1", batch)
+    pairs = splitting.splitting_eigenpairs(arch, "fc1", batch)
+    S = splitting.splitting_matrices(arch, "fc1", batch)
+    # make neuron 0 splitting-stable: its matrix shifted so lambda_min > 0 is what the
+    # signed rule sees (predicted_decrease works on any eigenpairs)
+    stable = splitting.Eigenpairs(pairs.min_values.abs() + 0.01, pairs.min_vectors,
+                                  pairs.max_values, pairs.max_vectors)
+    value, use = splitting.predicted_decrease(stable, signed=True, signed_weight=1.0)
+    assert bool(use.all()) and bool((value < 0).all())
+    assert torch.allclose(value, -0.5 * pairs.max_values)
+    plain, use_plain = splitting.predicted_decrease(stable, signed=False)
+    assert not bool(use_plain.any()) and bool((plain > 0).all())
+    assert float(vecs[0] @ S[0] @ vecs[0]) == pytest.approx(float(vals[0]))
+    # on real matrices (GELU: its best split is a signed one with c = 3), the morphism
+    # with signed=True realises its prediction -c/(1+c) lambda_max eps^2/2
+    arch, batch = _setup("gelu")
+    pairs = splitting.splitting_eigenpairs(arch, "fc1", batch)
+    best, use = splitting.predicted_decrease(pairs, signed=True, signed_weight=3.0)
+    i = int(torch.argmin(best))
+    assert bool(use[i]) and float(best[i]) < float(pairs.min_values.min()) < 0
+    eps = 0.01
+    child = morphisms.apply("split.steepest", arch, "fc1", batch=batch, eps=eps,
+                            signed=True, signed_weight=3.0).child
+    ratio = (_loss(child, batch) - _loss(arch, batch)) / (eps**2 / 2 * float(best[i]))
+    assert abs(ratio - 1) < 0.1
+    out, cout = arch.weights["fc2"]["weight"], child.weights["fc2"]["weight"]
+    torch.testing.assert_close(cout[:, i], -3 * out[:, i])
+    torch.testing.assert_close(cout[:, 7], 4 * out[:, i])
 
 
 def test_splits_the_most_negative_neurons_with_halved_outgoing_weights() -> None:
@@ -67,41 +146,104 @@ def test_splits_the_most_negative_neurons_with_halved_outgoing_weights() -> None
     assert _loss(child, batch) < _loss(arch, batch)
 
 
-def test_eps_zero_is_an_exact_duplication() -> None:
-    arch, batch = _setup()
-    result = morphisms.apply("split.steepest", arch, "fc1", batch=batch, k=3, eps=0.0)
-    assert result.record.preservation_error is not None
-    assert result.record.preservation_error <= 1e-10
-    assert result.child.shape("fc1") == (10,)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures(F64))
+def test_eps_zero_preserves_the_function_whatever_the_surrogate(arch: Architecture) -> None:
+    # The contract's preservation check (train and eval mode) with eps = 0, where
+    # preserves() says the split is exact: plain and signed, any beta, every site.
+    batch = batch_for(arch, seed=1)
+    inputs, _ = batch_for(arch, n=6, seed=123)
+    for site in morphisms.sites("split.steepest", arch):
+        options: list[dict[str, Any]] = [
+            {"beta": 3.0}, {"beta": 0.5, "signed": True, "signed_weight": 2.0}]
+        for params in options:
+            assert morphisms.get("split.steepest").preserves({**params, "eps": 0.0})
+            child = morphisms.apply("split.steepest", arch, site, batch=batch, eps=0.0,
+                                    k=1, **params).child
+            for train in (False, True):
+                err = (outputs(child, inputs, train=train)
+                       - outputs(arch, inputs, train=train)).abs().max()
+                assert float(err) <= 1e-10, (site, params, train)
 
 
-def test_fast_method_matches_exact_and_is_an_upper_bound_with_few_steps() -> None:
+def test_strategies_draw_relu_and_bn_split_sites() -> None:
+    # the contract suite's random architectures reach split.steepest on ReLU/GELU MLPs,
+    # CNNs and residual nets (see tests/morphisms/strategies.py)
+    examples = [
+        builders.mlp([4, 5, 3], activation="relu", batchnorm=True),
+        builders.mlp([4, 5, 3], activation="gelu"),
+        builders.cnn((1, 5, 5), channels=[3], hidden=[4], num_classes=3, batchnorm=True),
+        builders.resnet((1, 4, 4), width=3, blocks=1, num_classes=3),
+    ]
+    expected = [["fc1"], ["fc1"], ["conv1", "fc1"], ["b1_conv1"]]
+    assert [morphisms.sites("split.steepest", a) for a in examples] == expected
+
+
+def test_fast_method_matches_exact_on_a_wide_layer() -> None:
+    # 200 inputs: "auto" takes Lanczos; eigenvalues to 1e-6 relative, vectors up to sign,
+    # with and without train-mode batchnorm.
+    for bn in (False, True):
+        arch = builders.mlp([200, 6, 3], activation="relu", batchnorm=bn, dtype=F64, seed=0)
+        g = torch.Generator().manual_seed(0)
+        batch = (torch.randn(300, 200, generator=g, dtype=F64),
+                 torch.randint(0, 3, (300,), generator=g))
+        curv = splitting.splitting_curvature(arch, "fc1", batch)
+        exact = extreme_eigenpairs(curv, method="exact")
+        # 40 steps (the default 24 trades accuracy for cost: ~1e-4 relative here)
+        auto = splitting.splitting_eigenpairs(arch, "fc1", batch, iters=40)
+        for fast in (auto, extreme_eigenpairs(curv, method="fast", iters=40, seed=3)):
+            torch.testing.assert_close(fast.min_values, exact.min_values, rtol=1e-6, atol=0)
+            torch.testing.assert_close(fast.max_values, exact.max_values, rtol=1e-6, atol=0)
+            cos = (fast.min_vectors * exact.min_vectors).sum(1).abs()
+            torch.testing.assert_close(cos, torch.ones(6, dtype=F64), rtol=0, atol=1e-6)
+        # the matrix-free product is the materialised matrix's
+        v = torch.randn(6, 201, generator=g, dtype=F64)
+        torch.testing.assert_close(curv.matvec(v), torch.einsum("mij,mj->mi",
+                                                                curv.matrices(), v))
+
+
+def test_few_lanczos_steps_give_upper_bounds() -> None:
     arch, batch = _setup()
-    exact, vecs = splitting.splitting_eigenvalues(arch, "fc1", batch)
-    fast, fvecs = splitting.splitting_eigenvalues(arch, "fc1", batch, method="fast", iters=6)
-    torch.testing.assert_close(fast, exact, rtol=1e-8, atol=1e-10)
-    assert torch.allclose((fvecs * vecs).sum(1).abs(), torch.ones(7, dtype=F64), atol=1e-6)
-    # Rayleigh quotients of a Krylov subspace never go below lambda_min.
+    exact, _ = splitting.splitting_eigenvalues(arch, "fc1", batch, method="exact")
     rough, _ = splitting.splitting_eigenvalues(arch, "fc1", batch, method="fast", iters=2)
-    assert bool((rough >= exact - 1e-12).all())
+    assert bool((rough >= exact - 1e-12).all())  # Rayleigh quotients never go below
+    with pytest.raises(MorphismNotApplicable, match="method='qr' must be"):
+        splitting.splitting_eigenvalues(arch, "fc1", batch, method="qr")
 
 
-def test_fast_method_on_a_wide_input_finds_the_smallest_eigenvalue() -> None:
-    arch = builders.mlp([64, 4, 2], activation="tanh", dtype=F64, seed=0)
-    g = torch.Generator().manual_seed(0)
-    batch = (torch.randn(32, 64, generator=g, dtype=F64), torch.randint(0, 2, (32,), generator=g))
-    exact, _ = splitting.splitting_eigenvalues(arch, "fc1", batch)
-    fast, _ = splitting.splitting_eigenvalues(arch, "fc1", batch, method="fast", iters=40)
-    torch.testing.assert_close(fast, exact, rtol=1e-6, atol=1e-12)
+def _net(*ops: tuple[str, dict]) -> Architecture:
+    b = GraphBuilder((3,))
+    h = b.add("linear", b.input, out_features=4, name="fc1")
+    for op, attrs in ops:
+        h = b.add(op, h, **attrs)
+    return b.build(b.add("linear", h, out_features=2, name="head"), dtype=F64)
 
 
-def test_relu_sites_are_refused_with_the_reason() -> None:
-    arch, batch = _setup("relu")
+@pytest.mark.parametrize(("ops", "message"), [
+    ((("identity", {}),), "found identity 'identity"),
+    ((("dropout", {"p": 0.1}), ("relu", {})), "dropout 'dropout.*lies between the layer"),
+    ((("relu", {}), ("batchnorm", {})), "after its activation 'relu.*batchnorm"),
+    ((("relu", {}), ("tanh", {})), "comes tanh"),
+])
+def test_refused_placements_say_why(ops: tuple, message: str) -> None:
+    arch = _net(*ops)
     assert morphisms.sites("split.steepest", arch) == []
-    with pytest.raises(MorphismNotApplicable, match="relu1' is relu, whose second derivative"):
-        splitting.splitting_eigenvalues(arch, "fc1", batch)
+    batch = batch_for(arch)
+    with pytest.raises(MorphismNotApplicable, match=message):
+        splitting.splitting_matrices(arch, "fc1", batch)
     with pytest.raises(MorphismNotApplicable, match=r"split\.steepest does not apply"):
         morphisms.apply("split.steepest", arch, "fc1", batch=batch)
+
+
+def test_bad_mode_beta_and_weight_are_refused() -> None:
+    arch, batch = _setup()
+    with pytest.raises(MorphismNotApplicable, match="mode='test' must be"):
+        splitting.splitting_matrices(arch, "fc1", batch, mode="test")
+    with pytest.raises(MorphismNotApplicable, match="beta=0 must be > 0"):
+        morphisms.apply("split.steepest", arch, "fc1", batch=batch, beta=0)
+    with pytest.raises(MorphismNotApplicable, match="signed_weight=-1 must be > 0"):
+        morphisms.apply("split.steepest", arch, "fc1", batch=batch, signed=True,
+                        signed_weight=-1)
 
 
 def test_same_seed_same_child_and_parent_untouched_float32() -> None:
@@ -113,11 +255,17 @@ def test_same_seed_same_child_and_parent_untouched_float32() -> None:
     assert arch.weights_hash == before
 
 
-def _conv_flatten_net(activation: str = "tanh") -> Architecture:
-    # conv -> act -> flatten -> linear: each channel owns 4*4 inputs of the linear layer
+def _conv_flatten_net(activation: str = "tanh", bn: bool = False,
+                      pool: bool = False) -> Architecture:
+    # conv -> [bn] -> act -> [avgpool] -> flatten -> linear: each channel owns 4*4 (2*2)
+    # linear inputs
     b = GraphBuilder((2, 4, 4))
-    h = b.add(activation, b.add("conv2d", b.input, out_channels=3, kernel_size=3, padding=1,
-                                stride=1, name="conv"))
+    h = b.add("conv2d", b.input, out_channels=3, kernel_size=3, padding=1, name="conv")
+    if bn:
+        h = b.add("batchnorm", h)
+    h = b.add(activation, h)
+    if pool:
+        h = b.add("avgpool", h, kernel_size=2)
     out = b.add("linear", b.add("flatten", h), out_features=3, name="fc")
     return b.build(out, dtype=F64, seed=4)
 
@@ -127,6 +275,10 @@ CONV_CASES = [
     ("conv_conv", builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3,
                                activation="tanh", dtype=F64, seed=3), "conv1"),
     ("conv_flatten_linear", _conv_flatten_net("gelu"), "conv"),
+    ("conv_bn_train_flatten", _conv_flatten_net("tanh", bn=True), "conv"),
+    # pooling after the activation (a maxpool works too, but its second-order expansion
+    # holds only for steps below the gap between a window's two largest values)
+    ("conv_bn_pool", _conv_flatten_net("tanh", bn=True, pool=True), "conv"),
 ]
 
 
@@ -140,46 +292,59 @@ def _conv_batch(arch: Architecture) -> tuple:
 def test_conv_channels_split_along_their_filters_curvature(label: str, arch: Architecture,
                                                            site: str) -> None:
     # Each output channel is a neuron whose inputs are its im2col patches at every
-    # position: the same three checks as for dense neurons.
+    # position: the quadratic form, the theory check and the fast method.
     batch = _conv_batch(arch)
     assert site in morphisms.sites("split.steepest", arch)
-    wp = splitting._split_path(arch, site)[0]
+    wp = splitting._split_site(arch, site).wp
     S = splitting.splitting_matrices(arch, site, batch)
     filt = arch.weights[site]["weight"][0].numel()
     assert S.shape == (wp.width, filt + 1, filt + 1)
-    # 1. v^T S_i v is the second derivative of the loss along the split (finite difference)
     v = torch.randn(filt + 1, generator=torch.Generator().manual_seed(2), dtype=F64)
     v = v / v.norm()
     h, base = 1e-3, _loss(arch, batch)
-    plus = _loss(splitting._split(arch, wp, [1], (h * v)[None]), batch)
+    plus = _loss(splitting._split(arch, wp, [1], _plain(h * v)), batch)
     assert (plus - base) / (h**2 / 2) == pytest.approx(float(v @ S[1] @ v), rel=1e-3)
-    # 2. the loss change of the steepest split over eps^2/2 lambda_min tends to 1
     vals, vecs = splitting.splitting_eigenvalues(arch, site, batch)
     assert float(vals.min()) < 0
     eps = 0.01
     child = morphisms.apply("split.steepest", arch, site, batch=batch, eps=eps).child
     ratio = (_loss(child, batch) - _loss(arch, batch)) / (eps**2 / 2 * float(vals.min()))
-    assert abs(ratio - 1) < 0.01
-    # the moved filter and its copy: theta +- eps v, reshaped to the filter's shape
+    assert abs(ratio - 1) < 0.1
     worst = int(torch.argmin(vals))
     w, cw = arch.weights[site]["weight"], child.weights[site]["weight"]
     step = (eps * vecs[worst, :filt]).reshape(w.shape[1:])
     torch.testing.assert_close(cw[worst], w[worst] + step)
     torch.testing.assert_close(cw[wp.width], w[worst] - step)
-    # 3. the matrix-free fast method finds the same eigenvalues
     fast, _ = splitting.splitting_eigenvalues(arch, site, batch, method="fast",
                                               iters=filt + 1)
     torch.testing.assert_close(fast, vals, rtol=1e-8, atol=1e-10)
-    # eps = 0 duplicates channels exactly
-    dup = morphisms.apply("split.steepest", arch, site, batch=batch, k=2, eps=0.0)
-    assert dup.record.preservation_error is not None and dup.record.preservation_error <= 1e-10
 
 
-def test_conv_sites_need_a_smooth_activation_right_after() -> None:
-    relu = builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3, dtype=F64)
-    assert morphisms.sites("split.steepest", relu) == []
-    tanh = CONV_CASES[0][1]
-    # conv2 reaches a maxpool before the flatten: not a splittable path
-    assert morphisms.sites("split.steepest", tanh) == ["conv1", "fc1"]
-    with pytest.raises(MorphismNotApplicable, match=r"one activation \[-> flatten\]"):
-        splitting.splitting_matrices(tanh, "conv2", _conv_batch(tanh))
+@pytest.mark.skipif("conv1d" not in OPS, reason="conv1d is not in the op table yet "
+                    "(helper 'ops' adds it)")
+def test_conv1d_channels_split_like_conv2d() -> None:
+    b = GraphBuilder((2, 9))
+    h = b.add("conv1d", b.input, out_channels=3, kernel_size=3, padding=1, stride=2,
+              name="conv")
+    out = b.add("linear", b.add("flatten", b.add("tanh", h)), out_features=3, name="fc")
+    arch = b.build(out, dtype=F64, seed=4)
+    batch = _conv_batch(arch)
+    S = splitting.splitting_matrices(arch, "conv", batch)
+    assert S.shape == (3, 7, 7)
+    v = torch.randn(7, generator=torch.Generator().manual_seed(2), dtype=F64)
+    v = v / v.norm()
+    wp = splitting._split_site(arch, "conv").wp
+    h_, base = 1e-3, _loss(arch, batch)
+    plus = _loss(splitting._split(arch, wp, [1], _plain(h_ * v)), batch)
+    assert (plus - base) / (h_**2 / 2) == pytest.approx(float(v @ S[1] @ v), rel=1e-3)
+
+
+def test_plan_gives_the_childs_structure_without_a_batch() -> None:
+    for arch, site in ((_setup("relu", bn=True)[0], "fc1"), (CONV_CASES[2][1], "conv")):
+        planned = morphisms.plan("split.steepest", arch, site, k=2)
+        child = morphisms.apply("split.steepest", arch, site, k=2,
+                                batch=batch_for(arch, n=16)).child
+        assert planned.structure_hash == child.structure_hash
+        assert planned.num_params == child.num_params
+    with pytest.raises(MorphismNotApplicable, match="k=9 must be an int in"):
+        morphisms.plan("split.steepest", arch, site, k=9)
