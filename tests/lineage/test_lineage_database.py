@@ -39,7 +39,6 @@ def test_wal_switch_waits_for_a_writer_instead_of_failing(tmp_path: Path) -> Non
         db.dispose()
 
 
-
 @pytest.mark.parametrize("argv", [["db", "upgrade", "--db"], ["lineage", "searches", "--db"]])
 def test_sqlite_file_in_a_missing_folder_names_the_mkdir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
