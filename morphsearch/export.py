@@ -329,6 +329,8 @@ def export_from_store(
     with open_store(db) as store:
         if arch_id is None:
             arch_id = best_arch_id(store, search, metric, mode)
+        else:
+            arch_id = store.resolve_arch_id(arch_id)  # a bare or shortened id
         record = store.architecture(arch_id)
         if search is not None and record.search != search:
             raise NotFound(

@@ -86,7 +86,16 @@ def _metric_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def _open(args: argparse.Namespace) -> Any:
     from morphsearch.lineage import LineageStore
 
-    return LineageStore(args.db, write=False)
+    store = LineageStore(args.db, write=False)
+    try:
+        # the ids progress lines print ("58479e61") stand for their full ids
+        for attr in ("arch_id", "a", "b"):
+            if getattr(args, attr, None):
+                setattr(args, attr, store.resolve_arch_id(getattr(args, attr)))
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _metric(store: Any, search: str, args: argparse.Namespace) -> tuple[str, Any]:
