@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from morphsearch.lineage import ArchNode, LineageStore
 
 __all__ = [
+    "MAX_DRAWN_NODES",
+    "describe",
     "draw_architecture",
     "draw_pareto",
     "draw_search_tree",
@@ -31,6 +33,7 @@ __all__ = [
 Target = str | os.PathLike[str] | IO[bytes]
 
 _FORMATS = (".png", ".svg", ".pdf")
+MAX_DRAWN_NODES = 200  # one box per layer: more is unreadable (and slow to lay out)
 _COLOURS = {
     "input": "#d9d9d9",
     "output": "#d9d9d9",
@@ -54,6 +57,28 @@ def _checked_out(out: str | os.PathLike[str]) -> Path:
     if not path.parent.exists():
         raise MorphSearchError(f"cannot write {path}: folder {path.parent} does not exist")
     return path
+
+
+def describe(arch: Architecture) -> str:
+    """A short description of the network as it is now.
+
+    A chain whose only layers with weights are linear reads as its widths ("64-47-10",
+    input first); any other graph as its layer counts ("3 conv2d, 1 linear, 2 add").
+    """
+    layers = [n for n in nx.topological_sort(arch.graph) if arch.node_params(n)]
+    is_chain = all(arch.graph.out_degree(n) <= 1 for n in arch.graph)
+    if layers and is_chain and all(arch.op(n) == "linear" for n in layers):
+        width = 1
+        for size in arch.input_shape:
+            width *= int(size)
+        widths = [width, *(int(arch.spec(n).attrs["out_features"]) for n in layers)]
+        return "-".join(map(str, widths))
+    counts: dict[str, int] = {}
+    for node in arch.graph:
+        op = arch.op(node)
+        if op not in ("input", "output"):
+            counts[op] = counts.get(op, 0) + 1
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _label(arch: Architecture, node: str) -> str:
@@ -87,6 +112,13 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
         MorphSearchError: the output path has an unsupported suffix or no folder.
     """
     path = _checked_out(out)
+    if len(arch) > MAX_DRAWN_NODES:
+        # a box per layer: thousands of boxes make an image no one can read, and
+        # matplotlib takes minutes to lay them out
+        raise MorphSearchError(
+            f"cannot draw {len(arch):,} layers (at most {MAX_DRAWN_NODES} fit a readable "
+            "picture); list them with: morphsearch graph show FILE (or --json)"
+        )
     from morphsearch.arch.ops import ACTIVATIONS
 
     plt = _pyplot()
@@ -107,7 +139,8 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
         colour = _COLOURS.get(op, _ACTIVATION_COLOUR if op in ACTIVATIONS else _OTHER_COLOUR)
         ax.text(x, y, _label(arch, node), ha="center", va="center", fontsize=8,
                 bbox={"boxstyle": "round,pad=0.4", "fc": colour, "ec": "#333333"})
-    title = arch.graph.graph.get("name") or "architecture"
+    # the graph's own shape, not its "name": a grown child keeps its seed's name
+    title = describe(arch)
     ax.set_title(f"{title}: {arch.num_params:,} params, {arch.flops:,} FLOPs", fontsize=10)
     ax.set_xlim(min(x for x, _ in pos.values()) - 1, max(x for x, _ in pos.values()) + 1)
     ax.set_ylim(min(y for _, y in pos.values()) - 0.7, 0.7)

@@ -7,6 +7,10 @@ import json
 import sys
 from typing import Any
 
+from morphsearch.errors import MorphSearchError
+
+MAX_SHOWN_LAYERS = 200  # graph show's table; --all or --json for every layer
+
 
 def register(subparsers: Any) -> None:
     graph = subparsers.add_parser("graph", help="inspect architecture graph files")
@@ -19,6 +23,9 @@ def register(subparsers: Any) -> None:
     show = commands.add_parser("show", help="layers, shapes, parameters and FLOPs")
     show.add_argument("file", help="graph JSON file")
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--all", action="store_true",
+                      help=f"list every layer (default: the first and last "
+                           f"{MAX_SHOWN_LAYERS // 2} of a longer graph)")
     show.set_defaults(func=_show)
 
     draw = commands.add_parser("draw", help="draw the architecture as a picture")
@@ -55,8 +62,9 @@ def register(subparsers: Any) -> None:
 
 
 def _print_json(doc: Any) -> int:
-    json.dump(doc, sys.stdout, indent=2)
-    print()
+    # one write: json.dump writes every token separately (800,000 writes for a
+    # 20,000-layer graph)
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     return 0
 
 
@@ -67,10 +75,18 @@ def _load(path: str) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from morphsearch.arch.io import weights_path_for
+
     arch = _load(args.file)
+    weights = weights_path_for(args.file)
+    checked = (
+        f"weights {weights} checked against it"
+        if weights.exists()
+        else f"no weights file {weights} beside it, so no weights checked"
+    )
     print(
         f"{args.file}: valid ({len(arch)} nodes, {arch.num_params:,} params, "
-        f"{arch.flops:,} FLOPs, structure {arch.structure_hash[:12]})"
+        f"{arch.flops:,} FLOPs, structure {arch.structure_hash[:12]}); {checked}"
     )
     return 0
 
@@ -113,7 +129,18 @@ def _show(args: argparse.Namespace) -> int:
         table.add_column(column)
     table.add_column("params", justify="right")
     table.add_column("FLOPs", justify="right")
-    for layer in doc["layers"]:
+    layers = doc["layers"]
+    # rich lays out a table cell by cell: 100,000 rows take minutes, so a long graph
+    # shows its ends and says how to see the rest
+    hidden = len(layers) - MAX_SHOWN_LAYERS if not args.all else 0
+    if hidden > 0:
+        half = MAX_SHOWN_LAYERS // 2
+        layers = [*layers[:half], None, *layers[-half:]]
+    for layer in layers:
+        if layer is None:
+            table.add_row(f"... {hidden:,} more layers (--all or --json lists them)",
+                          "", "", "", "", "", "")
+            continue
         attrs = ", ".join(f"{k}={v}" for k, v in layer["attrs"].items())
         table.add_row(
             layer["id"], layer["op"], attrs, ", ".join(layer["inputs"]),
@@ -128,8 +155,16 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _draw(args: argparse.Namespace) -> int:
-    from morphsearch.viz import draw_architecture
+    from morphsearch.arch.io import read_graph_file
+    from morphsearch.viz import MAX_DRAWN_NODES, draw_architecture
 
+    nodes = read_graph_file(args.file).get("nodes")
+    if isinstance(nodes, list) and len(nodes) > MAX_DRAWN_NODES:
+        # refuse before building (and initialising) a graph too large to draw
+        raise MorphSearchError(
+            f"{args.file}: cannot draw {len(nodes):,} layers (at most {MAX_DRAWN_NODES} fit "
+            f"a readable picture); list them with: morphsearch graph show {args.file}"
+        )
     arch = _load(args.file)
     draw_architecture(arch, args.out)
     print(f"wrote {args.out}")
