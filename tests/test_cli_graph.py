@@ -96,3 +96,16 @@ def test_drawing_is_titled_with_the_network_not_its_seeds_name(tmp_path: Path) -
     assert child.graph.graph.get("name") == "mlp-64-8-10"  # the name a child inherits
     assert describe(child) == "64-47-10"
     assert describe(builders.mlp([4, 3, 2])) == "4-3-2"
+
+
+@pytest.mark.parametrize("keep", [0, 5, 60], ids=["empty", "header-cut", "data-cut"])
+def test_truncated_weights_say_how_to_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep: int
+) -> None:
+    save(builders.mlp([4, 3, 2]), tmp_path / "g.json")
+    weights = tmp_path / "g.safetensors"
+    weights.write_bytes(weights.read_bytes()[:keep])
+    assert main(["graph", "validate", str(tmp_path / "g.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(weights) in err
+    assert f"cut short (size {keep:,} bytes)" in err and "copy it again" in err
