@@ -109,3 +109,26 @@ def test_truncated_weights_say_how_to_fix(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(weights) in err
     assert f"cut short (size {keep:,} bytes)" in err and "copy it again" in err
+
+
+def test_grow_takes_an_npz_file_as_its_batch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.normal(size=(40, 4)).astype("float32"),
+        "y_train": rng.integers(0, 2, 40),
+        "x_test": rng.normal(size=(10, 4)).astype("float32"),
+        "y_test": rng.integers(0, 2, 10),
+    }
+    np.savez(tmp_path / "data.npz", **arrays)
+    save(builders.mlp([4, 3, 2]), tmp_path / "g.json")
+    argv = ["graph", "grow", str(tmp_path / "g.json"), "widen.gradmax", "--site", "fc1",
+            "--out", str(tmp_path / "child.json")]  # fmt: skip
+    assert main([*argv, "--data", f"npz:{tmp_path / 'data.npz'}"]) == 0
+    assert (tmp_path / "child.json").exists()
+    capsys.readouterr()
+    assert main([*argv, "--data", "npz"]) == 2
+    assert "--data npz:PATH" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from morphsearch.errors import MorphSearchError
+from morphsearch.errors import ConfigError, MorphSearchError
 
 MAX_SHOWN_LAYERS = 200  # graph show's table; --all or --json for every layer
 
@@ -53,7 +53,8 @@ def register(subparsers: Any) -> None:
     grow.add_argument("--data", metavar="DATASET",
                       help="dataset whose first training samples are the batch: gradient "
                            "morphisms need one, and it is the preservation check's probe "
-                           "(teacher_student, digits, mnist1d)")
+                           "(teacher_student, digits, mnist1d, or npz:PATH for a "
+                           ".npz file)")
     grow.add_argument("--batch-size", type=int, default=256, help="samples in the batch (256)")
     grow.add_argument("--out", required=True, help="the child's graph file (.json); its "
                                                    "weights are written beside it")
@@ -202,7 +203,6 @@ def _grow(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from morphsearch import morphisms
-    from morphsearch.errors import ConfigError
 
     out = Path(args.out)
     if out.suffix != ".json":
@@ -239,7 +239,6 @@ def _grow(args: argparse.Namespace) -> int:
 
 
 def _parsed_params(items: list[str]) -> dict[str, Any]:
-    from morphsearch.errors import ConfigError
 
     params: dict[str, Any] = {}
     for item in items:
@@ -261,7 +260,10 @@ def _first_samples(name: str, arch: Any, n: int) -> tuple[Any, Any]:
 
     from morphsearch.data import load_dataset
 
-    data = load_dataset(name)
+    kind, _, path = name.partition(":")  # "npz:PATH" names a file of the npz dataset
+    if kind == "npz" and not path:
+        raise ConfigError("--data npz needs its file: --data npz:PATH/TO/DATA.npz")
+    data = load_dataset(kind, **({"path": path} if path else {}))
     x, y = data.x_train[:n], data.y_train[:n]
     shape = tuple(arch.input_shape)
     if tuple(x.shape[1:]) != shape and math.prod(x.shape[1:]) == math.prod(shape):
