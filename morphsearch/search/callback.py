@@ -54,6 +54,7 @@ class LineageCallback(Callback):
         self._pending: dict[str, list[tuple[int, dict[str, float]]]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._recorded: set[str] = set()
+        self._started: dict[str, str] = {}  # trial id -> ISO time its run began
         self._store: LineageStore | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -68,7 +69,12 @@ class LineageCallback(Callback):
         return self._store
 
     def get_state(self) -> dict[str, Any]:
-        return {"pending": self._pending, "last": self._last, "recorded": sorted(self._recorded)}
+        return {
+            "pending": self._pending,
+            "last": self._last,
+            "recorded": sorted(self._recorded),
+            "started": self._started,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._pending = {
@@ -76,6 +82,11 @@ class LineageCallback(Callback):
         }
         self._last = dict(state["last"])
         self._recorded = set(state["recorded"])
+        self._started = dict(state.get("started", {}))  # absent in older snapshots
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # the first start counts: a trial resumed after a crash keeps its start time
+        self._started.setdefault(str(trial.trial_id), _now().isoformat())
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -135,7 +146,7 @@ class LineageCallback(Callback):
             status=status,
             config=config,
             error=error,
-            started=None,
+            started=_parsed(self._started.get(trial_id)),
         )
         self._recorded.add(trial_id)
         for i, event in enumerate(grown):
@@ -189,6 +200,10 @@ def _values(report: dict[str, Any]) -> dict[str, float]:
 
 def _budget(report: dict[str, Any]) -> int:
     return int(report.get("epoch", report.get("training_iteration", 0)))
+
+
+def _parsed(iso: str | None) -> datetime | None:
+    return None if iso is None else datetime.fromisoformat(iso)
 
 
 def _plain(value: Any) -> bool:
