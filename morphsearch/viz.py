@@ -26,6 +26,7 @@ __all__ = [
     "draw_architecture",
     "draw_pareto",
     "draw_search_tree",
+    "pareto_figure",
     "save_pareto_picture",
     "save_tree_picture",
 ]
@@ -289,8 +290,21 @@ def draw_pareto(
     """
     if not points:
         raise MorphSearchError(f"{title}: no architecture has a {metric} value to plot")
+    fig = pareto_figure(points, front, metric=metric, cost=cost, title=title)
+    _save(fig, out)
+
+
+def pareto_figure(
+    points: Sequence[tuple[str, float, float]],
+    front: Sequence[tuple[str, float, float]],
+    *,
+    metric: str,
+    cost: str = "params",
+    title: str = "Pareto front",
+) -> Any:
+    """The figure of :func:`draw_pareto` (the caller saves or closes it)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     ax.scatter([p[1] for p in points], [p[2] for p in points], s=28, c="#8ecae6",
                edgecolors="#219ebc", label=f"architectures ({len(points)})", zorder=2)
     if front:
@@ -298,9 +312,6 @@ def draw_pareto(
         ax.step(xs, ys, where="post", color="#d62828", linewidth=1.5, zorder=3)
         ax.scatter(xs, ys, s=70, c="#d62828", edgecolors="#333333",
                    label=f"Pareto front ({len(front)})", zorder=4)
-        for arch_id, x, y in front[:12]:
-            ax.annotate(_short(arch_id), (x, y), xytext=(4, 4), textcoords="offset points",
-                        fontsize=7)
     costs = [p[1] for p in points]
     if min(costs) > 0 and max(costs) / min(costs) > 50:  # growth spans decades of size
         ax.set_xscale("log")
@@ -308,9 +319,43 @@ def draw_pareto(
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # beside the axes, where it cannot cover a point
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    _save(fig, out)
+    if front:
+        _label_without_overlap(fig, ax, front[:12])
+    return fig
+
+
+# where a label may go around its point (points), tried in this order
+_LABEL_OFFSETS = ((4, 4), (4, -11), (-4, 4), (-4, -11), (4, 14), (4, -21), (-4, 14), (-4, -21))
+
+
+def _label_without_overlap(fig: Any, ax: Any, labelled: Sequence[tuple[str, float, float]]) -> None:
+    """Label each point at the first offset where its text overlaps no other label and
+    no marker; a label with no free place is left out (its point is still drawn)."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = [_marker_box(ax, x, y) for _, x, y in labelled]
+    for arch_id, x, y in labelled:
+        for dx, dy in _LABEL_OFFSETS:
+            text = ax.annotate(_short(arch_id), (x, y), xytext=(dx, dy), fontsize=7,
+                               textcoords="offset points",
+                               ha="left" if dx > 0 else "right")  # fmt: skip
+            box = text.get_window_extent(renderer)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            text.remove()
+
+
+def _marker_box(ax: Any, x: float, y: float) -> Any:
+    from matplotlib.transforms import Bbox
+
+    px, py = ax.transData.transform((x, y))
+    r = 4.0  # about a front marker's radius in pixels
+    return Bbox.from_extents(px - r, py - r, px + r, py + r)
 
 
 # ------------------------------------------------------------------ lineage CLI pictures
