@@ -25,6 +25,7 @@ from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.preflight import preflight
 from morphsearch.search.progress import SearchProgress
+from morphsearch.search.quiet import quiet_libraries
 from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
 from morphsearch.search.trainable import TrialSetup, probe_batch, train_child
@@ -316,7 +317,11 @@ def _restore(config: SearchConfig, name: str, storage: str, inputs: SearchInputs
 
 
 def run_search(
-    config: SearchConfig, *, address: str | None = None, resume: bool = False
+    config: SearchConfig,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    verbose: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search ``config`` describes and summarise it from lineage.
 
@@ -325,6 +330,7 @@ def run_search(
         address: a Ray cluster address (``auto``, ``ray://host:10001``); ``None`` starts
             a local Ray.
         resume: restore the Tuner from ``<storage>/<name>`` instead of starting anew.
+        verbose: show Ray's, Tune's and Optuna's own output (default: morphsearch's only).
 
     Raises:
         ConfigError: unknown morphism, or a seed graph that does not fit the dataset.
@@ -337,7 +343,7 @@ def run_search(
     # any write: a bad start costs seconds and leaves nothing behind
     preflight(config.database, storage, name, resume=resume)
     inputs = load_inputs(config)
-    _start_ray(address)
+    _start_ray(address, quiet_libraries(verbose), verbose)
     tuner = (
         _restore(config, name, storage, inputs)
         if resume
@@ -350,7 +356,7 @@ def run_search(
         return _summary(store, config, name, len(grid), artifacts.join(storage, name))
 
 
-def _start_ray(address: str | None) -> None:
+def _start_ray(address: str | None, logging_level: int, verbose: bool) -> None:
     import ray
 
     if ray.is_initialized():
@@ -361,7 +367,8 @@ def _start_ray(address: str | None) -> None:
         ray.init(
             address=address,
             include_dashboard=False,
-            log_to_driver=False,
+            log_to_driver=verbose,
+            logging_level=logging_level,
             configure_logging=False,
             ignore_reinit_error=True,
         )
