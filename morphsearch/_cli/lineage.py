@@ -167,7 +167,11 @@ def _show(args: argparse.Namespace) -> int:
         else None
     )
     return _emit(
-        args, summary, lambda: render.table(f"search {search}", ["field", "value"], fields.items())
+        args,
+        summary,
+        lambda: render.table(
+            f"search {search}", ["field", "value"], fields.items(), render.BUDGET_MEANING
+        ),
     )
 
 
@@ -226,7 +230,9 @@ def _best(args: argparse.Namespace) -> int:
     return _emit(
         args,
         results,
-        lambda: render.table(f"best of {search} by {metric} ({mode}){at}", columns, rows),
+        lambda: render.table(
+            f"best of {search} by {metric} ({mode}){at}", columns, rows, render.BUDGET_MEANING
+        ),
     )
 
 

@@ -66,3 +66,13 @@ def test_commands_take_the_bare_id(url: str, capsys: pytest.CaptureFixture[str])
 def test_store_lookups_stay_exact(url: str) -> None:
     with open_store(url) as store, pytest.raises(NotFound):
         store.architecture("58479e61")  # only commands resolve; resume must not guess
+
+
+def test_best_and_show_explain_budget(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with open_store(url, write=True) as store:
+        store.record_metrics("58479e61", 3, {"val_accuracy": 0.5})
+    for argv in (["best", "--search", "quick", "--metric", "val_accuracy"],
+                 ["show", "--search", "quick", "--metric", "val_accuracy"]):  # fmt: skip
+        assert main(["lineage", *argv, "--db", url]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "budget: the training epoch (or optimizer step" in out, argv
