@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from morphsearch.errors import MorphSearchError
 _GROUPS = ("graph", "search", "lineage", "db", "export", "report")
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,13 +47,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a closed pipe must fail here, not at interpreter exit
     except MorphSearchError as exc:
         print(f"morphsearch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("morphsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_left()
     return int(code or 0)
+
+
+def _reader_left() -> int:
+    """The reader of stdout went away (``... | head``): stop quietly, like ``cat`` does.
+
+    Python's own recipe: point stdout at /dev/null, so the flush at exit cannot raise
+    again, and exit 128 + SIGPIPE as a shell reports a process killed by SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -154,21 +154,46 @@ def _checked_destination(dest: Path) -> Path:
     return dest
 
 
+# every file name an export may write: an earlier export's files that a new one does
+# not write are stale (a model.onnx of another graph) and go; any other file stays
+EXPORT_FILES = (GRAPH_FILE, WEIGHTS_FILE, ONNX_FILE, PT2_FILE, CARD_FILE)
+
+
 @contextlib.contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
-    """A temporary folder beside ``dest``, renamed to ``dest`` only if the block succeeds."""
+    """A temporary folder beside ``dest`` whose files reach ``dest`` only if the block
+    succeeds.
+
+    A new destination is the staged folder renamed into place (given the mode a plain
+    ``mkdir`` would, not mkdtemp's 0700). An earlier export folder is kept: each new
+    file replaces its namesake atomically and stale export files are removed, so files
+    the user put there survive.
+    """
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         yield stage
-        old = None
-        if dest.exists():  # an earlier export: swap it out, then delete it
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(stage, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            _replace_files(stage, dest)
+        else:
+            stage.chmod(0o777 & ~_umask())
+            os.replace(stage, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _replace_files(stage: Path, dest: Path) -> None:
+    written = {p.name for p in stage.iterdir()}
+    for name in sorted(written):
+        os.replace(stage / name, dest / name)
+    for name in EXPORT_FILES:
+        if name not in written:
+            (dest / name).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _probes(arch: Architecture, sizes: Sequence[int]) -> list[torch.Tensor]:
@@ -304,6 +329,8 @@ def export_from_store(
     with open_store(db) as store:
         if arch_id is None:
             arch_id = best_arch_id(store, search, metric, mode)
+        else:
+            arch_id = store.resolve_arch_id(arch_id)  # a bare or shortened id
         record = store.architecture(arch_id)
         if search is not None and record.search != search:
             raise NotFound(

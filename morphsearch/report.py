@@ -25,6 +25,7 @@ from morphsearch import __version__
 from morphsearch.errors import ConfigError, NotFound
 from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore, open_store
 from morphsearch.lineage.objective import objective as lineage_objective
+from morphsearch.lineage.render import BUDGET_MEANING
 
 __all__ = [
     "PathStep",
@@ -178,6 +179,8 @@ def model_card(
         )
     dataset = config.get("dataset") or {}
     lines += [
+        "",
+        f"Values are the best each architecture reached; {BUDGET_MEANING}.",
         "",
         "## Dataset",
         "",

@@ -21,9 +21,12 @@ if TYPE_CHECKING:
     from morphsearch.lineage import ArchNode, LineageStore
 
 __all__ = [
+    "MAX_DRAWN_NODES",
+    "describe",
     "draw_architecture",
     "draw_pareto",
     "draw_search_tree",
+    "pareto_figure",
     "save_pareto_picture",
     "save_tree_picture",
 ]
@@ -31,6 +34,7 @@ __all__ = [
 Target = str | os.PathLike[str] | IO[bytes]
 
 _FORMATS = (".png", ".svg", ".pdf")
+MAX_DRAWN_NODES = 200  # one box per layer: more is unreadable (and slow to lay out)
 _OTHER_COLOUR = "#f1faee"  # ops whose OpDef names no colour
 
 
@@ -43,6 +47,28 @@ def _checked_out(out: str | os.PathLike[str]) -> Path:
     if not path.parent.exists():
         raise MorphSearchError(f"cannot write {path}: folder {path.parent} does not exist")
     return path
+
+
+def describe(arch: Architecture) -> str:
+    """A short description of the network as it is now.
+
+    A chain whose only layers with weights are linear reads as its widths ("64-47-10",
+    input first); any other graph as its layer counts ("3 conv2d, 1 linear, 2 add").
+    """
+    layers = [n for n in nx.topological_sort(arch.graph) if arch.node_params(n)]
+    is_chain = all(arch.graph.out_degree(n) <= 1 for n in arch.graph)
+    if layers and is_chain and all(arch.op(n) == "linear" for n in layers):
+        width = 1
+        for size in arch.input_shape:
+            width *= int(size)
+        widths = [width, *(int(arch.spec(n).attrs["out_features"]) for n in layers)]
+        return "-".join(map(str, widths))
+    counts: dict[str, int] = {}
+    for node in arch.graph:
+        op = arch.op(node)
+        if op not in ("input", "output"):
+            counts[op] = counts.get(op, 0) + 1
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _label(arch: Architecture, node: str) -> str:
@@ -76,6 +102,13 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
         MorphSearchError: the output path has an unsupported suffix or no folder.
     """
     path = _checked_out(out)
+    if len(arch) > MAX_DRAWN_NODES:
+        # a box per layer: thousands of boxes make an image no one can read, and
+        # matplotlib takes minutes to lay them out
+        raise MorphSearchError(
+            f"cannot draw {len(arch):,} layers (at most {MAX_DRAWN_NODES} fit a readable "
+            "picture); list them with: morphsearch graph show FILE (or --json)"
+        )
     from morphsearch.arch.ops import OPS
 
     plt = _pyplot()
@@ -95,7 +128,8 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
         colour = OPS[arch.op(node)].colour or _OTHER_COLOUR
         ax.text(x, y, _label(arch, node), ha="center", va="center", fontsize=8,
                 bbox={"boxstyle": "round,pad=0.4", "fc": colour, "ec": "#333333"})
-    title = arch.graph.graph.get("name") or "architecture"
+    # the graph's own shape, not its "name": a grown child keeps its seed's name
+    title = describe(arch)
     ax.set_title(f"{title}: {arch.num_params:,} params, {arch.flops:,} FLOPs", fontsize=10)
     ax.set_xlim(min(x for x, _ in pos.values()) - 1, max(x for x, _ in pos.values()) + 1)
     ax.set_ylim(min(y for _, y in pos.values()) - 0.7, 0.7)
@@ -244,8 +278,21 @@ def draw_pareto(
     """
     if not points:
         raise MorphSearchError(f"{title}: no architecture has a {metric} value to plot")
+    fig = pareto_figure(points, front, metric=metric, cost=cost, title=title)
+    _save(fig, out)
+
+
+def pareto_figure(
+    points: Sequence[tuple[str, float, float]],
+    front: Sequence[tuple[str, float, float]],
+    *,
+    metric: str,
+    cost: str = "params",
+    title: str = "Pareto front",
+) -> Any:
+    """The figure of :func:`draw_pareto` (the caller saves or closes it)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     ax.scatter([p[1] for p in points], [p[2] for p in points], s=28, c="#8ecae6",
                edgecolors="#219ebc", label=f"architectures ({len(points)})", zorder=2)
     if front:
@@ -253,9 +300,6 @@ def draw_pareto(
         ax.step(xs, ys, where="post", color="#d62828", linewidth=1.5, zorder=3)
         ax.scatter(xs, ys, s=70, c="#d62828", edgecolors="#333333",
                    label=f"Pareto front ({len(front)})", zorder=4)
-        for arch_id, x, y in front[:12]:
-            ax.annotate(_short(arch_id), (x, y), xytext=(4, 4), textcoords="offset points",
-                        fontsize=7)
     costs = [p[1] for p in points]
     if min(costs) > 0 and max(costs) / min(costs) > 50:  # growth spans decades of size
         ax.set_xscale("log")
@@ -263,9 +307,43 @@ def draw_pareto(
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # beside the axes, where it cannot cover a point
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    _save(fig, out)
+    if front:
+        _label_without_overlap(fig, ax, front[:12])
+    return fig
+
+
+# where a label may go around its point (points), tried in this order
+_LABEL_OFFSETS = ((4, 4), (4, -11), (-4, 4), (-4, -11), (4, 14), (4, -21), (-4, 14), (-4, -21))
+
+
+def _label_without_overlap(fig: Any, ax: Any, labelled: Sequence[tuple[str, float, float]]) -> None:
+    """Label each point at the first offset where its text overlaps no other label and
+    no marker; a label with no free place is left out (its point is still drawn)."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = [_marker_box(ax, x, y) for _, x, y in labelled]
+    for arch_id, x, y in labelled:
+        for dx, dy in _LABEL_OFFSETS:
+            text = ax.annotate(_short(arch_id), (x, y), xytext=(dx, dy), fontsize=7,
+                               textcoords="offset points",
+                               ha="left" if dx > 0 else "right")  # fmt: skip
+            box = text.get_window_extent(renderer)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            text.remove()
+
+
+def _marker_box(ax: Any, x: float, y: float) -> Any:
+    from matplotlib.transforms import Bbox
+
+    px, py = ax.transData.transform((x, y))
+    r = 4.0  # about a front marker's radius in pixels
+    return Bbox.from_extents(px - r, py - r, px + r, py + r)
 
 
 # ------------------------------------------------------------------ lineage CLI pictures

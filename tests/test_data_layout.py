@@ -14,7 +14,6 @@ from morphsearch.search.config import SearchConfig
 from morphsearch.search.runner import build_seed
 
 
-
 def test_mlp_on_an_image_input_flattens_first_and_computes_the_flat_mlp() -> None:
     flat = builders.mlp([64, 8, 10], seed=3, dtype=torch.float64)
     image = builders.mlp([64, 8, 10], seed=3, dtype=torch.float64, input_shape=(1, 8, 8))

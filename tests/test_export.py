@@ -151,6 +151,7 @@ def test_model_card_has_the_lineage_path(best_export: Path) -> None:
     assert path == ["seed", "a", "c"]
     assert "widen.split@fc1 (k=4" in card and "deepen.skip@relu1" in card
     assert "0.9 (budget 2)" in card and "0.8 (budget 2)" in card
+    assert "budget: the training epoch (or optimizer step" in card  # the word is explained
     assert '"name": "digits"' in card and "test_size" in card
 
 
@@ -254,3 +255,27 @@ def test_cli_export_and_errors(
         assert code == 2, extra
         assert err.count("\n") == 1 and err.startswith("morphsearch: error:") and named in err
     assert not (tmp_path / "x").exists()
+
+
+def test_re_export_keeps_the_users_files_and_a_plain_folder_mode(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import morphsearch.export as export
+
+    arch = builders.mlp([4, 3, 2])
+    out = tmp_path / "out"
+    export_architecture(arch, out, formats=["pt2", "safetensors"])
+    (tmp_path / "plain").mkdir()
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    (out / "keep.txt").write_text("mine")
+    export_architecture(_trained(arch, 3), out, formats=["safetensors"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["graph.json", "keep.txt", "weights.safetensors"]  # stale model.pt2 gone
+    assert (out / "keep.txt").read_text() == "mine"
+    weights = (out / "weights.safetensors").read_bytes()
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # a failed export changes nothing
+    with pytest.raises(ExportError):
+        export_architecture(arch, out, formats=["pt2", "safetensors"])
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert (out / "weights.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain"]

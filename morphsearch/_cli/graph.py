@@ -8,6 +8,10 @@ import json
 import sys
 from typing import Any
 
+from morphsearch.errors import ConfigError, MorphSearchError
+
+MAX_SHOWN_LAYERS = 200  # graph show's table; --all or --json for every layer
+
 
 def register(subparsers: Any) -> None:
     graph = subparsers.add_parser("graph", help="inspect architecture graph files")
@@ -20,6 +24,9 @@ def register(subparsers: Any) -> None:
     show = commands.add_parser("show", help="layers, shapes, parameters and FLOPs")
     show.add_argument("file", help="graph JSON file")
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--all", action="store_true",
+                      help=f"list every layer (default: the first and last "
+                           f"{MAX_SHOWN_LAYERS // 2} of a longer graph)")
     show.set_defaults(func=_show)
 
     draw = commands.add_parser("draw", help="draw the architecture as a picture")
@@ -47,7 +54,8 @@ def register(subparsers: Any) -> None:
     grow.add_argument("--data", metavar="DATASET",
                       help="dataset whose first training samples are the batch: gradient "
                            "morphisms need one, and it is the preservation check's probe "
-                           "(teacher_student, digits, mnist1d)")
+                           "(teacher_student, digits, mnist1d, or npz:PATH for a "
+                           ".npz file)")
     grow.add_argument("--batch-size", type=int, default=256, help="samples in the batch (256)")
     grow.add_argument("--out", required=True, help="the child's graph file (.json); its "
                                                    "weights are written beside it")
@@ -68,8 +76,9 @@ def register(subparsers: Any) -> None:
 
 
 def _print_json(doc: Any) -> int:
-    json.dump(doc, sys.stdout, indent=2)
-    print()
+    # one write: json.dump writes every token separately (800,000 writes for a
+    # 20,000-layer graph)
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     return 0
 
 
@@ -80,10 +89,18 @@ def _load(path: str) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from morphsearch.arch.io import weights_path_for
+
     arch = _load(args.file)
+    weights = weights_path_for(args.file)
+    checked = (
+        f"weights {weights} checked against it"
+        if weights.exists()
+        else f"no weights file {weights} beside it, so no weights checked"
+    )
     print(
         f"{args.file}: valid ({len(arch)} nodes, {arch.num_params:,} params, "
-        f"{arch.flops:,} FLOPs, structure {arch.structure_hash[:12]})"
+        f"{arch.flops:,} FLOPs, structure {arch.structure_hash[:12]}); {checked}"
     )
     return 0
 
@@ -126,7 +143,18 @@ def _show(args: argparse.Namespace) -> int:
         table.add_column(column)
     table.add_column("params", justify="right")
     table.add_column("FLOPs", justify="right")
-    for layer in doc["layers"]:
+    layers = doc["layers"]
+    # rich lays out a table cell by cell: 100,000 rows take minutes, so a long graph
+    # shows its ends and says how to see the rest
+    hidden = len(layers) - MAX_SHOWN_LAYERS if not args.all else 0
+    if hidden > 0:
+        half = MAX_SHOWN_LAYERS // 2
+        layers = [*layers[:half], None, *layers[-half:]]
+    for layer in layers:
+        if layer is None:
+            table.add_row(f"... {hidden:,} more layers (--all or --json lists them)",
+                          "", "", "", "", "", "")
+            continue
         attrs = ", ".join(f"{k}={v}" for k, v in layer["attrs"].items())
         table.add_row(
             layer["id"], layer["op"], attrs, ", ".join(layer["inputs"]),
@@ -141,8 +169,16 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _draw(args: argparse.Namespace) -> int:
-    from morphsearch.viz import draw_architecture
+    from morphsearch.arch.io import read_graph_file
+    from morphsearch.viz import MAX_DRAWN_NODES, draw_architecture
 
+    nodes = read_graph_file(args.file).get("nodes")
+    if isinstance(nodes, list) and len(nodes) > MAX_DRAWN_NODES:
+        # refuse before building (and initialising) a graph too large to draw
+        raise MorphSearchError(
+            f"{args.file}: cannot draw {len(nodes):,} layers (at most {MAX_DRAWN_NODES} fit "
+            f"a readable picture); list them with: morphsearch graph show {args.file}"
+        )
     arch = _load(args.file)
     draw_architecture(arch, args.out)
     print(f"wrote {args.out}")
@@ -178,7 +214,6 @@ def _morphisms(args: argparse.Namespace) -> int:
 
 def _grow(args: argparse.Namespace) -> int:
     from morphsearch import morphisms
-    from morphsearch.errors import ConfigError
 
     out = _checked_out(args.out)
     if args.batch_size < 1:
@@ -245,7 +280,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _parsed_params(items: list[str]) -> dict[str, Any]:
-    from morphsearch.errors import ConfigError
 
     params: dict[str, Any] = {}
     for item in items:
@@ -267,7 +301,11 @@ def _first_samples(name: str, arch: Any, n: int) -> tuple[Any, Any]:
 
     from morphsearch.data import load_dataset
 
-    data = load_dataset(name)
+    kind, _, path = name.partition(":")  # "npz:PATH" names a file of the npz dataset
+    if kind == "npz" and not path:
+        raise ConfigError("--data npz needs its file: --data npz:PATH/TO/DATA.npz")
+    options: dict[str, Any] = {"path": path} if path else {}
+    data = load_dataset(kind, **options)
     x, y = data.x_train[:n], data.y_train[:n]
     shape = tuple(arch.input_shape)
     if tuple(x.shape[1:]) != shape and math.prod(x.shape[1:]) == math.prod(shape):

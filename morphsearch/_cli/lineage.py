@@ -86,7 +86,16 @@ def _metric_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def _open(args: argparse.Namespace) -> Any:
     from morphsearch.lineage import LineageStore
 
-    return LineageStore(args.db, write=False)
+    store = LineageStore(args.db, write=False)
+    try:
+        # the ids progress lines print ("58479e61") stand for their full ids
+        for attr in ("arch_id", "a", "b"):
+            if getattr(args, attr, None):
+                setattr(args, attr, store.resolve_arch_id(getattr(args, attr)))
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _metric(store: Any, search: str, args: argparse.Namespace) -> tuple[str, Any]:
@@ -158,7 +167,11 @@ def _show(args: argparse.Namespace) -> int:
         else None
     )
     return _emit(
-        args, summary, lambda: render.table(f"search {search}", ["field", "value"], fields.items())
+        args,
+        summary,
+        lambda: render.table(
+            f"search {search}", ["field", "value"], fields.items(), render.BUDGET_MEANING
+        ),
     )
 
 
@@ -222,7 +235,9 @@ def _best(args: argparse.Namespace) -> int:
     return _emit(
         args,
         results,
-        lambda: render.table(f"best of {search} by {metric} ({mode}){at}", columns, rows),
+        lambda: render.table(
+            f"best of {search} by {metric} ({mode}){at}", columns, rows, render.BUDGET_MEANING
+        ),
     )
 
 

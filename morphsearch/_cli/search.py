@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
     search.add_argument(
         "--resume", action="store_true", help="resume the search after the driver died"
     )
+    search.add_argument(
+        "--verbose", action="store_true", help="also show Ray's, Tune's and Optuna's output"
+    )
     search.set_defaults(func=_search)
 
     submit = subparsers.add_parser("submit", help="submit a search to a Ray cluster (Ray Jobs API)")
@@ -59,7 +62,7 @@ def _search(args: argparse.Namespace) -> int:
     config = load_config(args.config).with_overrides(
         database=args.db, storage=args.storage, name=args.name
     )
-    result = run_search(config, address=args.address, resume=args.resume)
+    result = run_search(config, address=args.address, resume=args.resume, verbose=args.verbose)
     best = "none" if result.best_value is None else f"{result.best_value:.4g}"
     seed = "n/a" if result.seed_value is None else f"{result.seed_value:.4g}"
     print(

@@ -212,7 +212,11 @@ def weights_from_bytes(raw: bytes, arch: Architecture, *, where: str) -> dict[st
         tensors = st_load(raw)
         metadata = _safetensors_metadata(raw)
     except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{where}: not a valid safetensors file ({exc})") from None
+        raise WeightsError(
+            f"{where}: not a valid safetensors file ({exc}); it is damaged or was cut "
+            f"short (size {len(raw):,} bytes): copy it again, or write it anew with "
+            "morphsearch export or graph grow"
+        ) from None
     saved_for = metadata.get("structure_hash")
     if saved_for and saved_for != arch.structure_hash:
         raise WeightsError(

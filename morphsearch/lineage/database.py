@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,6 +101,7 @@ class Database:
         self.display_url = safe_url(self.url)
         self.write = write
         self.backend = self.url.get_backend_name()
+        _check_sqlite_folder(self.url, self.display_url)
         try:
             self.engine = self._create_engine()
         except (NoSuchModuleError, ImportError) as exc:
@@ -130,8 +132,8 @@ class Database:
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            if write:  # WAL is persistent in the file: set it once a writer opens it
-                cursor.execute("PRAGMA journal_mode = WAL")
+            if write:
+                _ensure_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.close()
 
@@ -175,6 +177,9 @@ class Database:
         reason = redact(detail[0] if detail else type(exc).__name__)
         if self.url.password:
             reason = reason.replace(str(self.url.password), "***")
+        fix = _fix_for(reason)
+        if fix is not None:
+            return DatabaseUnreachable(f"lineage database {self.display_url}: {reason}; {fix}")
         if isinstance(exc, OperationalError) and (connecting or _is_connect_failure(reason)):
             return DatabaseUnreachable(
                 f"cannot reach the lineage database {self.display_url}: {reason}"
@@ -207,6 +212,57 @@ def _begin_immediate(connection: Any) -> None:
                 time.sleep(random.uniform(0.0005, 0.004))
     finally:
         connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+
+
+def _check_sqlite_folder(url: URL, display_url: str) -> None:
+    """SQLite cannot create a file in a missing folder: say so, with the command."""
+    path = sqlite_path(url)
+    if path is not None and not path.parent.is_dir():
+        raise DatabaseUnreachable(
+            f"lineage database {display_url}: folder {path.parent} does not exist; create it "
+            f"with: mkdir -p {path.parent} (or point --db at a file in an existing folder)"
+        )
+
+
+# driver messages whose cause the user can fix, and the fix
+_FIXES = {
+    "file is not a database": (
+        "that file is not a SQLite database; point --db at a lineage database or a new file name"
+    ),
+    "unable to open database file": (
+        "check that its folder exists and is writable, or point --db elsewhere"
+    ),
+    "attempt to write a readonly database": (
+        "the file or its folder is read-only; fix the permissions or point --db elsewhere"
+    ),
+}
+
+
+def _fix_for(reason: str) -> str | None:
+    lowered = reason.lower()
+    return next((fix for marker, fix in _FIXES.items() if marker in lowered), None)
+
+
+def _ensure_wal(cursor: Any) -> None:
+    """Put the file in WAL mode unless it already is, retrying while it is locked.
+
+    WAL is persistent in the file, so only the first writer of a new file switches
+    it; later connections only read the mode. The switch needs an exclusive lock,
+    and SQLite answers "database is locked" at once, without its busy handler, when
+    two fresh connections try it together (deadlock avoidance), so retry here until
+    the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() not in ("wal", "memory"):
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.001, 0.01))
 
 
 _CONNECT_FAILURES = (

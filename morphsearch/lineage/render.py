@@ -52,9 +52,21 @@ def console() -> Console:
     return Console(width=max(120, width), highlight=False, soft_wrap=False)
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+# what the "budget" of a reported value is, wherever one is shown
+BUDGET_MEANING = (
+    "budget: the training epoch (or optimizer step, for budgets in steps) at which the "
+    "trial reported the value"
+)
+
+
+def table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    caption: str | None = None,
+) -> Table:
     """A rich table; numbers right-aligned, floats with 4 significant digits."""
-    out = Table(title=title, title_justify="left")
+    out = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     materialised = [[_cell(v) for v in row] for row in rows]
     for index, name in enumerate(columns):
         numeric = bool(materialised) and all(_is_number(row[index]) for row in materialised)

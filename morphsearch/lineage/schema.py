@@ -25,6 +25,7 @@ __all__ = [
     "REVISIONS",
     "alembic_config",
     "check_schema",
+    "refuse",
     "upgrade",
 ]
 
@@ -83,10 +84,10 @@ def check_schema(db: Database) -> None:
             f"lineage database {db.display_url} has no morphsearch schema yet; "
             f"create it with: {upgrade_command(db)}"
         )
-    _refuse(db, revision)
+    refuse(db, revision)
 
 
-def _refuse(db: Database, revision: str | None) -> None:
+def refuse(db: Database, revision: str | None) -> None:
     if revision is None:
         raise DatabaseError(
             f"{db.display_url} has tables but is not a morphsearch lineage database "
@@ -152,4 +153,4 @@ def upgrade(db: Database, revision: str = "head") -> str:
 def _refuse_foreign(db: Database, connection: Connection) -> None:
     revision = read_revision(connection)
     if revision is None or (revision != EMPTY and revision not in REVISIONS):
-        _refuse(db, revision)
+        refuse(db, revision)

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from morphsearch.errors import DatabaseError, DatabaseUnreachable, NotFound
-from morphsearch.lineage import queries, writes
+from morphsearch.lineage import ids, queries, writes
 from morphsearch.lineage._sql import as_utc
 from morphsearch.lineage.database import Database, resolve_url, sqlite_path
 from morphsearch.lineage.queries import Cost, Mode
@@ -338,6 +338,11 @@ class LineageStore:
     ) -> SearchSummary:
         """Trials by status, architecture count and the best result of ``search``."""
         return self._run(lambda s: queries.summary(s, search, metric, mode))
+
+    def resolve_arch_id(self, wanted: str) -> str:
+        """The full id of the architecture ``wanted`` names: a full id, the bare trial id
+        that progress lines print, or a unique prefix. Raises NotFound ("did you mean")."""
+        return self._run(lambda s: ids.resolve_arch_id(s, wanted))
 
     def architecture(self, arch_id: str) -> ArchitectureRecord:
         """One architecture with its graph JSON. Raises NotFound."""

@@ -51,6 +51,7 @@ class LineageCallback(Callback):
         self._pending: dict[str, list[tuple[int, dict[str, float]]]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._recorded: set[str] = set()
+        self._started: dict[str, str] = {}  # trial id -> ISO time its run began
         self._store: LineageStore | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -65,7 +66,12 @@ class LineageCallback(Callback):
         return self._store
 
     def get_state(self) -> dict[str, Any]:
-        return {"pending": self._pending, "last": self._last, "recorded": sorted(self._recorded)}
+        return {
+            "pending": self._pending,
+            "last": self._last,
+            "recorded": sorted(self._recorded),
+            "started": self._started,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._pending = {
@@ -73,6 +79,11 @@ class LineageCallback(Callback):
         }
         self._last = dict(state["last"])
         self._recorded = set(state["recorded"])
+        self._started = dict(state.get("started", {}))  # absent in older snapshots
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # the first start counts: a trial resumed after a crash keeps its start time
+        self._started.setdefault(str(trial.trial_id), _now().isoformat())
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -129,7 +140,7 @@ class LineageCallback(Callback):
         config = {k: v for k, v in dict(trial.config).items() if _plain(v)}
         self.store.record_trial(
             self.search, trial_id, report.parent_id, child, [dict(m) for m in report.morphisms],
-            node=report.node_id, status=status, config=config, error=error, started=None,
+            node=report.node_id, status=status, config=config, error=error, started=_parsed(self._started.get(trial_id)),
         )  # fmt: skip
         self._recorded.add(trial_id)
         for event in report.growth_events:
@@ -177,6 +188,10 @@ class LineageCallback(Callback):
 def _values(report: EpochReport) -> dict[str, float]:
     values = report.metrics()
     return {name: values[name] for name in LINEAGE_METRICS if name in values}
+
+
+def _parsed(iso: str | None) -> datetime | None:
+    return None if iso is None else datetime.fromisoformat(iso)
 
 
 def _plain(value: Any) -> bool:

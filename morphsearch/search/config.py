@@ -391,13 +391,20 @@ def load_config(path: str | Path) -> SearchConfig:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such config file; pass a YAML file such as configs/quickstart.yaml"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass a YAML config file inside it") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        # a binary file (a .npz, a .safetensors) passed where the config goes
+        raise ConfigError(
+            f"{path}: is not a text file; pass a YAML config such as configs/quickstart.yaml"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

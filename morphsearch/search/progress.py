@@ -104,6 +104,14 @@ class ProgressState:
         else:
             self.done += 1
 
+    def reconcile(self, statuses: list[str]) -> None:
+        """Take the counts from Tune's final trial list. A resumed search restores this
+        state from a snapshot taken before the kill, and Tune reports no completion for
+        trials it restored as finished: without this the last line would undercount."""
+        self.running.clear()
+        self.done = sum(1 for status in statuses if status == "TERMINATED")
+        self.errored = sum(1 for status in statuses if status == "ERROR")
+
     def elapsed(self) -> float:
         return self._clock() - self.start
 
@@ -234,6 +242,8 @@ class SearchProgress(Callback):
         self._event(f"trial {trial.trial_id} failed")
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        if trials:  # the last line agrees with the summary, resumed or not
+            self.state.reconcile([str(getattr(t, "status", "")) for t in trials])
         self._event("search finished")
         if self._live is not None:
             self._live.stop()

@@ -20,15 +20,23 @@ from morphsearch import artifacts, builders, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.arch.fx_import import from_module, module_from_factory
 from morphsearch.data import Dataset, load_dataset
-from morphsearch.errors import ConfigError, ModuleImportError, NotFound, SearchError
+from morphsearch.errors import (
+    ConfigError,
+    ModuleImportError,
+    MorphSearchError,
+    NotFound,
+    SearchError,
+)
 from morphsearch.growth.triggers import TRIGGERS
 from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.growing import SCORERS
 from morphsearch.search.holdout import score_on_test
+from morphsearch.search.preflight import preflight
 from morphsearch.search.progress import SearchProgress
 from morphsearch.search.protocol import EPOCH, EPOCH_METRICS
+from morphsearch.search.quiet import quiet_libraries
 from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
 from morphsearch.search.trainable import train_child
@@ -128,10 +136,44 @@ def _absolute(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).resolve())
 
 
-def _prepare(config: SearchConfig, name: str, storage: str) -> tuple[TrialSetup, MorphismSpace]:
+@dataclass(frozen=True)
+class SearchInputs:
+    """The dataset and seed a search starts from, loaded (and so checked) before Ray."""
+
+    data: Dataset
+    options: dict[str, Any]
+    seed: Architecture
+
+
+def load_inputs(config: SearchConfig) -> SearchInputs:
+    """Load the dataset and build the seed; errors name the config field to fix.
+
+    Raises:
+        ConfigError: the data or the seed graph cannot be loaded, or do not fit.
+    """
     options = config.dataset.loader_options()
-    data = load_dataset(config.dataset.name, seed=config.seed, **options)
-    seed = build_seed(config, data)
+    field = "dataset.path" if config.dataset.path else "dataset"
+    try:
+        data = load_dataset(config.dataset.name, seed=config.seed, **options)
+    except MorphSearchError as exc:
+        raise _field_error(config, field, exc) from None
+    try:
+        seed = build_seed(config, data)
+    except ConfigError:
+        raise  # build_seed's own errors name seed_graph already
+    except MorphSearchError as exc:
+        raise _field_error(config, "seed_graph.path", exc) from None
+    return SearchInputs(data, options, seed)
+
+
+def _field_error(config: SearchConfig, field: str, exc: MorphSearchError) -> ConfigError:
+    return ConfigError(f"{config.source or 'config'}: field '{field}': {exc}")
+
+
+def _prepare(
+    config: SearchConfig, name: str, storage: str, inputs: SearchInputs
+) -> tuple[TrialSetup, MorphismSpace]:
+    data, options, seed = inputs.data, inputs.options, inputs.seed
     art = artifacts.join(storage, name, "architectures")
     with LineageStore(config.database, write=True) as store:
         store.create_search(name, config.model_dump(mode="json"))
@@ -229,11 +271,11 @@ class TrainFlopsStopper(Stopper):
         return sum(self.spent.values()) >= self.limit
 
 
-def _tuner(config: SearchConfig, name: str, storage: str) -> Any:
+def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    setup, space = _prepare(config, name, storage)
+    setup, space = _prepare(config, name, storage, inputs)
     trainable = tune.with_resources(
         tune.with_parameters(train_child, setup=setup),
         {"cpu": config.resources.cpus, "gpu": config.resources.gpus},
@@ -286,7 +328,7 @@ def _stopper(config: SearchConfig) -> TrainFlopsStopper | None:
     return None if limit is None else TrainFlopsStopper(limit)
 
 
-def _restore(config: SearchConfig, name: str, storage: str) -> Any:
+def _restore(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) -> Any:
     from ray import tune
 
     path = artifacts.join(storage, name)
@@ -294,7 +336,7 @@ def _restore(config: SearchConfig, name: str, storage: str) -> Any:
         raise SearchError(
             f"nothing to resume at {path}: no Tune experiment there; run without --resume"
         )
-    setup, _ = _prepare(config, name, storage)
+    setup, _ = _prepare(config, name, storage, inputs)
     trainable = tune.with_resources(
         tune.with_parameters(train_child, setup=setup),
         {"cpu": config.resources.cpus, "gpu": config.resources.gpus},
@@ -303,7 +345,11 @@ def _restore(config: SearchConfig, name: str, storage: str) -> Any:
 
 
 def run_search(
-    config: SearchConfig, *, address: str | None = None, resume: bool = False
+    config: SearchConfig,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    verbose: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search ``config`` describes and summarise it from lineage.
 
@@ -312,42 +358,57 @@ def run_search(
         address: a Ray cluster address (``auto``, ``ray://host:10001``); ``None`` starts
             a local Ray.
         resume: restore the Tuner from ``<storage>/<name>`` instead of starting anew.
+        verbose: show Ray's, Tune's and Optuna's own output (default: morphsearch's only).
 
     Raises:
         ConfigError: unknown morphism, or a seed graph that does not fit the dataset.
         SearchError: nothing to resume, or Ray failed.
     """
-    import ray
-
     _check_morphisms(config)
     name = config.name or "search"
     storage = _absolute(config.storage)
-    if not ray.is_initialized():
-        # the driver's own torch must not fight the trials for the cores
-        torch.set_num_threads(1)
-        try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                ignore_reinit_error=True,
-            )
-        except Exception as exc:
-            # Ray raises bare Exceptions for start-up timeouts; the user needs one line.
-            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SearchError(
-                f"could not start or reach {where}: {first}; check `ray status`"
-                + (" and the address" if address else ", free memory and CPU load")
-            ) from None
-    tuner = _restore(config, name, storage) if resume else _tuner(config, name, storage)
+    # everything that can fail on the user's input fails here, before Ray and before
+    # any write: a bad start costs seconds and leaves nothing behind
+    preflight(config.database, storage, name, resume=resume)
+    inputs = load_inputs(config)
+    _start_ray(address, quiet_libraries(verbose), verbose)
+    tuner = (
+        _restore(config, name, storage, inputs)
+        if resume
+        else _tuner(config, name, storage, inputs)
+    )
     grid = tuner.fit()
     with LineageStore(config.database, write=True) as store:
         errors = sum(1 for r in grid if r.error is not None)
         score_on_test(store, config, name)
         store.set_search_status(name, "finished" if errors == 0 else "finished_with_errors")
         return _summary(store, config, name, len(grid), artifacts.join(storage, name))
+
+
+def _start_ray(address: str | None, logging_level: int, verbose: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # the driver's own torch must not fight the trials for the cores
+    torch.set_num_threads(1)
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=verbose,
+            logging_level=logging_level,
+            configure_logging=False,
+            ignore_reinit_error=True,
+        )
+    except Exception as exc:
+        # Ray raises bare Exceptions for start-up timeouts; the user needs one line.
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SearchError(
+            f"could not start or reach {where}: {first}; check `ray status`"
+            + (" and the address" if address else ", free memory and CPU load")
+        ) from None
 
 
 def _summary(

@@ -169,3 +169,30 @@ def test_budget_in_steps_or_epochs_not_both(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=says) as caught:
             load_config(path)
         assert "budget" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        bytes(range(256)),  # not UTF-8: a .npz or .safetensors given as the config
+        b"name: x\x00\x01 seed: 3\n",  # UTF-8 but control characters YAML refuses
+        b"!!python/object:os.system {}\n",  # a tag safe_load will not construct
+    ],
+    ids=["binary", "control-chars", "unsafe-tag"],
+)
+def test_unreadable_config_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(path) in _one_line(exc)
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("morphsearch: error:") and len(err.splitlines()) == 1
+
+
+def test_folder_as_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)

@@ -133,3 +133,26 @@ def test_callback_survives_pickling_and_matches_ray_hooks() -> None:
         theirs = inspect.signature(getattr(Callback, name)).parameters
         assert list(ours)[: len(theirs) - 1] == list(theirs)[: len(theirs) - 1], name
         assert any(p.kind is p.VAR_KEYWORD for p in ours.values()), name
+
+
+def test_last_line_of_a_resumed_search_counts_every_finished_trial() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    first = SearchProgress("val_accuracy", "max", stream=out, live=False, clock=clock)
+    first.setup(num_samples=4, total_num_samples=4)
+    for name in ("t1", "t2"):
+        first.on_trial_start(0, [], _trial(name))
+    first.on_trial_complete(1, [], _trial("t1"))
+    # the driver is killed after t2 finished but before Tune's next snapshot; the
+    # resumed driver restores this callback as pickled, and Tune restores t2 as
+    # finished without calling on_trial_complete for it
+    resumed = pickle.loads(pickle.dumps(first))
+    resumed._stream = out
+    resumed.setup(num_samples=4, total_num_samples=4)
+    for name in ("t3", "t4"):
+        resumed.on_trial_start(0, [], _trial(name))
+        resumed.on_trial_complete(1, [], _trial(name))
+    statuses = ["TERMINATED", "TERMINATED", "TERMINATED", "TERMINATED"]
+    trials = [SimpleNamespace(trial_id=f"t{i + 1}", status=s) for i, s in enumerate(statuses)]
+    resumed.on_experiment_end(trials)
+    last = out.getvalue().splitlines()[-1]
+    assert "search finished | 4/4 done, 0 running, 0 errored" in last and "00:00 left" in last
