@@ -276,7 +276,7 @@ def _import(args: argparse.Namespace) -> int:
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     arch = from_module(module, example)
     arch.save(out)  # only once the import has succeeded: nothing written on a refusal
-    return _show(argparse.Namespace(file=str(out), json=args.json))
+    return _show(argparse.Namespace(file=str(out), json=args.json, all=False))
 
 
 def _parsed_params(items: list[str]) -> dict[str, Any]:

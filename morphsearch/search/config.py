@@ -169,7 +169,12 @@ class BudgetConfig(_Frozen):
 
     @model_validator(mode="after")
     def _one_unit(self) -> BudgetConfig:
-        in_epochs = {"epochs_per_trial", "child_epochs"} & self.model_fields_set
+        # a dumped and re-validated config carries the default epochs_per_trial: only a
+        # value other than the default (or child_epochs) says "epochs"
+        default = type(self).model_fields["epochs_per_trial"].default
+        in_epochs = {"child_epochs"} if self.child_epochs is not None else set()
+        if "epochs_per_trial" in self.model_fields_set and self.epochs_per_trial != default:
+            in_epochs.add("epochs_per_trial")
         if self.steps_per_trial is not None and in_epochs:
             raise ValueError(
                 f"give the trial budget in steps (steps_per_trial, child_steps) or in epochs "
@@ -349,7 +354,7 @@ class SearchConfig(_Frozen):
 
     def with_overrides(self, **changes: Any) -> SearchConfig:
         """A copy with top-level fields replaced (``None`` values are ignored)."""
-        data = self.model_dump()
+        data = self.model_dump(exclude_unset=True)  # defaults stay defaults
         data.update({k: v for k, v in changes.items() if v is not None})
         data["source"] = self.source
         return _validated(data, self.source or "<overrides>")

@@ -162,7 +162,7 @@ def test_budget_in_steps_or_epochs_not_both(tmp_path: Path) -> None:
     assert load_config(path).budget.in_steps(1169) == (601, 301, 19)  # eval every epoch
     path.write_text(head + "budget: {epochs_per_trial: 4, child_epochs: 1, batch_size: 100}\n")
     assert load_config(path).budget.in_steps(1169) == (48, 12, 12)
-    for bad, says in (("{steps_per_trial: 600, epochs_per_trial: 3}", "not both"),
+    for bad, says in (("{steps_per_trial: 600, epochs_per_trial: 4}", "not both"),
                       ("{child_steps: 100}", "needs 'steps_per_trial'"),
                       ("{precision: fp8}", "precision")):
         path.write_text(head + f"budget: {bad}\n")
@@ -196,3 +196,13 @@ def test_unreadable_config_is_one_line_exit_2(
 def test_folder_as_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a folder"):
         load_config(tmp_path)
+
+
+def test_a_budget_in_steps_survives_overrides_and_a_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("seed_graph: {builder: mlp}\ndataset: {name: digits}\n"
+                    "budget: {steps_per_trial: 600, child_steps: 200}\n")
+    config = load_config(path)
+    again = config.with_overrides(database="sqlite:///x.db", storage=str(tmp_path))
+    assert again.budget.in_steps(1169) == (600, 200, 19) and again.database == "sqlite:///x.db"
+    assert SearchConfig.model_validate(config.model_dump()).budget == config.budget
