@@ -7,6 +7,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,8 @@ def _submit(args: argparse.Namespace) -> int:
             target = Path(folder) / graph
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(graph, target)
-        job_id = client.submit_job(
+        job_id = _submit_job(
+            client,
             entrypoint=_entrypoint(args, config_path.name),
             runtime_env={"working_dir": folder},
             metadata={"morphsearch_search": args.name or config.name or "search"},
@@ -130,3 +132,20 @@ def _follow(client: Any, job_id: str) -> int:
     status = str(client.get_job_status(job_id))
     print(f"job {job_id}: {status}")
     return 0 if status.endswith("SUCCEEDED") else 1
+
+
+_AGENT_STARTING = "No available agent to submit job"  # a head node still starting up
+AGENT_WAIT_S = 60.0
+
+
+def _submit_job(client: Any, **job: Any) -> str:
+    """``client.submit_job``, retried while a freshly started head's job agent is not up
+    yet (Ray answers 500 "No available agent to submit job, please try again later")."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return str(client.submit_job(**job))
+        except RuntimeError as exc:
+            if _AGENT_STARTING not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
