@@ -22,43 +22,85 @@ _LAZY = {
     "load": "morphsearch.export",
     "from_module": "morphsearch.arch.fx_import",
     "errors": "morphsearch.errors",
-    "MorphSearchError": "morphsearch.errors",
-    "InvalidArchitecture": "morphsearch.errors",
-    "MorphismNotApplicable": "morphsearch.errors",
-    "ModuleImportError": "morphsearch.errors",
-    "UnknownMorphism": "morphsearch.errors",
+    # the user's path: data, a search, its lineage, the export
+    "load_dataset": "morphsearch.data",
+    "list_datasets": "morphsearch.data",
+    "SearchConfig": "morphsearch.search.config",
+    "load_config": "morphsearch.search.config",
+    "run_search": "morphsearch.search.runner",
+    "LineageStore": "morphsearch.lineage",
+    "export_architecture": "morphsearch.export",
+    # every user-facing error class
+    **{
+        name: "morphsearch.errors"
+        for name in (
+            "ConfigError", "DatabaseError", "DatabaseUnreachable", "ExportError",
+            "GraphFileError", "InvalidArchitecture", "ModuleImportError", "MorphSearchError",
+            "MorphismNotApplicable", "NotFound", "SchemaOutdated", "SearchError",
+            "UnknownMorphism", "WeightsError",
+        )
+    },
 }
 
 __all__ = [
     "Architecture",
+    "ConfigError",
+    "DatabaseError",
+    "DatabaseUnreachable",
+    "ExportError",
+    "GraphFileError",
     "InvalidArchitecture",
+    "LineageStore",
     "ModuleImportError",
     "MorphSearchError",
     "MorphismNotApplicable",
     "NodeSpec",
+    "NotFound",
+    "SchemaOutdated",
+    "SearchConfig",
+    "SearchError",
     "UnknownMorphism",
+    "WeightsError",
     "__version__",
     "builders",
     "errors",
+    "export_architecture",
     "from_module",
     "growth",
     "lineage",
+    "list_datasets",
     "load",
+    "load_config",
+    "load_dataset",
     "morphisms",
+    "run_search",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from morphsearch import builders, errors, growth, lineage, morphisms
     from morphsearch.arch import Architecture, NodeSpec
     from morphsearch.arch.fx_import import from_module
+    from morphsearch.data import list_datasets, load_dataset
     from morphsearch.errors import (
+        ConfigError,
+        DatabaseError,
+        DatabaseUnreachable,
+        ExportError,
+        GraphFileError,
         InvalidArchitecture,
         ModuleImportError,
         MorphismNotApplicable,
         MorphSearchError,
+        NotFound,
+        SchemaOutdated,
+        SearchError,
         UnknownMorphism,
+        WeightsError,
     )
-    from morphsearch.export import load
+    from morphsearch.export import export_architecture, load
+    from morphsearch.lineage import LineageStore
+    from morphsearch.search.config import SearchConfig, load_config
+    from morphsearch.search.runner import run_search
 
 
 def __getattr__(name: str) -> Any:

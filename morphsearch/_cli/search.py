@@ -54,6 +54,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--storage",
         help=f"artifact/run storage: dir, NFS path or s3:// (default: the config's, else {DEFAULT_STORAGE})",
     )
+    parser.add_argument(
+        "--seed", type=int, help="the search's seed (default: the config's): its validation "
+        "split, Optuna's draws and the trials' initialisations"
+    )
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -61,7 +65,7 @@ def _search(args: argparse.Namespace) -> int:
     from morphsearch.search.runner import run_search
 
     config = load_config(args.config).with_overrides(
-        database=args.db, storage=args.storage, name=args.name
+        database=args.db, storage=args.storage, name=args.name, seed=args.seed
     )
     result = run_search(config, address=args.address, resume=args.resume, verbose=args.verbose)
     best = "none" if result.best_value is None else f"{result.best_value:.4g}"
@@ -76,9 +80,10 @@ def _search(args: argparse.Namespace) -> int:
 
 def _entrypoint(args: argparse.Namespace, config_name: str) -> str:
     parts = ["python", "-m", "morphsearch", "search", config_name]
-    for flag, value in (("--db", args.db), ("--storage", args.storage), ("--name", args.name)):
-        if value:
-            parts += [flag, value]
+    for flag, value in (("--db", args.db), ("--storage", args.storage), ("--name", args.name),
+                        ("--seed", args.seed)):
+        if value is not None:
+            parts += [flag, str(value)]
     parts += ["--address", "auto"]
     if args.resume:
         parts.append("--resume")
