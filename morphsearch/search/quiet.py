@@ -17,8 +17,8 @@ __all__ = ["QUIET_ENV", "quiet_libraries"]
 QUIET_ENV = {
     # Tune's legacy reporter at verbose=0 prints nothing; the new engine prints a box
     "RAY_AIR_NEW_OUTPUT": "0",
-    # no TensorBoard/CSV/JSON logger callbacks: no TensorBoard hint, no result files
-    # the lineage database already holds
+    # no automatic logger callbacks (the TensorBoard one prints a hint); the runner adds
+    # the JSON and CSV ones itself, so result.json and progress.csv are still written
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     # runs checkpoint at their end, so snapshots are often forced: that is intended
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",

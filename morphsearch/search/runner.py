@@ -273,6 +273,7 @@ class TrainFlopsStopper(Stopper):
 
 def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) -> Any:
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     setup, space = _prepare(config, name, storage, inputs)
@@ -310,6 +311,11 @@ def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) 
                 total=config.budget.trials,
                 time_budget_s=config.budget.time_s,
             ),
+            # Tune's per-trial result.json / progress.csv, which its analysis tools read;
+            # added by hand because the quiet default turns off its automatic loggers
+            # (the TensorBoard one prints a hint on every run)
+            JsonLoggerCallback(),
+            CSVLoggerCallback(),
         ],
         failure_config=tune.FailureConfig(max_failures=config.retries),
         stop=_stopper(config),
