@@ -151,7 +151,7 @@ def test_model_card_has_the_lineage_path(best_export: Path) -> None:
     assert path == ["seed", "a", "c"]
     assert "widen.split@fc1 (k=4" in card and "deepen.skip@relu1" in card
     assert "0.9 (budget 2)" in card and "0.8 (budget 2)" in card
-    assert "budget: the training epoch (or optimizer step" in card  # the word is explained
+    assert "budget: the evaluation at which the trial measured" in card  # the word is explained
     assert '"name": "digits"' in card and "test_size" in card
 
 

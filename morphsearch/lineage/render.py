@@ -54,8 +54,8 @@ def console() -> Console:
 
 # what the "budget" of a reported value is, wherever one is shown
 BUDGET_MEANING = (
-    "budget: the training epoch (or optimizer step, for budgets in steps) at which the "
-    "trial reported the value"
+    "budget: the evaluation at which the trial measured the value (its epoch, or its "
+    "n-th block of budget.eval_every_steps optimizer steps)"
 )
 
 

@@ -75,4 +75,4 @@ def test_best_and_show_explain_budget(url: str, capsys: pytest.CaptureFixture[st
                  ["show", "--search", "quick", "--metric", "val_accuracy"]):  # fmt: skip
         assert main(["lineage", *argv, "--db", url]) == 0
         out = " ".join(capsys.readouterr().out.split())
-        assert "budget: the training epoch (or optimizer step" in out, argv
+        assert "budget: the evaluation at which the trial measured" in out, argv
