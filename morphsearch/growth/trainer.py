@@ -110,7 +110,14 @@ def batches(
 ) -> Iterator[Batch]:
     """One pass over a split in minibatches (the last one may be short); ``shuffle``
     draws the order from ``seed``. The one place the loop reads data from."""
-    x, y = data.split(which) if isinstance(data, Dataset) else data  # type: ignore[arg-type]
+    if isinstance(data, Dataset):  # the dataset's own loader: in-memory batches are one index
+        size = len(getattr(data, which))
+        if size == 0:  # an empty split (val_fraction 0): nothing to iterate
+            return
+        yield from data.loader(which, min(batch_size or size, size), shuffle=shuffle,  # type: ignore[arg-type]
+                               seed=seed)
+        return
+    x, y = data
     if batch_size is None or batch_size >= len(x):
         yield x, y
         return
@@ -183,10 +190,11 @@ class GrowingTrainer:
         self.eval_data: Dataset | Batch | None = eval_data if eval_data is not None else (
             data if isinstance(data, Dataset) else None)  # fmt: skip
         self._eval_split = "val" if eval_data is None else "train"
-        x, y = next(batches(data, "train", config.score_batch_size, shuffle=True,
+        plain = data.with_augment(None) if isinstance(data, Dataset) else data  # scores see data as is
+        x, y = next(batches(plain, "train", config.score_batch_size, shuffle=True,
                             seed=config.seed))  # fmt: skip
         self.score_batch: Batch = (_as_dtype(x, arch.dtype), _as_dtype(y, arch.dtype))
-        self.n_train = len(data.split("train")[0] if isinstance(data, Dataset) else data[0])
+        self.n_train = len(data.train if isinstance(data, Dataset) else data[0])  # type: ignore[arg-type]
         self.trigger = copy.deepcopy(config.trigger)
         self.scorer = copy.deepcopy(config.scorer) if config.scorer else RoundRobin()
         self.arch = arch

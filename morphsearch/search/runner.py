@@ -198,7 +198,7 @@ def _prepare(
     monitor, monitor_mode = (
         (config.metric, config.mode) if config.metric in EPOCH_METRICS else ("val_loss", "min")
     )
-    train_size = len(data.split("train")[0])
+    train_size = len(data.train)  # type: ignore[arg-type]  # rows, none loaded
     steps, child_steps, every = config.budget.in_steps(train_size)
     setup = TrialSetup(
         search=name,
