@@ -236,16 +236,14 @@ def _recorded_seed(store: LineageStore, arch_id: str) -> artifacts.ArtifactRef |
     return artifacts.ArtifactRef(record.weights_uri or "", record.weights_sha256 or "")
 
 
-def asha_milestones(config: SearchConfig, max_t: int | None = None) -> tuple[int, ...]:
-    """The evaluations at which ASHA compares trials (its rungs: ``grace_period * rf**k``
-    up to ``max_t``, a full trial's evaluations, by default ``epochs_per_trial``); trials
-    always report these, however ``report_every_s`` batches the others. Empty without
-    ASHA."""
+def asha_milestones(config: SearchConfig, max_t: int) -> tuple[int, ...]:
+    """The evaluations at which ASHA compares trials: its rungs ``grace_period * rf**k``
+    up to ``max_t`` (a full trial's evaluations, ``budget.evaluations``); trials always
+    report these, however ``report_every_s`` batches the others. Empty without ASHA."""
     if not config.scheduler.asha:
         return ()
-    top = config.budget.epochs_per_trial if max_t is None else max_t
     epoch, out = config.scheduler.grace_period, []
-    while epoch <= top:
+    while epoch <= max_t:
         out.append(epoch)
         epoch *= config.scheduler.reduction_factor
     return tuple(out)

@@ -193,6 +193,12 @@ def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
     data = _dataset(setup.dataset, setup.dataset_options, setup.data_seed)
     probe = probe_batch(data, setup.batch_size)
     arch_id = child_arch_id(setup.search, session.trial_id)
+    finished = _finished_result(plan, setup, arch_id)
+    if finished is not None:
+        # a resumed search restarts a trial that ended after Tune's last snapshot:
+        # its result is on storage, so it is reported again instead of retrained
+        session.report(finished, None)
+        return
     parent = artifacts.load_architecture(plan.parent_uri, plan.parent_sha256)
     folder = session.checkpoint_dir()
     if folder is not None:
@@ -342,7 +348,38 @@ class _Loop:
             growth_events=tuple(state.events), kept_epoch=state.best_epoch,
             last_epoch=last.epoch, stopped_early=stalled,
         )  # fmt: skip
-        self.session.report(report.to_result(), None)
+        result = report.to_result()
+        _save_finished(self.plan, self.setup, self.arch_id, result)
+        self.session.report(result, None)
+
+
+def _finished_uri(setup: TrialSetup, arch_id: str) -> str:
+    return artifacts.join(setup.artifacts_uri, arch_id.replace("/", "__") + ".final.json")
+
+
+def _trial_identity(plan: TrialPlan, setup: TrialSetup) -> str:
+    """What makes a rerun the same trial: its plan and the search's shared settings."""
+    text = json.dumps([plan.to_config(), repr(setup)], sort_keys=True, default=str)
+    return artifacts.sha256_of(text.encode())
+
+
+def _save_finished(plan: TrialPlan, setup: TrialSetup, arch_id: str,
+                   result: dict[str, Any]) -> None:  # fmt: skip
+    """Write the trial's final result beside its weights, before it is reported."""
+    record = {"identity": _trial_identity(plan, setup), "result": result}
+    artifacts.write_bytes(_finished_uri(setup, arch_id), json.dumps(record).encode())
+
+
+def _finished_result(plan: TrialPlan, setup: TrialSetup, arch_id: str) -> dict[str, Any] | None:
+    """The final result this very trial already wrote, if it finished before."""
+    try:
+        record = json.loads(artifacts.read_bytes(_finished_uri(setup, arch_id)))
+    except ValueError:  # WeightsError (no such file, unreadable) or a damaged JSON
+        return None
+    if not isinstance(record, dict) or record.get("identity") != _trial_identity(plan, setup):
+        return None
+    result = record.get("result")
+    return result if isinstance(result, dict) else None
 
 
 def _probe_loss(module: torch.nn.Module, probe: Batch, device: torch.device) -> float:

@@ -146,7 +146,8 @@ def test_a_restored_trial_continues_where_it_stopped(tmp_path: Path) -> None:
     run_trial(plan, setup, whole)
     assert [r["epoch"] for r in whole.reports] == [1, 2, 3, 4] and len(whole.folders) == 3
     resumed = _Checkpointing(tmp_path / "b", start=whole.folders[1])  # after epoch 2
-    run_trial(plan, setup, resumed)
+    # a fresh storage folder: the finished trial's own would say it is done (below)
+    run_trial(plan, replace(setup, artifacts_uri=str(tmp_path / "art-b")), resumed)
     assert [r["epoch"] for r in resumed.reports] == [3, 4]
     # the same batches and optimizer state: the same numbers as the uninterrupted run
     for key in ("val_loss", "train_loss", "step", "kept_epoch", "weights_hash"):
@@ -183,3 +184,32 @@ def test_the_test_split_scores_the_validation_front_too() -> None:
               r("small", 100, 0.80), r("tied", 500, 0.93)]
     assert [p.arch_id for p in _front(ranked, "max")] == ["small", "mid", "big"]
     assert [p.arch_id for p in _front(ranked, "min")] == ["small"]
+
+
+def test_a_finished_trial_started_again_reports_its_result_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a driver killed after a trial ended but before Tune's snapshot knew it: the resumed
+    # Tuner starts that trial again (same id, same plan); it must not train a second time
+    from morphsearch.search import trial as trial_module
+    from tests.search.conftest import FakeSession
+
+    plan = _plan(tmp_path, morphism=PlannedMorphism("widen.random", "fc1", {"k": 2}, 3),
+                 trial_seed=3)  # fmt: skip
+    setup = _setup(tmp_path, steps=8, eval_every=4)
+    first = FakeSession()
+    trial_module.run_trial(plan, setup, first)
+    assert len(first.reports) == 2 and first.reports[-1]["weights_uri"]
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished trial was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trial_module, "GrowingTrainer", no_training)
+        again = FakeSession()
+        trial_module.run_trial(plan, setup, again)
+    assert again.reports == [first.reports[-1]]
+    # another plan under the same trial id (a new search in the same storage) trains
+    other = FakeSession()
+    trial_module.run_trial(replace(plan, lr=0.05), setup, other)
+    assert len(other.reports) == 2 and other.reports[-1] != first.reports[-1]

@@ -66,8 +66,16 @@ def test_asha_milestones_are_rays_rungs(grace: int, rf: int, epochs: int) -> Non
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max",
                               max_t=epochs, grace_period=grace, reduction_factor=rf)
     rungs = sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs)
-    assert list(asha_milestones(config)) == rungs
-    assert asha_milestones(base) == ()  # no ASHA, nothing forced
+    assert list(asha_milestones(config, epochs)) == rungs
+    assert asha_milestones(base, epochs) == ()  # no ASHA, nothing forced
+    # a step budget: the rungs follow its evaluations, not the (unused) epochs
+    steps = config.model_validate({**config.model_dump(), "budget": {
+        **{k: v for k, v in config.budget.model_dump(exclude_unset=True).items()
+           if "epoch" not in k}, "steps_per_trial": 40 * epochs, "eval_every_steps": 20}})
+    scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max",
+                              max_t=2 * epochs, grace_period=grace, reduction_factor=rf)
+    rungs = sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+    assert list(asha_milestones(steps, steps.budget.evaluations(1000))) == rungs
 
 
 def test_asha_sees_every_rung_when_reports_are_batched(tmp_path: Path, local_ray: None) -> None:
