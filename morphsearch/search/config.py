@@ -271,6 +271,10 @@ class SelectionConfig(_Frozen):
     """
 
     pool_size: int = Field(default=4, ge=1)
+    # best: the pool_size best architectures; front: pool_size architectures spread over
+    # the objective-vs-parameters front, so small networks keep growing too and the
+    # search improves the whole accuracy-vs-size front, not only its top
+    pool: Literal["best", "front"] = "best"
     lr: tuple[float, float] = (1e-3, 3e-2)
     inherit_weights: bool = True
     inherit_optimizer: bool = False

@@ -26,7 +26,7 @@ import torch
 
 from morphsearch import morphisms
 from morphsearch.arch import Architecture
-from morphsearch.errors import MorphSearchError, SearchError
+from morphsearch.errors import MorphSearchError, NotFound, SearchError
 from morphsearch.lineage import LineageStore
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.protocol import PlannedMorphism, TrialPlan
@@ -145,8 +145,11 @@ class MorphismSpace:
         )
 
     def pool(self) -> list[ParentInfo]:
-        """The best trained architectures (with weights), best first.
+        """The parents Optuna's rank indexes, best first.
 
+        ``selection.pool: best``: the best trained architectures by the objective.
+        ``front``: architectures spread evenly over the objective-vs-parameters front
+        (the best at its size; the best overall first), then the best others.
         Parents that already have ``selection.max_children`` children are left out
         while enough others are available, so the search spreads over the pool.
         """
@@ -154,21 +157,36 @@ class MorphismSpace:
         limit = self.config.selection.max_children
         rank = self.config.selection.rank_by
         metric, mode = (rank.metric, rank.mode) if rank else (self.config.metric, self.config.mode)
-        found = self.store.best(self.search, metric, mode, k=4 * k)
+        ranked = [r.arch_id for r in self.store.best(self.search, metric, mode, k=4 * k)]
+        front = self._front(metric, mode) if self.config.selection.pool == "front" else []
         fresh: list[ParentInfo] = []
+        on_front: list[ParentInfo] = []
         used: list[ParentInfo] = []
-        for result in found:
-            info = self._parent(result.arch_id)
+        for arch_id in front + [a for a in ranked if a not in front]:
+            info = self._parent(arch_id)
             if info is None:  # stopped early: nothing to inherit
                 continue
             if limit is not None and self.children(info.arch_id) >= limit:
                 used.append(info)
+            elif arch_id in front:
+                on_front.append(info)
             else:
                 fresh.append(info)
             if len(fresh) == k:
                 break
-        # all exhausted (or too few fresh ones): the best used-up parents fill the pool
-        return fresh + used[: k - len(fresh)]
+        # the front's fresh parents, spread from its best to its smallest, then the best
+        # fresh others; all exhausted (or too few fresh ones): the best used-up ones
+        chosen = _spread(on_front, k)
+        chosen += fresh[: k - len(chosen)]
+        return chosen + used[: k - len(chosen)]
+
+    def _front(self, metric: str, mode: str) -> list[str]:
+        """The objective-vs-parameters front, best (largest) first."""
+        try:
+            points = self.store.pareto(self.search, metric, mode, cost="params")  # type: ignore[arg-type]
+        except NotFound:
+            return []
+        return [p.arch_id for p in reversed(points)]
 
     def _parent(self, arch_id: str) -> ParentInfo | None:
         """A scored architecture as a parent; recorded architectures never change, so
@@ -280,3 +298,13 @@ def _units(arch: Architecture, site: str, amount: float, relative: bool) -> int:
         return int(amount)
     width = int(arch.shape(site)[0]) if arch.shape(site) else 1
     return max(1, round(amount * width))
+
+
+def _spread(items: list[Any], k: int) -> list[Any]:
+    """``k`` of ``items`` evenly spaced from the first to the last (all when fewer)."""
+    if len(items) <= k:
+        return list(items)
+    if k == 1:
+        return items[:1]
+    picks = sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})
+    return [items[i] for i in picks]

@@ -396,3 +396,42 @@ def load_config_text(tmp_path: Path, extra: str) -> SearchConfig:
     path = tmp_path / "c.yaml"
     path.write_text(base + extra + "\n")
     return load_config(path)
+
+
+def test_front_pool_spreads_over_the_accuracy_vs_size_front(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    space, seed = _space(tmp_path)
+    graph = seed.to_json()
+    # (params, val_accuracy): a..e on the front, x and y dominated
+    points = {"a": (100, 0.70), "b": (200, 0.80), "c": (400, 0.85), "d": (800, 0.90),
+              "e": (1600, 0.93), "x": (900, 0.88), "y": (1700, 0.92)}
+
+    class Store:  # ranks like LineageStore.best / .pareto would
+        def best(self, search: str, metric: str, mode: str, k: int = 1) -> list[Any]:
+            ranked = sorted(points, key=lambda a: points[a][1], reverse=True)
+            return [SimpleNamespace(arch_id=a) for a in ranked[:k]]
+
+        def pareto(self, search: str, metric: str, mode: str = "max", cost: str = "params",
+                   **kwargs: Any) -> list[Any]:
+            front = [a for a in points if not any(
+                points[b][0] <= points[a][0] and points[b][1] > points[a][1] for b in points)]
+            return [SimpleNamespace(arch_id=a, cost=points[a][0], value=points[a][1])
+                    for a in sorted(front, key=lambda a: points[a][0])]
+
+        def architecture(self, arch_id: str) -> Any:
+            return SimpleNamespace(arch_id=arch_id, weights_uri=f"{arch_id}.st",
+                                   weights_sha256=None, graph=graph)
+
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()
+
+    space._store = Store()
+    assert [p.arch_id for p in space.pool()] == ["e", "y"]  # best: the top two by accuracy
+    data = {**TINY, "selection": {**TINY["selection"], "pool": "front", "pool_size": 3}}
+    space.config = SearchConfig.model_validate(data)
+    assert [p.arch_id for p in space.pool()] == ["e", "c", "a"]  # best, middle, smallest
+    space.suggested |= {("c", str(i)) for i in range(3)}  # c has max_children children
+    assert [p.arch_id for p in space.pool()] == ["e", "b", "a"]
+    with pytest.raises(ConfigError, match="pool"):
+        load_config_text(tmp_path, "selection: {pool: pareto}")
