@@ -19,7 +19,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -275,6 +282,33 @@ _CONNECT_FAILURES = (
     "password authentication failed",
     "does not exist",
     "no such host",
+)
+
+
+def lost_connection(exc: BaseException | None) -> bool:
+    """Whether a SQLAlchemy error means the server is gone or refusing connections
+    (worth retrying the transaction), not that the statement or the data is wrong."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    reason = str(getattr(exc, "orig", None) or exc).lower()
+    return any(marker in reason for marker in _LOST_MARKERS)
+
+
+# PostgreSQL's words for a server that is restarting, shut down or cut off (not for a
+# wrong password, host or database name: those stay wrong however often one retries)
+_LOST_MARKERS = (
+    "connection refused",
+    "could not connect",
+    "no connection to the server",
+    "timeout expired",
+    "server closed the connection",
+    "terminating connection",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "connection already closed",
+    "consuming input failed",
 )
 
 

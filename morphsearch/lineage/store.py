@@ -16,6 +16,9 @@ Idempotence:
 
 from __future__ import annotations
 
+import logging
+import time
+
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -28,7 +31,7 @@ from sqlalchemy.orm import Session
 from morphsearch.errors import DatabaseError, DatabaseUnreachable, NotFound
 from morphsearch.lineage import ids, queries, writes
 from morphsearch.lineage._sql import as_utc
-from morphsearch.lineage.database import Database, resolve_url, sqlite_path
+from morphsearch.lineage.database import Database, lost_connection, resolve_url, sqlite_path
 from morphsearch.lineage.queries import Cost, Mode
 from morphsearch.lineage.records import (
     ArchitectureIn,
@@ -47,6 +50,8 @@ from morphsearch.lineage.schema import check_schema, upgrade_command
 
 __all__ = ["LineageStore"]
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 
@@ -57,6 +62,9 @@ class LineageStore:
         url: database URL; ``None`` means ``$MORPHSEARCH_DB`` or ``sqlite:///morphsearch.db``.
         write: open for writing. An empty database opened for writing gets the
             schema (Alembic upgrade); read-only opens never create or change anything.
+        retry_s: for this long, a call whose connection is lost or refused (a server
+            restart) is run again, with backoff; 0 (the default) fails at once. The
+            search's lineage writer retries for a minute.
 
     Raises:
         DatabaseUnreachable: the URL is malformed, the server cannot be reached, or
@@ -66,8 +74,11 @@ class LineageStore:
         DatabaseError: the database is newer than the code or not a lineage database.
     """
 
-    def __init__(self, url: str | URL | None = None, *, write: bool = False) -> None:
+    def __init__(
+        self, url: str | URL | None = None, *, write: bool = False, retry_s: float = 0.0
+    ) -> None:
         self._db = Database(resolve_url(url) if not isinstance(url, URL) else url, write=write)
+        self.retry_s = retry_s
         path = sqlite_path(self._db.url)
         if path is not None and not write and not path.exists():
             raise DatabaseUnreachable(
@@ -108,8 +119,21 @@ class LineageStore:
             raise DatabaseError(
                 f"lineage database {self.url} is open read-only; open it with write=True"
             )
-        with self._db.session() as session:
-            return action(session)
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.1
+        while True:
+            try:
+                with self._db.session() as session:
+                    return action(session)
+            except DatabaseError as exc:
+                # the server went away (a restart, a failover): every call is one
+                # idempotent transaction, so it is run again once the server is back
+                if not lost_connection(exc.__cause__) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("lineage database %s: connection lost, retrying", self.url)
+                self._db.dispose()
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     # -- writes -------------------------------------------------------------------
 

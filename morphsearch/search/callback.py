@@ -33,6 +33,10 @@ __all__ = ["LineageCallback"]
 log = logging.getLogger(__name__)
 
 
+# how long lineage writes retry while the database server is away
+WRITE_RETRY_S = 60.0
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -62,7 +66,8 @@ class LineageCallback(Callback):
     @property
     def store(self) -> LineageStore:
         if self._store is None:
-            self._store = LineageStore(self.db_url, write=True)
+            # a database server restarted mid-search: writes wait for it (up to a minute)
+            self._store = LineageStore(self.db_url, write=True, retry_s=WRITE_RETRY_S)
         return self._store
 
     def get_state(self) -> dict[str, Any]:

@@ -72,6 +72,11 @@ class PostgresServer:
             "UTF8",
             "--no-sync",
         )
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the server (again, after :meth:`stop`), waiting until it accepts connections."""
         # fsync off: a test server loses nothing worth keeping on a crash
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
         self._run(
@@ -87,7 +92,12 @@ class PostgresServer:
             "60",
             "start",
         )
-        return self
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server: ``immediate`` at once (like a crash; with this test server's
+        ``synchronous_commit=off`` the last commits may be lost), ``fast`` as an
+        administrator's restart does (every commit kept, clients disconnected)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -99,6 +109,6 @@ class PostgresServer:
         tb: TracebackType | None,
     ) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
