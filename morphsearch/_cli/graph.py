@@ -213,7 +213,8 @@ def _morphisms(args: argparse.Namespace) -> int:
 
 
 def _grow(args: argparse.Namespace) -> int:
-    from morphsearch import morphisms
+    from morphsearch import morphisms  # deferred: CLI start-up (torch)
+    from morphsearch.arch import save  # deferred: CLI start-up (torch)
 
     out = _checked_out(args.out)
     if args.batch_size < 1:
@@ -228,7 +229,7 @@ def _grow(args: argparse.Namespace) -> int:
     batch = _first_samples(args.data, arch, args.batch_size) if args.data else None
     result = morphisms.apply(args.morphism, arch, args.site, batch=batch, seed=args.seed,
                              **params)
-    result.child.save(out)  # only once the morphism has succeeded: nothing half-written
+    save(result.child, out)  # only once the morphism has succeeded: nothing half-written
     record = result.record.to_json()
     if args.json:
         return _print_json(record)
@@ -261,8 +262,11 @@ def _checked_out(path: str) -> Any:
 def _import(args: argparse.Namespace) -> int:
     import torch
 
-    from morphsearch.arch.fx_import import from_module, module_from_factory
-    from morphsearch.errors import ConfigError
+    from morphsearch.arch import save  # deferred: CLI start-up (torch)
+    from morphsearch.arch.fx_import import (  # deferred: CLI start-up (torch)
+        from_module,
+        module_from_factory,
+    )
 
     out = _checked_out(args.out)
     try:
@@ -275,7 +279,7 @@ def _import(args: argparse.Namespace) -> int:
     module = module_from_factory(args.factory)
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     arch = from_module(module, example)
-    arch.save(out)  # only once the import has succeeded: nothing written on a refusal
+    save(arch, out)  # only once the import has succeeded: nothing written on a refusal
     return _show(argparse.Namespace(file=str(out), json=args.json, all=False))
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from morphsearch import builders
-from morphsearch.arch import load, load_weights, save_weights
+from morphsearch.arch import load, load_weights, save, save_weights
 from morphsearch.arch.io import MAX_GRAPH_BYTES
 from morphsearch.cli import main
 from morphsearch.errors import GraphFileError, InvalidArchitecture, WeightsError
@@ -156,5 +156,5 @@ def test_an_interrupted_save_never_leaves_a_graph_without_its_weights(
 
     monkeypatch.setattr(io, "_atomic_write", crash_on_weights)
     with pytest.raises(OSError, match="disk full"):
-        builders.mlp([4, 3, 2]).save(tmp_path / "a.json")
+        save(builders.mlp([4, 3, 2]), tmp_path / "a.json")
     assert list(tmp_path.iterdir()) == []
