@@ -345,13 +345,13 @@ def export_from_store(
 
 def _stored_architecture(record: Any) -> Architecture:
     """The architecture a lineage record points to, with its verified weights."""
-    from morphsearch.artifacts import load_architecture as load_artifact
+    from morphsearch.artifacts import read_architecture
 
     if not record.weights_uri:
         raise WeightsError(
             f"architecture {record.arch_id} has no weights file recorded; re-run its trial"
         )
-    arch = load_artifact(record.weights_uri, record.weights_sha256)
+    arch = read_architecture(record.weights_uri, record.weights_sha256)
     if arch.structure_hash != record.structure_hash:
         raise WeightsError(
             f"{record.weights_uri}: holds structure {arch.structure_hash[:12]}, but lineage "

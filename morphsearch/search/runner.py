@@ -179,7 +179,7 @@ def _prepare(
         store.create_search(name, config.model_dump(mode="json"))
         ref = _recorded_seed(store, seed_arch_id(name))
         if ref is None:
-            ref = artifacts.save_architecture(seed, art, "seed")
+            ref = artifacts.write_architecture(seed, art, "seed")
             store.record_seed(
                 name,
                 ArchitectureIn(
