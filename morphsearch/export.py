@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from morphsearch.arch import load as load_graph
+from morphsearch.arch.io import save_weights
+from morphsearch.artifacts import read_architecture
 from morphsearch.errors import ExportError, NotFound, WeightsError
 
 if TYPE_CHECKING:
@@ -115,8 +118,6 @@ def export_architecture(
         ExportError: the destination is not usable, an exporter failed, or an exported
             program differs from PyTorch beyond :data:`TOLERANCE` (nothing is written).
     """
-    from morphsearch.arch.io import save_weights
-
     formats = parse_formats(list(formats))
     dest = _checked_destination(Path(out))
     # the weights hash lets load() detect bytes changed inside a still-valid file
@@ -322,8 +323,10 @@ def export_from_store(
         WeightsError: the weights file is missing, corrupted or not this architecture's.
         ExportError: see :func:`export_architecture`.
     """
+    # deferred: sqlalchemy (loading an export folder never opens the store)
     from morphsearch.lineage import open_store
-    from morphsearch.report import best_arch_id, model_card
+    from morphsearch.lineage.objective import best_arch_id  # deferred: sqlalchemy
+    from morphsearch.model_card import model_card  # deferred: sqlalchemy
 
     formats = parse_formats(list(formats))
     with open_store(db) as store:
@@ -345,8 +348,6 @@ def export_from_store(
 
 def _stored_architecture(record: Any) -> Architecture:
     """The architecture a lineage record points to, with its verified weights."""
-    from morphsearch.artifacts import read_architecture
-
     if not record.weights_uri:
         raise WeightsError(
             f"architecture {record.arch_id} has no weights file recorded; re-run its trial"
@@ -377,10 +378,8 @@ def load_architecture(
         WeightsError: a weights file is corrupted or belongs to another structure.
         GraphFileError / NotFound: a missing graph file or unknown architecture.
     """
-    from morphsearch.arch import load as load_graph
-
     if arch_id is not None:
-        from morphsearch.lineage import open_store
+        from morphsearch.lineage import open_store  # deferred: sqlalchemy (only for arch_id)
 
         with open_store(db) as store:
             return _stored_architecture(store.architecture(arch_id))

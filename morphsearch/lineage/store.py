@@ -361,9 +361,15 @@ class LineageStore:
         return self._run(lambda s: queries.child_hashes(s, arch_id))
 
     def best(
-        self, search: str, metric: str, mode: Mode = "max", budget: int | None = None, k: int = 1
+        self,
+        search: str,
+        metric: str,
+        mode: Mode = "max",
+        budget: int | None = None,
+        k: int | None = 1,
     ) -> list[BestResult]:
-        """The ``k`` best architectures of ``search`` by ``metric``. Raises NotFound."""
+        """The ``k`` best architectures of ``search`` by ``metric`` (``k=None``: every
+        one with a value), best first. Raises NotFound."""
         return self._run(lambda s: queries.best(s, search, metric, mode, budget, k))
 
     def pareto(
