@@ -84,7 +84,7 @@ def _metric_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from morphsearch.lineage import LineageStore
+    from morphsearch.lineage import LineageStore  # deferred: CLI start-up (sqlalchemy)
 
     store = LineageStore(args.db, write=False)
     try:
@@ -100,13 +100,14 @@ def _open(args: argparse.Namespace) -> Any:
 
 def _metric(store: Any, search: str, args: argparse.Namespace) -> tuple[str, Any]:
     """``--metric``/``--mode``, else the objective in the search config."""
-    from morphsearch.lineage.objective import search_objective  # deferred: CLI start-up
+    # deferred: CLI start-up (sqlalchemy)
+    from morphsearch.lineage.objective import search_objective
 
     return search_objective(store, search, args.metric, args.mode)
 
 
 def _emit(args: argparse.Namespace, document: Any, renderable: Any) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     if args.json:
         render.json_dump(document, sys.stdout)
@@ -116,7 +117,7 @@ def _emit(args: argparse.Namespace, document: Any, renderable: Any) -> int:
 
 
 def _searches(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         summaries = [store.summary(s.name) for s in store.searches()]
@@ -134,7 +135,7 @@ def _statuses(counts: dict[str, int]) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         if args.arch_id:
@@ -172,7 +173,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _node_rows(nodes: Any) -> list[tuple[Any, ...]]:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     return [
         (
@@ -193,7 +194,7 @@ NODE_COLUMNS = ["architecture", "parent", "depth", "params", "flops", "edge", "t
 
 
 def _ancestors(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         nodes = store.ancestors(args.arch_id)
@@ -202,7 +203,7 @@ def _ancestors(args: argparse.Namespace) -> int:
 
 
 def _descendants(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         nodes = store.descendants(args.arch_id, args.max_depth)
@@ -211,7 +212,7 @@ def _descendants(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         search = store.resolve_search(args.search)
@@ -244,7 +245,7 @@ def _test_scores(store: Any, trial_id: str, arch_id: str) -> dict[str, float]:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         search = store.resolve_search(args.search)
@@ -261,7 +262,7 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         diff = store.diff(args.a, args.b)
@@ -269,7 +270,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _tree(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         if args.arch_id:
@@ -291,8 +292,8 @@ def _draw_pareto(
     store: Any, search: str, front: Any, args: argparse.Namespace, metric: str, mode: str
 ) -> None:
     """``--png``: every architecture's ``metric`` against ``--cost``, the front in red."""
-    from morphsearch.lineage.objective import metric_values  # deferred: CLI start-up
-    from morphsearch.viz import draw_pareto  # deferred: CLI start-up
+    from morphsearch.lineage.objective import metric_values  # deferred: CLI start-up (sqlalchemy)
+    from morphsearch.viz import draw_pareto  # deferred: CLI start-up (networkx)
 
     scored = metric_values(store, search, metric, mode, args.budget)
     points = [(r.arch_id, float(r.params if args.cost == "params" else r.flops), r.value)
@@ -304,8 +305,8 @@ def _draw_pareto(
 
 def _draw_tree(store: Any, search: str, nodes: Any, args: argparse.Namespace, title: str) -> None:
     """``--png``: ``nodes`` coloured by their best metric in ``search``, the best ringed."""
-    from morphsearch.lineage.objective import metric_values  # deferred: CLI start-up
-    from morphsearch.viz import draw_search_tree  # deferred: CLI start-up
+    from morphsearch.lineage.objective import metric_values  # deferred: CLI start-up (sqlalchemy)
+    from morphsearch.viz import draw_search_tree  # deferred: CLI start-up (networkx)
 
     metric, mode = _metric(store, search, args)
     scored = metric_values(store, search, metric, mode)

@@ -21,6 +21,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -29,6 +30,7 @@ from morphsearch.errors import DatabaseError, DatabaseUnreachable, NotFound
 from morphsearch.lineage import ids, queries, writes
 from morphsearch.lineage._sql import as_utc
 from morphsearch.lineage.database import Database, resolve_url, sqlite_path
+from morphsearch.lineage.models import Architecture, Search
 from morphsearch.lineage.queries import Cost, Mode
 from morphsearch.lineage.records import (
     ArchitectureIn,
@@ -405,10 +407,6 @@ class LineageStore:
 
 
 def _trial_record(session: Session, row: Any) -> TrialRecord:
-    from sqlalchemy import select
-
-    from morphsearch.lineage.models import Architecture, Search
-
     names = dict(
         session.execute(
             select(Architecture.id, Architecture.arch_id).where(
