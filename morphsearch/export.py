@@ -8,14 +8,14 @@ ONNX and torch.export programs agree with PyTorch on probe batches of several si
 a failed export leaves nothing half-written.
 
 Nothing here unpickles anything: :func:`load` reads ``graph.json`` and safetensors
-only (``model.pt2`` is for deployment and is never read back by morphsearch).
+only (``model.pt2`` is for deployment and is never read back by morphsearch), both
+through :mod:`morphsearch.arch.io`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from morphsearch.arch import load as load_graph
-from morphsearch.arch.io import save_weights
+from morphsearch.arch.io import graph_to_bytes, save_weights, weights_metadata
 from morphsearch.artifacts import read_architecture
 from morphsearch.errors import ExportError, NotFound, WeightsError
 
@@ -126,8 +126,7 @@ def export_architecture(
     probes = _probes(arch, probe_sizes)
     parity: dict[str, float] = {}
     with _staging(dest) as stage:
-        text = json.dumps(arch.to_json(), indent=1) + "\n"
-        (stage / GRAPH_FILE).write_text(text, encoding="utf-8")
+        (stage / GRAPH_FILE).write_bytes(graph_to_bytes(arch))
         if "safetensors" in formats:
             save_weights(arch, stage / WEIGHTS_FILE, metadata=meta)
         if "pt2" in formats or "onnx" in formats:
@@ -410,10 +409,7 @@ def load_architecture(
 
 def _verify_weights_hash(arch: Architecture, path: Path) -> None:
     """Refuse weights whose bytes changed after export (the file still parses)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        recorded = (handle.metadata() or {}).get("weights_hash")
+    recorded = weights_metadata(path).get("weights_hash")
     if recorded and recorded != arch.weights_hash:
         raise WeightsError(
             f"{path}: weights hash {arch.weights_hash[:12]} does not match the "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -40,6 +40,7 @@ __all__ = [
     "save",
     "save_weights",
     "weights_from_bytes",
+    "weights_metadata",
     "weights_path_for",
     "weights_to_bytes",
 ]
@@ -247,6 +248,13 @@ def architecture_from_bytes(graph: bytes, weights: bytes, *, where: str) -> Arch
     """
     skeleton = load(graph_from_bytes(graph, where=f"graph of {where}"))
     return skeleton.with_weights(weights_from_bytes(weights, skeleton, where=where))
+
+
+def weights_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of a weights file (format, structure hash, what the writer added),
+    read from its header only."""
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
 
 
 def _safetensors_metadata(raw: bytes) -> dict[str, str]:
