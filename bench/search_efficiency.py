@@ -173,7 +173,7 @@ def scratch_trial(config: dict[str, Any], setup: TrialSetup, shape: tuple[int, i
     widths = [int(config[f"w{i}"]) for i in range(1, int(config["depth"]) + 1)]
     arch = builders.mlp([shape[0], *widths, shape[1]], activation=ACTIVATION, seed=seed,
                         input_shape=input_shape)  # flattens the dataset's natural layout
-    ref = artifacts.save_architecture(arch, setup.artifacts_uri, f"init-{trial_id}")
+    ref = artifacts.write_architecture(arch, setup.artifacts_uri, f"init-{trial_id}")
     child = TrialPlan(
         parent_id="", parent_uri=ref.uri, parent_sha256=ref.sha256, lr=float(config["lr"]),
         trial_seed=seed, lr_schedule=str(config.get("lr_schedule", "constant")),
@@ -300,7 +300,7 @@ def run_grow(task: Task, seed: int, inherit: bool, root: Path, name: str, data: 
 
 
 def _test_accuracy(uri: str, data: Dataset) -> tuple[float, int]:
-    arch = artifacts.load_architecture(uri)
+    arch = artifacts.read_architecture(uri)
     module = arch.to_module()
     module.eval()
     with torch.no_grad():

@@ -7,13 +7,13 @@ through a temporary file and ``os.replace``; object stores publish a PUT whole),
 every write returns the sha256 of the bytes, which the reader verifies.
 
 Architectures are stored as two files with one stem: ``<stem>.json`` (the graph) and
-``<stem>.safetensors`` (the weights, structure hash in the metadata).
+``<stem>.safetensors`` (the weights, structure hash in the metadata). This module moves
+bytes; :mod:`morphsearch.arch.io` encodes and decodes them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,13 +27,13 @@ __all__ = [
     "ArtifactRef",
     "graph_uri_for",
     "join",
-    "load_architecture",
     "load_optimizer",
     "optimizer_uri_for",
+    "read_architecture",
     "read_bytes",
-    "save_architecture",
     "save_optimizer",
     "sha256_of",
+    "write_architecture",
     "write_bytes",
 ]
 
@@ -196,7 +196,7 @@ def load_optimizer(weights_uri: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def save_architecture(arch: Any, base: str, name: str, *, versioned: bool = False) -> ArtifactRef:
+def write_architecture(arch: Any, base: str, name: str, *, versioned: bool = False) -> ArtifactRef:
     """Write ``arch`` as ``<base>/<name>.json`` and ``<base>/<name>.safetensors``.
 
     Args:
@@ -209,24 +209,18 @@ def save_architecture(arch: Any, base: str, name: str, *, versioned: bool = Fals
     Returns:
         The weights URI and its sha256 (what lineage records).
     """
-    from safetensors.torch import save as st_save
+    # deferred: torch (the driver's lineage callback imports this module without torch)
+    from morphsearch.arch import io as arch_io
 
-    tensors = {
-        f"{node}.{pname}": tensor.detach().cpu().contiguous()
-        for node, params in arch.weights.items()
-        for pname, tensor in params.items()
-    }
-    meta = {"format": "morphsearch.weights/1", "structure_hash": arch.structure_hash}
-    data = st_save(tensors, metadata=meta)
+    data = arch_io.weights_to_bytes(arch)
     stem = f"{name}.{sha256_of(data)[:16]}" if versioned else name
     weights_uri = join(base, f"{stem}.safetensors")
-    graph = json.dumps(arch.to_json(), sort_keys=True).encode()
-    write_bytes(graph_uri_for(weights_uri), graph)
+    write_bytes(graph_uri_for(weights_uri), arch_io.graph_to_bytes(arch))
     return write_bytes(weights_uri, data)
 
 
-def load_architecture(weights_uri: str, sha256: str | None = None) -> Any:
-    """Read an architecture written by :func:`save_architecture`, verifying the weights.
+def read_architecture(weights_uri: str, sha256: str | None = None) -> Any:
+    """Read an architecture written by :func:`write_architecture`, verifying the weights.
 
     Returns:
         The :class:`morphsearch.arch.Architecture` with its stored weights.
@@ -234,10 +228,8 @@ def load_architecture(weights_uri: str, sha256: str | None = None) -> Any:
     Raises:
         WeightsError: missing files, sha256 mismatch, or weights for another structure.
     """
-    from morphsearch.arch import Architecture
-    from morphsearch.arch.io import weights_from_bytes
+    # deferred: torch (the driver's lineage callback imports this module without torch)
+    from morphsearch.arch import io as arch_io
 
-    graph = json.loads(read_bytes(graph_uri_for(weights_uri)))
-    arch = Architecture.from_json(graph)
-    weights = weights_from_bytes(read_bytes(weights_uri, sha256), arch, where=weights_uri)
-    return arch.with_weights(weights)
+    graph, weights = read_bytes(graph_uri_for(weights_uri)), read_bytes(weights_uri, sha256)
+    return arch_io.architecture_from_bytes(graph, weights, where=weights_uri)

@@ -8,14 +8,14 @@ ONNX and torch.export programs agree with PyTorch on probe batches of several si
 a failed export leaves nothing half-written.
 
 Nothing here unpickles anything: :func:`load` reads ``graph.json`` and safetensors
-only (``model.pt2`` is for deployment and is never read back by morphsearch).
+only (``model.pt2`` is for deployment and is never read back by morphsearch), both
+through :mod:`morphsearch.arch.io`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from morphsearch.arch import load as load_graph
+from morphsearch.arch.io import graph_to_bytes, save_weights, weights_metadata
+from morphsearch.artifacts import read_architecture
 from morphsearch.errors import ExportError, NotFound, WeightsError
 
 if TYPE_CHECKING:
@@ -115,8 +118,6 @@ def export_architecture(
         ExportError: the destination is not usable, an exporter failed, or an exported
             program differs from PyTorch beyond :data:`TOLERANCE` (nothing is written).
     """
-    from morphsearch.arch.io import save_weights
-
     formats = parse_formats(list(formats))
     dest = _checked_destination(Path(out))
     # the weights hash lets load() detect bytes changed inside a still-valid file
@@ -125,8 +126,7 @@ def export_architecture(
     probes = _probes(arch, probe_sizes)
     parity: dict[str, float] = {}
     with _staging(dest) as stage:
-        text = json.dumps(arch.to_json(), indent=1) + "\n"
-        (stage / GRAPH_FILE).write_text(text, encoding="utf-8")
+        (stage / GRAPH_FILE).write_bytes(graph_to_bytes(arch))
         if "safetensors" in formats:
             save_weights(arch, stage / WEIGHTS_FILE, metadata=meta)
         if "pt2" in formats or "onnx" in formats:
@@ -322,8 +322,10 @@ def export_from_store(
         WeightsError: the weights file is missing, corrupted or not this architecture's.
         ExportError: see :func:`export_architecture`.
     """
+    # deferred: sqlalchemy (loading an export folder never opens the store)
     from morphsearch.lineage import open_store
-    from morphsearch.report import best_arch_id, model_card
+    from morphsearch.lineage.objective import best_arch_id  # deferred: sqlalchemy
+    from morphsearch.model_card import model_card  # deferred: sqlalchemy
 
     formats = parse_formats(list(formats))
     with open_store(db) as store:
@@ -345,13 +347,11 @@ def export_from_store(
 
 def _stored_architecture(record: Any) -> Architecture:
     """The architecture a lineage record points to, with its verified weights."""
-    from morphsearch.artifacts import load_architecture as load_artifact
-
     if not record.weights_uri:
         raise WeightsError(
             f"architecture {record.arch_id} has no weights file recorded; re-run its trial"
         )
-    arch = load_artifact(record.weights_uri, record.weights_sha256)
+    arch = read_architecture(record.weights_uri, record.weights_sha256)
     if arch.structure_hash != record.structure_hash:
         raise WeightsError(
             f"{record.weights_uri}: holds structure {arch.structure_hash[:12]}, but lineage "
@@ -377,10 +377,8 @@ def load_architecture(
         WeightsError: a weights file is corrupted or belongs to another structure.
         GraphFileError / NotFound: a missing graph file or unknown architecture.
     """
-    from morphsearch.arch import load as load_graph
-
     if arch_id is not None:
-        from morphsearch.lineage import open_store
+        from morphsearch.lineage import open_store  # deferred: sqlalchemy (only for arch_id)
 
         with open_store(db) as store:
             return _stored_architecture(store.architecture(arch_id))
@@ -411,10 +409,7 @@ def load_architecture(
 
 def _verify_weights_hash(arch: Architecture, path: Path) -> None:
     """Refuse weights whose bytes changed after export (the file still parses)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        recorded = (handle.metadata() or {}).get("weights_hash")
+    recorded = weights_metadata(path).get("weights_hash")
     if recorded and recorded != arch.weights_hash:
         raise WeightsError(
             f"{path}: weights hash {arch.weights_hash[:12]} does not match the "

@@ -1,10 +1,10 @@
-"""Reports on a search, from the lineage store: the HTML page and the model card.
+"""The HTML report of a search, from the lineage store.
 
 :func:`write_report` writes one self-contained HTML page (pictures embedded as base64
 PNG, inline CSS, no external resources) with the lineage tree, the Pareto front, a
-summary, the best architectures and their lineage paths. :func:`model_card` is the
-``MODEL_CARD.md`` of an export. Both read the store only; torch is imported only to
-draw the best architecture's graph.
+summary, the best architectures and their lineage paths. It reads the store only;
+torch is imported only to draw the best architecture's graph. The model card of an
+export is :mod:`morphsearch.model_card`.
 """
 
 from __future__ import annotations
@@ -12,202 +12,20 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from morphsearch import __version__
-from morphsearch.errors import ConfigError, NotFound
+from morphsearch.errors import ConfigError
 from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore, open_store
-from morphsearch.lineage.objective import objective as lineage_objective
-from morphsearch.lineage.render import BUDGET_MEANING
+from morphsearch.lineage.objective import metric_values, search_objective
+from morphsearch.model_card import describe_morphisms, lineage_path, timestamp
+from morphsearch.viz import draw_architecture, draw_pareto, draw_search_tree
 
-__all__ = [
-    "PathStep",
-    "best_arch_id",
-    "lineage_path",
-    "metric_values",
-    "model_card",
-    "objective",
-    "write_report",
-]
-
-ALL = 1_000_000  # "every architecture" for store.best(k=...)
-
-
-@dataclass(frozen=True)
-class PathStep:
-    """One architecture on a lineage path, with the edge that made it and its metric."""
-
-    arch_id: str
-    kind: str
-    trial_id: str | None
-    morphisms: tuple[dict[str, Any], ...]
-    params: int
-    flops: int
-    value: BestResult | None
-
-
-def objective(config: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
-    """The metric and mode to rank by: the arguments, else the config's first objective.
-
-    Raises:
-        ConfigError: no metric anywhere, or a mode other than max/min.
-    """
-    chosen = lineage_objective(config, metric, mode)
-    if chosen is None:
-        raise ConfigError("the search config names no metric: pass --metric NAME")
-    return chosen
-
-
-def best_arch_id(
-    store: LineageStore, search: str | None, metric: str | None, mode: str | None
-) -> str:
-    """The best architecture of ``search`` by ``metric`` (default: the config's objective).
-
-    Raises:
-        NotFound: no such search, or no value of the metric recorded yet.
-    """
-    name = store.resolve_search(search)
-    metric, mode = objective(store.search(name).config, metric, mode)
-    found = store.best(name, metric, mode, k=1)  # type: ignore[arg-type]
-    if not found:
-        raise NotFound(
-            f"search {name!r} has no {metric} values recorded yet; wait for a trial to "
-            "report, or pass --metric / --arch ID"
-        )
-    return found[0].arch_id
-
-
-def metric_values(store: LineageStore, search: str, metric: str, mode: str) -> list[BestResult]:
-    """Every scored architecture of ``search`` at its best ``metric`` value, best first."""
-    return store.best(search, metric, mode, k=ALL)  # type: ignore[arg-type]
-
-
-def lineage_path(
-    store: LineageStore, arch_id: str, values: dict[str, BestResult]
-) -> list[PathStep]:
-    """The architectures from the seed (first) down to ``arch_id`` (last).
-
-    Args:
-        values: best metric value by architecture id (from :func:`metric_values`).
-    """
-    return [
-        PathStep(n.arch_id, n.kind, n.trial_id, n.morphisms, n.params, n.flops,
-                 values.get(n.arch_id))
-        for n in reversed(store.ancestors(arch_id))
-    ]  # fmt: skip
-
-
-def describe_morphisms(morphisms: Sequence[dict[str, Any]]) -> str:
-    """``widen.gradmax@fc1 (k=2, seed=0)`` for each morphism of an edge, joined by ``+``."""
-    parts = []
-    for record in morphisms:
-        params = dict(record.get("params") or {})
-        if record.get("seed") is not None:
-            params["seed"] = record["seed"]
-        args = ", ".join(f"{k}={v}" for k, v in params.items())
-        site = f"@{record['site']}" if record.get("site") else ""
-        parts.append(f"{record.get('name', '?')}{site}" + (f" ({args})" if args else ""))
-    return " + ".join(parts) or "-"
-
-
-def _value_text(result: BestResult | None) -> str:
-    return "-" if result is None else f"{result.value:.4g} (budget {result.budget})"
-
-
-# ------------------------------------------------------------------ model card
-
-
-def _test_values(store: LineageStore, search: str) -> dict[str, dict[str, Any]]:
-    """The test-split scores of the search's top architectures, by metric and architecture."""
-    return {name: {r.arch_id: r for r in metric_values(store, search, name, mode)}
-            for name, mode in (("test_accuracy", "max"), ("test_loss", "min"))}  # fmt: skip
-
-
-def model_card(
-    store: LineageStore,
-    record: ArchitectureRecord,
-    *,
-    metric: str | None = None,
-    mode: str | None = None,
-) -> str:
-    """``MODEL_CARD.md`` of an exported architecture: lineage, size, data, config.
-
-    Raises:
-        ConfigError: the search config names no metric and none is given.
-    """
-    config = store.search(record.search).config
-    metric, mode = objective(config, metric, mode)
-    values = {r.arch_id: r for r in metric_values(store, record.search, metric, mode)}
-    steps = lineage_path(store, record.arch_id, values)
-    shapes = {n.get("op"): n.get("shape") for n in record.graph.get("nodes", [])}
-    lines = [
-        f"# Model card: {record.arch_id}",
-        "",
-        f"Exported by morphsearch {__version__} on {_now()} from search `{record.search}` "
-        f"(lineage database `{store.url}`).",
-        "",
-        "| field | value |",
-        "|---|---|",
-        f"| architecture | `{record.arch_id}` |",
-        f"| structure hash | `{record.structure_hash}` |",
-        f"| weights sha256 | `{record.weights_sha256 or '-'}` |",
-        f"| parameters | {record.params:,} |",
-        f"| FLOPs per sample | {record.flops:,} |",
-        f"| input shape | {shapes.get('input')} |",
-        f"| {metric} ({mode}) | {_value_text(values.get(record.arch_id))} |",
-        *[f"| {name} (scored once at the search's end, never used to select) | "
-          f"{_value_text(scored[record.arch_id])} |" for name, scored in
-          _test_values(store, record.search).items() if record.arch_id in scored],
-        "",
-        f"## Lineage: {len(steps) - 1} steps from the seed",
-        "",
-        f"| step | architecture | edge | trial | morphisms | params | FLOPs | {metric} |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for i, s in enumerate(steps):
-        lines.append(
-            f"| {i} | `{s.arch_id}` | {s.kind} | {s.trial_id or '-'} | "
-            f"{describe_morphisms(s.morphisms)} | {s.params:,} | {s.flops:,} | "
-            f"{_value_text(s.value)} |"
-        )
-    dataset = config.get("dataset") or {}
-    lines += [
-        "",
-        f"Values are the best each architecture reached; {BUDGET_MEANING}.",
-        "",
-        "## Dataset",
-        "",
-        f"`{dataset.get('name', 'unknown')}`, options: `{json.dumps(dataset.get('options') or {})}`",
-        "",
-        "## Search config",
-        "",
-        "```json",
-        json.dumps(config, indent=2, sort_keys=True),
-        "```",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import morphsearch",
-        'model = morphsearch.load("THIS_FOLDER")  # graph.json + weights.safetensors',
-        "```",
-        "",
-        "`model.onnx` (onnxruntime) and `model.pt2` (`torch.export.load`) take input `x` with "
-        "a dynamic batch axis; both were checked against PyTorch at export.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+__all__ = ["write_report"]
 
 
 # ------------------------------------------------------------------ HTML report
@@ -256,8 +74,7 @@ def _png(draw: Any, *args: Any, **kwargs: Any) -> bytes:
 
 def _arch_png(record: ArchitectureRecord) -> bytes:
     """A drawing of the graph (weights are not needed, so none are loaded)."""
-    from morphsearch.arch import load as load_graph
-    from morphsearch.viz import draw_architecture
+    from morphsearch.arch import load as load_graph  # deferred: torch, for this picture only
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "arch.png"
@@ -267,8 +84,6 @@ def _arch_png(record: ArchitectureRecord) -> bytes:
 
 def _pictures(store: LineageStore, search: str, metric: str, mode: str,
               scored: list[BestResult]) -> str:  # fmt: skip
-    from morphsearch.viz import draw_pareto, draw_search_tree
-
     nodes = [n for root in store.roots(search) for n in store.descendants(root)]
     values = {r.arch_id: r.value for r in scored}
     best = scored[0].arch_id if scored else None
@@ -338,8 +153,7 @@ def write_report(
         raise ConfigError(f"--out {path}: folder {path.parent} does not exist; create it first")
     with open_store(db) as store:
         name = store.resolve_search(search)
-        record = store.search(name)
-        metric, mode = objective(record.config, metric, mode)
+        metric, mode = search_objective(store, name, metric, mode)
         summary = store.summary(name, metric, mode)  # type: ignore[arg-type]
         scored = metric_values(store, name, metric, mode)
         pictures = _pictures(store, name, metric, mode, scored)
@@ -357,7 +171,7 @@ def write_report(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>morphsearch report: {html.escape(name)}</title><style>{_CSS}</style></head>"
         f"<body><h1>Search <code>{html.escape(name)}</code></h1>"
-        f"<p class='muted'>morphsearch {__version__}, {_now()}, database "
+        f"<p class='muted'>morphsearch {__version__}, {timestamp()}, database "
         f"<code>{html.escape(url)}</code></p><h2>Summary</h2>{overview}{pictures}{best}"
         "</body></html>\n"
     )

@@ -1,8 +1,9 @@
 """Pictures: an architecture graph, the lineage tree of a search, its Pareto front.
 
-Everything renders with matplotlib's Agg backend, so it works with no display. The
-lineage pictures take plain records and never import torch, so
-``morphsearch lineage tree --png`` stays fast.
+Everything renders with matplotlib's Agg backend, so it works with no display. Every
+drawing takes plain values (an architecture, records, numbers), never the lineage
+store: the values come from :mod:`morphsearch.lineage.objective`. The lineage
+pictures never import torch, so ``morphsearch lineage tree --png`` stays fast.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from morphsearch.errors import MorphSearchError
 
 if TYPE_CHECKING:
     from morphsearch.arch import Architecture
-    from morphsearch.lineage import ArchNode, LineageStore
+    from morphsearch.lineage import ArchNode
 
 __all__ = [
     "MAX_DRAWN_NODES",
@@ -27,8 +28,6 @@ __all__ = [
     "draw_pareto",
     "draw_search_tree",
     "pareto_figure",
-    "save_pareto_picture",
-    "save_tree_picture",
 ]
 
 Target = str | os.PathLike[str] | IO[bytes]
@@ -72,7 +71,7 @@ def describe(arch: Architecture) -> str:
 
 
 def _label(arch: Architecture, node: str) -> str:
-    from morphsearch.arch.ops import OPS
+    from morphsearch.arch.ops import OPS  # deferred: torch (lineage pictures never need it)
 
     spec = arch.spec(node)
     shape = "x".join(map(str, arch.shape(node)))
@@ -109,7 +108,7 @@ def draw_architecture(arch: Architecture, out: str | os.PathLike[str]) -> Path:
             f"cannot draw {len(arch):,} layers (at most {MAX_DRAWN_NODES} fit a readable "
             "picture); list them with: morphsearch graph show FILE (or --json)"
         )
-    from morphsearch.arch.ops import OPS
+    from morphsearch.arch.ops import OPS  # deferred: torch (lineage pictures never need it)
 
     plt = _pyplot()
 
@@ -344,56 +343,3 @@ def _marker_box(ax: Any, x: float, y: float) -> Any:
     px, py = ax.transData.transform((x, y))
     r = 4.0  # about a front marker's radius in pixels
     return Bbox.from_extents(px - r, py - r, px + r, py + r)
-
-
-# ------------------------------------------------------------------ lineage CLI pictures
-
-
-def save_tree_picture(
-    store: LineageStore,
-    search: str,
-    nodes: Sequence[Any],
-    out: str | os.PathLike[str],
-    *,
-    metric: str | None = None,
-    mode: str | None = None,
-    title: str = "lineage",
-) -> None:
-    """``lineage tree --png``: ``nodes`` coloured by their best ``metric`` in ``search``.
-
-    Raises:
-        ConfigError: no metric; MorphSearchError: an unusable output path.
-    """
-    from morphsearch.report import metric_values, objective
-
-    metric, mode = objective(store.search(search).config, metric, mode)
-    scored = metric_values(store, search, metric, mode)
-    values = {r.arch_id: r.value for r in scored}
-    best = scored[0].arch_id if scored else None
-    draw_search_tree(nodes, values, out, metric=metric, title=title, highlight=best)
-
-
-def save_pareto_picture(
-    store: LineageStore,
-    search: str,
-    out: str | os.PathLike[str],
-    *,
-    metric: str,
-    mode: str,
-    cost: str = "params",
-    budget: int | None = None,
-) -> None:
-    """``lineage pareto --png``: every architecture's ``metric`` against ``cost``, front in red.
-
-    Raises:
-        MorphSearchError: no scored architecture, or an unusable output path.
-    """
-    from morphsearch.report import ALL
-
-    scored = store.best(search, metric, mode, budget, k=ALL)  # type: ignore[arg-type]
-    front = store.pareto(search, metric, mode, cost, budget)  # type: ignore[arg-type]
-    points = [(r.arch_id, float(r.params if cost == "params" else r.flops), r.value)
-              for r in scored]  # fmt: skip
-    ends = [(p.arch_id, float(p.cost), p.value) for p in front]
-    title = f"{search}: {metric} ({mode}) against {cost}"
-    draw_pareto(points, ends, out, metric=metric, cost=cost, title=title)

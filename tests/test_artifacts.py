@@ -41,8 +41,8 @@ def test_architecture_round_trip(tmp_path: Path) -> None:
     trained = arch.with_weights(
         {n: {p: t + 1.0 for p, t in ps.items()} for n, ps in arch.weights.items()}
     )
-    ref = artifacts.save_architecture(trained, str(tmp_path), "child")
-    back = artifacts.load_architecture(ref.uri, ref.sha256)
+    ref = artifacts.write_architecture(trained, str(tmp_path), "child")
+    back = artifacts.read_architecture(ref.uri, ref.sha256)
     assert back.structure_hash == trained.structure_hash
     assert back.weights_hash == trained.weights_hash != arch.weights_hash
     x = torch.randn(4, 6)
@@ -50,13 +50,13 @@ def test_architecture_round_trip(tmp_path: Path) -> None:
 
 
 def test_weights_for_another_graph_are_refused(tmp_path: Path) -> None:
-    ref = artifacts.save_architecture(builders.mlp([6, 5, 3]), str(tmp_path), "a")
-    other = artifacts.save_architecture(builders.mlp([6, 7, 3]), str(tmp_path), "b")
+    ref = artifacts.write_architecture(builders.mlp([6, 5, 3]), str(tmp_path), "a")
+    other = artifacts.write_architecture(builders.mlp([6, 7, 3]), str(tmp_path), "b")
     Path(artifacts.graph_uri_for(ref.uri)).write_bytes(
         Path(artifacts.graph_uri_for(other.uri)).read_bytes()
     )
     with pytest.raises(WeightsError, match="structure"):
-        artifacts.load_architecture(ref.uri)
+        artifacts.read_architecture(ref.uri)
 
 
 def test_join() -> None:
@@ -71,10 +71,10 @@ def test_unreachable_remote_uri() -> None:
 
 def test_versioned_files_are_never_replaced(tmp_path: Path) -> None:
     arch = builders.mlp([6, 5, 3], seed=1)
-    first = artifacts.save_architecture(arch, str(tmp_path), "c", versioned=True)
+    first = artifacts.write_architecture(arch, str(tmp_path), "c", versioned=True)
     other = arch.with_weights(
         {n: {p: t * 2 for p, t in ps.items()} for n, ps in arch.weights.items()}
     )
-    second = artifacts.save_architecture(other, str(tmp_path), "c", versioned=True)
+    second = artifacts.write_architecture(other, str(tmp_path), "c", versioned=True)
     assert first.uri != second.uri and first.sha256[:16] in first.uri
-    assert artifacts.load_architecture(first.uri, first.sha256).weights_hash == arch.weights_hash
+    assert artifacts.read_architecture(first.uri, first.sha256).weights_hash == arch.weights_hash

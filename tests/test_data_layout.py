@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from morphsearch import builders
+from morphsearch.arch import save
 from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError, InvalidArchitecture
 from morphsearch.search.config import SearchConfig
@@ -41,7 +42,7 @@ def test_build_seed_fits_the_datasets_layout_or_names_the_shape_to_use(tmp_path:
     cnn = build_seed(_config({"builder": "cnn", "args": {"channels": [4], "hidden": [8]}}),
                      digits)
     assert cnn.input_shape == mlp.input_shape  # one dataset serves both families
-    builders.mlp([64, 8, 10]).save(tmp_path / "flat.json")  # a 64-feature MLP graph
+    save(builders.mlp([64, 8, 10]), tmp_path / "flat.json")  # a 64-feature MLP graph
     flat = _config({"path": str(tmp_path / "flat.json")})
     with pytest.raises(ConfigError, match=r"input shape \(64,\) does not fit dataset digits "
                                           r"\(1, 8, 8\); use a graph with input shape \[1, 8, 8\]"):

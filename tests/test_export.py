@@ -69,7 +69,7 @@ def make_lineage(tmp_path: Path) -> dict[str, Any]:
               "t3": ("a", "c", {1: 0.85, 2: 0.9}), "t0": (None, "seed", {1: 0.5})}  # fmt: skip
     with LineageStore(db, write=True) as store:
         store.create_search(SEARCH, CONFIG)
-        refs = {k: artifacts.save_architecture(v, store_dir, k) for k, v in archs.items()}
+        refs = {k: artifacts.write_architecture(v, store_dir, k) for k, v in archs.items()}
         store.record_seed(SEARCH, _arch_in("seed", seed, refs["seed"]))
         for trial_id, (parent, child, values) in trials.items():
             if parent is not None:

@@ -19,7 +19,11 @@ def register(subparsers: Any) -> None:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import resolve_url, safe_url, upgrade
+    from morphsearch.lineage import (  # deferred: CLI start-up (sqlalchemy)
+        resolve_url,
+        safe_url,
+        upgrade,
+    )
 
     url = resolve_url(args.db)
     revision = upgrade(url)

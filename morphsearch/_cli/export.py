@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from morphsearch._cli.db import DB_HELP
+from morphsearch.errors import ExportError
 
 
 def register(subparsers: Any) -> None:
@@ -34,8 +35,10 @@ def register(subparsers: Any) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from morphsearch.errors import ExportError
-    from morphsearch.export import export_from_store, parse_formats
+    from morphsearch.export import (  # deferred: CLI start-up (torch)
+        export_from_store,
+        parse_formats,
+    )
 
     formats = parse_formats(args.format)  # before anything slow
     if args.arch and (args.metric or args.mode):

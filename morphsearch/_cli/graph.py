@@ -83,13 +83,13 @@ def _print_json(doc: Any) -> int:
 
 
 def _load(path: str) -> Any:
-    from morphsearch.arch import load
+    from morphsearch.arch import load  # deferred: CLI start-up (torch)
 
     return load(path)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from morphsearch.arch.io import weights_path_for
+    from morphsearch.arch.io import weights_path_for  # deferred: CLI start-up (torch)
 
     arch = _load(args.file)
     weights = weights_path_for(args.file)
@@ -169,8 +169,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _draw(args: argparse.Namespace) -> int:
-    from morphsearch.arch.io import read_graph_file
-    from morphsearch.viz import MAX_DRAWN_NODES, draw_architecture
+    from morphsearch.arch.io import read_graph_file  # deferred: CLI start-up (torch)
+    from morphsearch.viz import (  # deferred: CLI start-up (networkx)
+        MAX_DRAWN_NODES,
+        draw_architecture,
+    )
 
     nodes = read_graph_file(args.file).get("nodes")
     if isinstance(nodes, list) and len(nodes) > MAX_DRAWN_NODES:
@@ -186,7 +189,7 @@ def _draw(args: argparse.Namespace) -> int:
 
 
 def _morphisms(args: argparse.Namespace) -> int:
-    from morphsearch import morphisms
+    from morphsearch import morphisms  # deferred: CLI start-up (torch)
 
     arch = _load(args.file)
     doc = [
@@ -213,14 +216,15 @@ def _morphisms(args: argparse.Namespace) -> int:
 
 
 def _grow(args: argparse.Namespace) -> int:
-    from morphsearch import morphisms
+    from morphsearch import morphisms  # deferred: CLI start-up (torch)
+    from morphsearch.arch import save  # deferred: CLI start-up (torch)
 
     out = _checked_out(args.out)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: give at least 1 sample")
     params = _parsed_params(args.param)
     if morphisms.get(args.morphism).needs_batch and not args.data:
-        from morphsearch.data import list_datasets
+        from morphsearch.data import list_datasets  # deferred: CLI start-up (torch)
 
         raise ConfigError(f"{args.morphism} needs a data batch: pass --data DATASET "
                           f"({', '.join(list_datasets())})")
@@ -228,7 +232,7 @@ def _grow(args: argparse.Namespace) -> int:
     batch = _first_samples(args.data, arch, args.batch_size) if args.data else None
     result = morphisms.apply(args.morphism, arch, args.site, batch=batch, seed=args.seed,
                              **params)
-    result.child.save(out)  # only once the morphism has succeeded: nothing half-written
+    save(result.child, out)  # only once the morphism has succeeded: nothing half-written
     record = result.record.to_json()
     if args.json:
         return _print_json(record)
@@ -247,8 +251,6 @@ def _grow(args: argparse.Namespace) -> int:
 def _checked_out(path: str) -> Any:
     from pathlib import Path
 
-    from morphsearch.errors import ConfigError
-
     out = Path(path)
     if out.suffix != ".json":
         raise ConfigError(f"--out {out}: give a .json graph file path (the weights are "
@@ -261,8 +263,11 @@ def _checked_out(path: str) -> Any:
 def _import(args: argparse.Namespace) -> int:
     import torch
 
-    from morphsearch.arch.fx_import import from_module, module_from_factory
-    from morphsearch.errors import ConfigError
+    from morphsearch.arch import save  # deferred: CLI start-up (torch)
+    from morphsearch.arch.fx_import import (  # deferred: CLI start-up (torch)
+        from_module,
+        module_from_factory,
+    )
 
     out = _checked_out(args.out)
     try:
@@ -275,7 +280,7 @@ def _import(args: argparse.Namespace) -> int:
     module = module_from_factory(args.factory)
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     arch = from_module(module, example)
-    arch.save(out)  # only once the import has succeeded: nothing written on a refusal
+    save(arch, out)  # only once the import has succeeded: nothing written on a refusal
     return _show(argparse.Namespace(file=str(out), json=args.json, all=False))
 
 
@@ -299,7 +304,7 @@ def _first_samples(name: str, arch: Any, n: int) -> tuple[Any, Any]:
     1x8x8)."""
     import math
 
-    from morphsearch.data import load_dataset
+    from morphsearch.data import load_dataset  # deferred: CLI start-up (torch)
 
     kind, _, path = name.partition(":")  # "npz:PATH" names a file of the npz dataset
     if kind == "npz" and not path:

@@ -84,7 +84,7 @@ def _metric_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from morphsearch.lineage import LineageStore
+    from morphsearch.lineage import LineageStore  # deferred: CLI start-up (sqlalchemy)
 
     store = LineageStore(args.db, write=False)
     try:
@@ -100,17 +100,14 @@ def _open(args: argparse.Namespace) -> Any:
 
 def _metric(store: Any, search: str, args: argparse.Namespace) -> tuple[str, Any]:
     """``--metric``/``--mode``, else the objective in the search config."""
-    from morphsearch.errors import ConfigError
-    from morphsearch.lineage.objective import objective
+    # deferred: CLI start-up (sqlalchemy)
+    from morphsearch.lineage.objective import search_objective
 
-    chosen = objective(store.search(search).config, args.metric, args.mode)
-    if chosen is None:
-        raise ConfigError(f"search {search!r} names no metric in its config: pass --metric NAME")
-    return chosen
+    return search_objective(store, search, args.metric, args.mode)
 
 
 def _emit(args: argparse.Namespace, document: Any, renderable: Any) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     if args.json:
         render.json_dump(document, sys.stdout)
@@ -120,7 +117,7 @@ def _emit(args: argparse.Namespace, document: Any, renderable: Any) -> int:
 
 
 def _searches(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         summaries = [store.summary(s.name) for s in store.searches()]
@@ -138,7 +135,7 @@ def _statuses(counts: dict[str, int]) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         if args.arch_id:
@@ -176,7 +173,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _node_rows(nodes: Any) -> list[tuple[Any, ...]]:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     return [
         (
@@ -197,7 +194,7 @@ NODE_COLUMNS = ["architecture", "parent", "depth", "params", "flops", "edge", "t
 
 
 def _ancestors(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         nodes = store.ancestors(args.arch_id)
@@ -206,7 +203,7 @@ def _ancestors(args: argparse.Namespace) -> int:
 
 
 def _descendants(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         nodes = store.descendants(args.arch_id, args.max_depth)
@@ -215,7 +212,7 @@ def _descendants(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         search = store.resolve_search(args.search)
@@ -248,17 +245,14 @@ def _test_scores(store: Any, trial_id: str, arch_id: str) -> dict[str, float]:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         search = store.resolve_search(args.search)
         metric, mode = _metric(store, search, args)
         front = store.pareto(search, metric, mode, args.cost, args.budget)
         if args.png:
-            from morphsearch.viz import save_pareto_picture
-
-            save_pareto_picture(store, search, args.png, metric=metric, mode=mode,
-                                cost=args.cost, budget=args.budget)  # fmt: skip
+            _draw_pareto(store, search, front, args, metric, mode)
             print(f"wrote {args.png}", file=sys.stderr)
     title = f"Pareto front of {search}: {metric} ({mode}) against {args.cost}"
     rows = [(p.arch_id, p.cost, p.value) for p in front]
@@ -268,7 +262,7 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         diff = store.diff(args.a, args.b)
@@ -276,7 +270,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _tree(args: argparse.Namespace) -> int:
-    from morphsearch.lineage import render
+    from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
 
     with _open(args) as store:
         if args.arch_id:
@@ -286,12 +280,36 @@ def _tree(args: argparse.Namespace) -> int:
             title, roots = f"lineage of search {search}", store.roots(search)
         nodes = [node for root in roots for node in store.descendants(root, args.max_depth)]
         if args.png:
-            from morphsearch.viz import save_tree_picture
-
             owner = store.architecture(args.arch_id).search if args.arch_id else search
-            save_tree_picture(store, owner, nodes, args.png, metric=args.metric,
-                              mode=args.mode, title=title)  # fmt: skip
+            _draw_tree(store, owner, nodes, args, title)
             print(f"wrote {args.png}", file=sys.stderr)
     if args.json:
         return _emit(args, render.nested_tree(nodes), None)
     return _emit(args, None, render.rich_tree(title, nodes, args.max_nodes))
+
+
+def _draw_pareto(
+    store: Any, search: str, front: Any, args: argparse.Namespace, metric: str, mode: str
+) -> None:
+    """``--png``: every architecture's ``metric`` against ``--cost``, the front in red."""
+    from morphsearch.lineage.objective import metric_values  # deferred: CLI start-up (sqlalchemy)
+    from morphsearch.viz import draw_pareto  # deferred: CLI start-up (networkx)
+
+    scored = metric_values(store, search, metric, mode, args.budget)
+    points = [(r.arch_id, float(r.params if args.cost == "params" else r.flops), r.value)
+              for r in scored]  # fmt: skip
+    ends = [(p.arch_id, float(p.cost), p.value) for p in front]
+    title = f"{search}: {metric} ({mode}) against {args.cost}"
+    draw_pareto(points, ends, args.png, metric=metric, cost=args.cost, title=title)
+
+
+def _draw_tree(store: Any, search: str, nodes: Any, args: argparse.Namespace, title: str) -> None:
+    """``--png``: ``nodes`` coloured by their best metric in ``search``, the best ringed."""
+    from morphsearch.lineage.objective import metric_values  # deferred: CLI start-up (sqlalchemy)
+    from morphsearch.viz import draw_search_tree  # deferred: CLI start-up (networkx)
+
+    metric, mode = _metric(store, search, args)
+    scored = metric_values(store, search, metric, mode)
+    values = {r.arch_id: r.value for r in scored}
+    best = scored[0].arch_id if scored else None
+    draw_search_tree(nodes, values, args.png, metric=metric, title=title, highlight=best)

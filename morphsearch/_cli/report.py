@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from morphsearch.report import write_report
+    from morphsearch.report import write_report  # deferred: CLI start-up (sqlalchemy, matplotlib)
 
     path = write_report(
         args.out, db=args.db, search=args.search, metric=args.metric, mode=args.mode, top=args.top

@@ -61,8 +61,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from morphsearch.search.config import load_config
-    from morphsearch.search.runner import run_search
+    from morphsearch.search.config import load_config  # deferred: CLI start-up (pydantic)
+    from morphsearch.search.runner import run_search  # deferred: CLI start-up (ray, torch)
 
     config = load_config(args.config).with_overrides(
         database=args.db, storage=args.storage, name=args.name, seed=args.seed
@@ -91,7 +91,7 @@ def _entrypoint(args: argparse.Namespace, config_name: str) -> str:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from morphsearch.search.config import load_config
+    from morphsearch.search.config import load_config  # deferred: CLI start-up (pydantic)
 
     config_path = Path(args.config)
     config = load_config(config_path)  # fail here, not on the cluster

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -85,23 +86,32 @@ def generate_code(arch: Architecture) -> str:
     return "\n".join(lines) + "\n"
 
 
+# each architecture's compiled forward, made on first use and dropped with the architecture
+_FORWARDS: weakref.WeakKeyDictionary[Architecture, Callable[..., torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def forward_function(arch: Architecture) -> Callable[..., torch.Tensor]:
     """``arch``'s compiled generated forward, made once per architecture.
 
     A child whose only changes are attributes of layer nodes (the ops with a module:
-    widening) has the same code, and :meth:`Architecture._respecified` hands it over
-    (see :func:`same_code_after`).
+    widening) has the same code, and :meth:`Architecture.respecified` hands it over
+    (see :func:`share_forward`).
     """
-    fn = arch.__dict__.get("_forward_fn")
+    fn = _FORWARDS.get(arch)
     if fn is None:
-        fn = arch.__dict__["_forward_fn"] = _compiled(generate_code(arch))
+        fn = _FORWARDS[arch] = _compiled(generate_code(arch))
     return fn
 
 
-def same_code_after(changed_ops: Iterable[str]) -> bool:
-    """Whether changing attributes of nodes with these ops keeps the generated code
-    (a layer node's line is ``layers.<node>(x)`` whatever its attributes)."""
-    return all(OPS[op].has_module for op in changed_ops)
+def share_forward(parent: Architecture, child: Architecture, changed_ops: Iterable[str]) -> None:
+    """Let ``child`` reuse ``parent``'s compiled forward if ``parent`` has one and
+    changing attributes of nodes with ``changed_ops`` keeps the generated code (a
+    layer node's line is ``layers.<node>(x)`` whatever its attributes)."""
+    fn = _FORWARDS.get(parent)
+    if fn is not None and all(OPS[op].has_module for op in changed_ops):
+        _FORWARDS[child] = fn
 
 
 @functools.lru_cache(maxsize=1024)

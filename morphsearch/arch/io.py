@@ -1,19 +1,16 @@
-"""Graph files, weights files, canonical form and content hashes.
+"""Reading and writing architectures: graph files, weights files and their bytes.
 
-A graph file is networkx node-link JSON with a ``format`` field::
-
-    {"format": 1, "directed": true, "multigraph": false, "graph": {"name": "mlp"},
-     "nodes": [{"id": "x", "op": "input", "shape": [64]}, ...],
-     "edges": [{"source": "x", "target": "fc1", "port": 0}, ...]}
-
-so ``networkx.node_link_graph(data, edges="edges")`` reads it too. Weights live beside
-it as safetensors (``model.json`` -> ``model.safetensors``), keyed ``<node>.<param>``,
-with the structure hash in the metadata. Nothing here unpickles anything.
+This is the one place that encodes and decodes: the graph file is the JSON of
+:func:`~morphsearch.arch.canonical.to_json` (``graph_to_bytes``), the weights are
+safetensors (``weights_to_bytes``/``weights_from_bytes``) keyed ``<node>.<param>``
+with the structure hash in the metadata, kept beside the graph file
+(``model.json`` -> ``model.safetensors``). :mod:`morphsearch.artifacts` and
+:mod:`morphsearch.export` move these bytes; they do not encode. Nothing here
+unpickles anything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -21,49 +18,35 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from morphsearch.arch.ir import Architecture, json_digest
+from morphsearch.arch.canonical import FORMAT, to_json
+from morphsearch.arch.ir import Architecture
 from morphsearch.errors import GraphFileError, InvalidArchitecture, WeightsError
 
 __all__ = [
     "FORMAT",
     "MAX_GRAPH_BYTES",
+    "WEIGHTS_FORMAT",
+    "architecture_from_bytes",
+    "from_dict",
+    "graph_from_bytes",
+    "graph_to_bytes",
     "load",
     "load_weights",
+    "read_graph_file",
     "save",
     "save_weights",
-    "structure_hash",
-    "to_json",
-    "weights_hash",
     "weights_from_bytes",
+    "weights_metadata",
     "weights_path_for",
+    "weights_to_bytes",
 ]
 
-FORMAT = 1
 MAX_GRAPH_BYTES = 16 * 1024 * 1024  # a graph of a few thousand layers is well under 1 MiB
-_NODE_KEYS = ("id", "op")
-
-
-def to_json(arch: Architecture) -> dict[str, Any]:
-    """The graph file content of ``arch``, nodes in topological order."""
-    nodes = [{"id": n, **arch.spec(n).to_dict()} for n in arch.nodes]
-    edges = [
-        {"source": src, "target": node, "port": port}
-        for node in arch.nodes
-        for port, src in enumerate(arch.inputs(node))
-    ]
-    return {
-        "format": FORMAT,
-        "directed": True,
-        "multigraph": False,
-        "graph": dict(arch.graph.graph),
-        "nodes": nodes,
-        "edges": edges,
-    }
+WEIGHTS_FORMAT = "morphsearch.weights/1"  # the "format" of a weights file's metadata
 
 
 def from_dict(data: Any, *, where: str = "graph") -> nx.DiGraph:
@@ -116,10 +99,24 @@ def read_graph_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: file is {size:,} bytes, over the {MAX_GRAPH_BYTES:,}-byte limit for "
             "graph files; weights belong in a .safetensors file beside it"
         )
+    return graph_from_bytes(path.read_bytes(), where=str(path))
+
+
+def graph_to_bytes(arch: Architecture) -> bytes:
+    """The graph file of ``arch``: its graph document as indented JSON."""
+    return (json.dumps(to_json(arch), indent=1) + "\n").encode()
+
+
+def graph_from_bytes(raw: bytes, *, where: str) -> dict[str, Any]:
+    """Parse a graph file's bytes into its document (``where`` names it in errors).
+
+    Raises:
+        GraphFileError: not UTF-8 JSON.
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GraphFileError(f"{path}: not valid JSON ({exc}); fix or re-export the file") from None
+        raise GraphFileError(f"{where}: not valid JSON ({exc}); fix or re-export the file") from None
 
 
 def weights_path_for(path: str | os.PathLike[str]) -> Path:
@@ -168,21 +165,30 @@ def save(arch: Architecture, path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     save_weights(arch, weights_path_for(path))
-    _atomic_write(path, (json.dumps(to_json(arch), indent=1) + "\n").encode())
+    _atomic_write(path, graph_to_bytes(arch))
 
 
 def save_weights(
     arch: Architecture, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
 ) -> None:
     """Write the weights as safetensors with the structure hash in the metadata."""
+    _atomic_write(Path(path), weights_to_bytes(arch, metadata))
+
+
+def weights_to_bytes(arch: Architecture, metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors bytes of ``arch``'s weights, keyed ``<node>.<param>``.
+
+    The metadata holds the format and the structure hash (which
+    :func:`weights_from_bytes` checks), plus ``metadata``.
+    """
     tensors = {
-        f"{node}.{pname}": tensor.contiguous()
+        f"{node}.{pname}": tensor.detach().cpu().contiguous()
         for node, params in arch.weights.items()
         for pname, tensor in params.items()
     }
-    meta = {"format": "morphsearch.weights/1", "structure_hash": arch.structure_hash}
+    meta = {"format": WEIGHTS_FORMAT, "structure_hash": arch.structure_hash}
     meta.update(metadata or {})
-    _atomic_write(Path(path), st_save(tensors, metadata=meta))
+    return st_save(tensors, metadata=meta)
 
 
 def load_weights(path: str | os.PathLike[str], arch: Architecture) -> dict[str, dict[str, Any]]:
@@ -230,6 +236,27 @@ def weights_from_bytes(raw: bytes, arch: Architecture, *, where: str) -> dict[st
     return out
 
 
+def architecture_from_bytes(graph: bytes, weights: bytes, *, where: str) -> Architecture:
+    """The architecture of a graph file's and a weights file's bytes.
+
+    Args:
+        where: the weights file or URI, for error messages.
+
+    Raises:
+        GraphFileError / InvalidArchitecture: a malformed or invalid graph.
+        WeightsError: weights that are not safetensors or belong to another structure.
+    """
+    skeleton = load(graph_from_bytes(graph, where=f"graph of {where}"))
+    return skeleton.with_weights(weights_from_bytes(weights, skeleton, where=where))
+
+
+def weights_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of a weights file (format, structure hash, what the writer added),
+    read from its header only."""
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def _safetensors_metadata(raw: bytes) -> dict[str, str]:
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_len])
@@ -240,44 +267,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------ hashing
-
-
-def node_signatures(arch: Architecture) -> dict[str, str]:
-    """Merkle signature of each node: its spec and, in port order, its inputs' signatures.
-
-    Two nodes compute the same function of the input (up to weights) exactly when their
-    signatures agree, whatever their names.
-    """
-    sigs: dict[str, str] = {}
-    for node in arch.nodes:
-        spec = arch.spec(node)
-        sigs[node] = json_digest([spec.op, dict(spec.attrs), [sigs[s] for s in arch.inputs(node)]])
-    return sigs
-
-
-def structure_hash(arch: Architecture) -> str:
-    """Name-independent hash of the graph.
-
-    The output's Merkle signature fixes the unfolded computation; the sorted multiset of
-    all node signatures distinguishes a shared node from two identical copies of it.
-    """
-    sigs = node_signatures(arch)
-    return json_digest([sigs[arch.output_node], sorted(sigs.values())])
-
-
-def canonical_order(arch: Architecture) -> list[str]:
-    sigs = node_signatures(arch)
-    return sorted(arch.nodes, key=lambda n: (sigs[n], n))
-
-
-def weights_hash(arch: Architecture) -> str:
-    digest = hashlib.sha256()
-    for node in canonical_order(arch):
-        for pname in sorted(arch.weights.get(node, {})):
-            tensor = arch.weights[node][pname]
-            digest.update(f"{pname}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

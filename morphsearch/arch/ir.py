@@ -5,7 +5,16 @@ An :class:`Architecture` is a networkx ``DiGraph`` whose nodes carry a :class:`N
 the graph as ``{node: {param: Tensor}}``. It validates on construction and is never
 mutated afterwards: the graph is frozen and the weights are private copies. To change
 an architecture, build a new one (see :meth:`Architecture.editable_graph` and
-:meth:`Architecture.weights_copy`).
+:meth:`Architecture.weights_copy`), or, when only attributes change, use the fast
+path :meth:`Architecture.respecified`.
+
+An :class:`Architecture` is data plus graph queries. Serialisation, hashing and
+compilation are functions that take one: :mod:`morphsearch.arch.canonical`
+(``to_json``, ``structure_hash``, ``weights_hash``), :mod:`morphsearch.arch.io`
+(``load``, ``save`` and the bytes of files) and :mod:`morphsearch.arch.compile`
+(``compile_module``, ``weights_from_module``). The methods ``to_json``,
+``structure_hash``, ``weights_hash``, ``to_module`` and ``with_weights_from`` are
+conveniences that call those functions.
 
 Note on ``relu``: the IR's ReLU has derivative 1 at 0 (PyTorch's ``torch.relu`` has 0).
 Growth that starts new neurons with zero incoming weights (GradMax) needs f'(0) != 0,
@@ -21,9 +30,10 @@ from typing import Any
 import networkx as nx
 import torch
 
-from morphsearch.arch import shapes
+from morphsearch.arch import canonical, shapes
+from morphsearch.arch import compile as compiler
 from morphsearch.arch.ops import ParamSpec, Shape
-from morphsearch.arch.spec import NodeSpec, json_digest
+from morphsearch.arch.spec import NodeSpec
 from morphsearch.arch.validate import (
     checked_weights,
     normalised_graph,
@@ -32,7 +42,7 @@ from morphsearch.arch.validate import (
 )
 from morphsearch.errors import InvalidArchitecture
 
-__all__ = ["Architecture", "NodeSpec", "json_digest"]
+__all__ = ["Architecture", "NodeSpec"]
 
 
 Weights = Mapping[str, Mapping[str, torch.Tensor]]
@@ -54,7 +64,7 @@ class Architecture:
         InvalidArchitecture: naming the node and the problem; nothing is kept.
     """
 
-    _template: nx.DiGraph  # a _respecified child's, until its graph is built
+    _template: nx.DiGraph  # a respecified child's, until its graph is built
 
     def __init__(
         self,
@@ -75,23 +85,29 @@ class Architecture:
         self._consumers = {n: tuple(sorted(self._graph.successors(n))) for n in self._order}
         self._infos = shapes.infer(self._order, self._specs, self._inputs)
         if weights is None:
-            from morphsearch.arch.compile import init_weights
-
-            weights = init_weights(self, seed=seed, dtype=dtype)
+            weights = compiler.init_weights(self, seed=seed, dtype=dtype)
         self._weights = checked_weights(self, weights)
 
-    def _respecified(self, specs: Mapping[str, NodeSpec], weights: Weights) -> Architecture:
-        """Internal: this graph with the attributes of some nodes changed, and new weights.
+    def respecified(self, specs: Mapping[str, NodeSpec], weights: Weights) -> Architecture:
+        """This graph with the attributes of some nodes changed, and new weights: the
+        fast-path constructor for attribute-only changes.
 
         For morphisms that keep every node, edge and op and change only attributes
-        (widening changes ``out_features``/``out_channels``). The child reuses what this
+        (widening changes ``out_features``/``out_channels``); anything else goes through
+        the constructor (:meth:`editable_graph`, then ``Architecture(graph, weights)``).
+        The child reuses what this
         architecture has already validated and those changes cannot break (node names,
         topological order, arity, ports and consumers) and checks the rest as the
         constructor does: every shape is inferred again and every weight tensor checked
         against it (the unchanged tensors, this architecture's private copies, are
         shared; the new ones are handed over by the caller, who must hold no other
         reference to them, and are not copied either). The child's networkx graph is
-        built when it is first asked for.
+        built when it is first asked for, and it shares this architecture's compiled
+        forward when its code is the same (:func:`morphsearch.arch.compile.share_forward`).
+
+        Args:
+            specs: ``{node: new spec}``, each with its node's op.
+            weights: every parametric node's weights (``{node: {param: tensor}}``).
 
         Raises:
             InvalidArchitecture: as the constructor, or when a spec changes a node's op.
@@ -99,7 +115,7 @@ class Architecture:
         for node, spec in specs.items():
             if not isinstance(spec, NodeSpec) or spec.op != self.op(node):
                 raise InvalidArchitecture(
-                    f"node {node!r}: _respecified keeps every op, got {spec!r}"
+                    f"node {node!r}: respecified keeps every op, got {spec!r}"
                 )
         child = object.__new__(Architecture)
         # for the lazy graph: a graph with the same nodes and edges (this one's, or, if
@@ -112,15 +128,12 @@ class Architecture:
         child._consumers = self._consumers
         child._infos = shapes.infer(child._order, child._specs, child._inputs)
         child._weights = checked_weights(child, weights, handed_over=True)
-        from morphsearch.arch.compile import same_code_after
-
-        if "_forward_fn" in self.__dict__ and same_code_after(s.op for s in specs.values()):
-            child.__dict__["_forward_fn"] = self.__dict__["_forward_fn"]
+        compiler.share_forward(self, child, (s.op for s in specs.values()))
         return child
 
     @cached_property
     def _graph(self) -> nx.DiGraph:
-        """A :meth:`_respecified` child's graph (the constructor sets it directly)."""
+        """A :meth:`respecified` child's graph (the constructor sets it directly)."""
         template = self._template
         graph = nx.DiGraph()
         graph.graph.update(template.graph)
@@ -245,54 +258,38 @@ class Architecture:
         """The same graph with other weights (validated)."""
         return Architecture(self._graph, weights)
 
-    # ----------------------------------------------------------------- ids
+    # ------------------------------------------- conveniences over functions
     @cached_property
     def structure_hash(self) -> str:
-        """sha256 of the canonical graph: independent of node names and weights."""
-        from morphsearch.arch.io import structure_hash
-
-        return structure_hash(self)
+        """sha256 of the canonical graph, independent of node names and weights
+        (:func:`morphsearch.arch.canonical.structure_hash`)."""
+        return canonical.structure_hash(self)
 
     @cached_property
     def weights_hash(self) -> str:
-        """sha256 of the weights in canonical node order (dtype and shape included)."""
-        from morphsearch.arch.io import weights_hash
+        """sha256 of the weights in canonical node order, dtype and shape included
+        (:func:`morphsearch.arch.canonical.weights_hash`)."""
+        return canonical.weights_hash(self)
 
-        return weights_hash(self)
+    def to_json(self) -> dict[str, Any]:
+        """The graph document (:func:`morphsearch.arch.canonical.to_json`); no weights.
 
-    # ------------------------------------------------------------- conversion
+        Read it back, or a graph file, with :func:`morphsearch.arch.load`; write both
+        files with :func:`morphsearch.arch.save`.
+        """
+        return canonical.to_json(self)
+
     def to_module(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> torch.nn.Module:
-        """Compile to a ``torch.nn.Module`` (:class:`~morphsearch.arch.compile.CompiledArchitecture`) with these weights."""
-        from morphsearch.arch.compile import compile_module
-
-        return compile_module(self, device=device, dtype=dtype)
+        """Compile to a ``torch.nn.Module`` with these weights
+        (:func:`morphsearch.arch.compile.compile_module`)."""
+        return compiler.compile_module(self, device=device, dtype=dtype)
 
     def with_weights_from(self, module: torch.nn.Module) -> Architecture:
-        """A new architecture with the (trained) weights of a module from :meth:`to_module`."""
-        from morphsearch.arch.compile import weights_from_module
-
-        return self.with_weights(weights_from_module(self, module))
-
-    def to_json(self) -> dict[str, Any]:
-        """The graph file content (node-link JSON with a ``format`` field); no weights."""
-        from morphsearch.arch.io import to_json
-
-        return to_json(self)
-
-    @classmethod
-    def from_json(cls, source: Any, weights: Any = None) -> Architecture:
-        """Load from a graph file path or dict; see :func:`morphsearch.arch.io.load`."""
-        from morphsearch.arch.io import load
-
-        return load(source, weights=weights)
-
-    def save(self, path: Any) -> None:
-        """Write ``path`` (graph JSON) and the weights as safetensors beside it."""
-        from morphsearch.arch.io import save
-
-        save(self, path)
+        """A new architecture with the (trained) weights of a module from :meth:`to_module`
+        (:func:`morphsearch.arch.compile.weights_from_module`)."""
+        return self.with_weights(compiler.weights_from_module(self, module))
 
     def __repr__(self) -> str:
         return (

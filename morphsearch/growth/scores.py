@@ -32,6 +32,8 @@ from morphsearch.arch import Architecture
 from morphsearch.errors import ConfigError, MorphismNotApplicable
 from morphsearch.growth.fisher import natural_expansion_eta
 from morphsearch.morphisms import Batch, MorphismResult
+from morphsearch.morphisms.splitting import predicted_decrease, splitting_eigenpairs
+from morphsearch.morphisms.widen import gradmax_singular_values
 
 __all__ = [
     "Candidate",
@@ -153,8 +155,6 @@ class GradMaxScore(Scorer):
     def score(
         self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
     ) -> list[Score]:
-        from morphsearch.morphisms.widen import gradmax_singular_values
-
         def top(site: str) -> torch.Tensor:
             values = torch.as_tensor(gradmax_singular_values(arch, site, batch))
             return values.flatten().sort(descending=True).values[: self.k]
@@ -181,8 +181,6 @@ class SplittingScore(Scorer):
     def score(
         self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
     ) -> list[Score]:
-        from morphsearch.morphisms.splitting import predicted_decrease, splitting_eigenpairs
-
         def best(site: str) -> tuple[float, float, float]:
             pairs = splitting_eigenpairs(arch, site, batch, seed=seed, beta=self.beta,
                                          mode=self.mode)

@@ -9,7 +9,8 @@ torch, ray or :mod:`morphsearch.arch`: architectures come in as plain values
 
 from __future__ import annotations
 
-from morphsearch.lineage.database import DEFAULT_URL, ENV_VAR, resolve_url, safe_url
+from morphsearch.lineage import schema
+from morphsearch.lineage.database import DEFAULT_URL, ENV_VAR, Database, resolve_url, safe_url
 from morphsearch.lineage.records import (
     ArchitectureIn,
     ArchitectureRecord,
@@ -66,11 +67,8 @@ def upgrade(url: str | None = None) -> str:
         DatabaseUnreachable: the URL is malformed or the server cannot be reached.
         DatabaseError: the database is newer than the code or not a lineage database.
     """
-    from morphsearch.lineage.database import Database
-    from morphsearch.lineage.schema import upgrade as run_upgrade
-
     db = Database(resolve_url(url), write=True)
     try:
-        return run_upgrade(db)
+        return schema.upgrade(db)
     finally:
         db.dispose()

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, aliased
 
 from morphsearch.lineage._sql import arch_pk, as_utc, search_pk
 from morphsearch.lineage.models import Architecture, Edge, GrowthEvent, Metric, Search, Trial
-from morphsearch.lineage.objective import objective
+from morphsearch.lineage.objective import config_metric, objective
 from morphsearch.lineage.records import (
     ArchitectureRecord,
     ArchNode,
@@ -189,9 +189,10 @@ def best(
     metric: str,
     mode: Mode = "max",
     budget: int | None = None,
-    k: int = 1,
+    k: int | None = 1,
 ) -> list[BestResult]:
-    """The ``k`` architectures with the best value of ``metric`` in ``search``.
+    """The ``k`` architectures with the best value of ``metric`` in ``search``, best
+    first; ``k=None`` gives every architecture with a value.
 
     Each architecture counts once, at its best value over every reported budget,
     or over ``budget`` only when given. Ties go to the earlier architecture.
@@ -219,14 +220,14 @@ def best(
         query = query.where(Metric.budget == budget)
     # Read rows in index order and keep each architecture's first (best) one; widen
     # the window only when many rows belong to the same few architectures.
-    limit = 4 * k
+    limit = None if k is None else 4 * k
     while True:
         rows = session.execute(query.limit(limit)).all()
         found: dict[str, BestResult] = {}
         for arch_id, trial_id, value, at, params, flops in rows:
             if arch_id not in found:
                 found[arch_id] = BestResult(arch_id, trial_id, metric, value, at, params, flops)
-        if len(found) >= k or len(rows) < limit:
+        if limit is None or k is None or len(found) >= k or len(rows) < limit:
             return list(found.values())[:k]
         limit *= 4
 
@@ -347,7 +348,8 @@ def summary(
         ).all()
     )
     n_archs = session.scalar(select(func.count()).where(Architecture.search_id == key)) or 0
-    chosen = objective(row.config, metric, mode)
+    # a search whose config names no metric has no best (unless one is asked for)
+    chosen = objective(row.config, metric, mode) if metric or config_metric(row.config) else None
     top = best(session, search, chosen[0], chosen[1]) if chosen else []  # type: ignore[arg-type]
     return SearchSummary(
         row.name,

@@ -24,6 +24,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -32,6 +33,7 @@ from morphsearch.errors import DatabaseError, DatabaseUnreachable, NotFound
 from morphsearch.lineage import ids, queries, writes
 from morphsearch.lineage._sql import as_utc
 from morphsearch.lineage.database import Database, lost_connection, resolve_url, sqlite_path
+from morphsearch.lineage.models import Architecture, Search
 from morphsearch.lineage.queries import Cost, Mode
 from morphsearch.lineage.records import (
     ArchitectureIn,
@@ -385,9 +387,15 @@ class LineageStore:
         return self._run(lambda s: queries.child_hashes(s, arch_id))
 
     def best(
-        self, search: str, metric: str, mode: Mode = "max", budget: int | None = None, k: int = 1
+        self,
+        search: str,
+        metric: str,
+        mode: Mode = "max",
+        budget: int | None = None,
+        k: int | None = 1,
     ) -> list[BestResult]:
-        """The ``k`` best architectures of ``search`` by ``metric``. Raises NotFound."""
+        """The ``k`` best architectures of ``search`` by ``metric`` (``k=None``: every
+        one with a value), best first. Raises NotFound."""
         return self._run(lambda s: queries.best(s, search, metric, mode, budget, k))
 
     def pareto(
@@ -423,10 +431,6 @@ class LineageStore:
 
 
 def _trial_record(session: Session, row: Any) -> TrialRecord:
-    from sqlalchemy import select
-
-    from morphsearch.lineage.models import Architecture, Search
-
     names = dict(
         session.execute(
             select(Architecture.id, Architecture.arch_id).where(

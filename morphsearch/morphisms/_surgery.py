@@ -267,7 +267,7 @@ def widened(
                 weights[node][name] = torch.cat([tensor, given[name].to(dtype)])
     for c, new in zip(wp.consumers, outgoing, strict=True):
         weights[c.node]["weight"] = _grow_outgoing(weights[c.node]["weight"], new)
-    return parent._respecified({wp.site: spec.replace(**{attr: spec[attr] + k})}, weights)
+    return parent.respecified({wp.site: spec.replace(**{attr: spec[attr] + k})}, weights)
 
 
 def site_rows_shape(arch: Architecture, site: str) -> tuple[int, ...]:

@@ -162,7 +162,7 @@ class WidenKernel(Morphism):
             pad += [taps, taps] if d in chosen else [0, 0]
         weights = {node: dict(params) for node, params in parent.weights.items()}
         weights[site]["weight"] = F.pad(parent.weights[site]["weight"], pad)
-        return parent._respecified({site: new_spec}, weights)
+        return parent.respecified({site: new_spec}, weights)
 
 
 # ------------------------------------------------------------------ conv.input

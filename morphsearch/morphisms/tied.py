@@ -231,7 +231,7 @@ def _widened(
         attr = OPS[spec.op].width_attr
         assert attr is not None  # sites are units layers
         specs[site] = spec.replace(**{attr: spec[attr] + k})
-    return parent._respecified(specs, weights)
+    return parent.respecified(specs, weights)
 
 
 def _split(parent: Architecture, group: TiedGroup, chosen: list[int]) -> Architecture:

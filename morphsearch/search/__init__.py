@@ -12,7 +12,7 @@ __all__ = ["SearchConfig", "load_config", "run_search"]
 def __getattr__(name: str) -> object:
     # run_search pulls in ray and torch; load it only when asked for
     if name == "run_search":
-        from morphsearch.search.runner import run_search
+        from morphsearch.search.runner import run_search  # deferred: ray, torch
 
         return run_search
     raise AttributeError(name)

@@ -75,7 +75,9 @@ class DatasetConfig(_Frozen):
 
     @model_validator(mode="after")
     def _known(self) -> DatasetConfig:
-        from morphsearch.data import DATASETS  # the registry fills as loaders import
+        # the registry fills as the loaders import
+        # deferred: torch (search.callback, on the driver, imports config without it)
+        from morphsearch.data import DATASETS
 
         if self.name not in DATASETS:
             raise ValueError(DATASETS.unknown(self.name))

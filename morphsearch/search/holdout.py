@@ -67,7 +67,7 @@ def score_on_test(store: LineageStore, config: SearchConfig, name: str) -> list[
         record = store.architecture(best.arch_id)
         if record.weights_uri is None or best.trial_id is None:
             continue
-        arch = artifacts.load_architecture(record.weights_uri, record.weights_sha256)
+        arch = artifacts.read_architecture(record.weights_uri, record.weights_sha256)
         loss, acc = evaluate(arch.to_module(), data, "test", device=torch.device("cpu"))
         values = {TEST_LOSS: loss} if math.isnan(acc) else {TEST_LOSS: loss, TEST_ACCURACY: acc}
         store.record_metrics(best.trial_id, int(best.budget), values, arch_id=best.arch_id)

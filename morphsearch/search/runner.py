@@ -17,7 +17,7 @@ import torch
 from ray.tune import Stopper
 
 from morphsearch import artifacts, builders, morphisms
-from morphsearch.arch import Architecture
+from morphsearch.arch import Architecture, load
 from morphsearch.arch.fx_import import from_module, module_from_factory
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.errors import (
@@ -69,7 +69,7 @@ def build_seed(config: SearchConfig, data: Dataset) -> Architecture:
     """
     spec = config.seed_graph
     if spec.path is not None:
-        arch = Architecture.from_json(_graph_path(spec.path, config.source))
+        arch = load(_graph_path(spec.path, config.source))
     elif spec.module is not None:
         arch = _imported_seed(spec.module, spec.args, data)
     elif spec.builder == "mlp":
@@ -179,7 +179,7 @@ def _prepare(
         store.create_search(name, config.model_dump(mode="json"))
         ref = _recorded_seed(store, seed_arch_id(name))
         if ref is None:
-            ref = artifacts.save_architecture(seed, art, "seed")
+            ref = artifacts.write_architecture(seed, art, "seed")
             store.record_seed(
                 name,
                 ArchitectureIn(

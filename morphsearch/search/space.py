@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from morphsearch import morphisms
-from morphsearch.arch import Architecture
+from morphsearch.arch import Architecture, load
 from morphsearch.errors import MorphSearchError, NotFound, SearchError
 from morphsearch.lineage import LineageStore
 from morphsearch.search.config import SearchConfig
@@ -203,7 +203,7 @@ class MorphismSpace:
     def _arch(self, parent: ParentInfo) -> Architecture:
         """The parent's graph as an architecture (built once per process)."""
         if parent.arch_id not in self._archs:
-            self._archs[parent.arch_id] = Architecture.from_json(parent.graph)
+            self._archs[parent.arch_id] = load(parent.graph)
         return self._archs[parent.arch_id]
 
     def children(self, parent_id: str) -> int:

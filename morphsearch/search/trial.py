@@ -199,7 +199,7 @@ def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
         # its result is on storage, so it is reported again instead of retrained
         session.report(finished, None)
         return
-    parent = artifacts.load_architecture(plan.parent_uri, plan.parent_sha256)
+    parent = artifacts.read_architecture(plan.parent_uri, plan.parent_sha256)
     folder = session.checkpoint_dir()
     if folder is not None:
         current, kept, state, optim_state = _restore(folder)
@@ -321,9 +321,9 @@ class _Loop:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             current = self.trainer.arch.with_weights_from(self.trainer.module)
-            artifacts.save_architecture(current, tmp, "current")
+            artifacts.write_architecture(current, tmp, "current")
             if self.kept is not None:
-                artifacts.save_architecture(self.kept, tmp, "kept")
+                artifacts.write_architecture(self.kept, tmp, "kept")
             (folder / "state.json").write_text(json.dumps(asdict(self.state)))
             torch.save(self.trainer.optimizer.state_dict(), folder / "optimizer.pt")
             self.session.report(result, folder)
@@ -336,7 +336,7 @@ class _Loop:
             self.kept = trainer.arch.with_weights_from(trainer.module)
             self.kept_id, state.best_epoch = self._current_id(), last.epoch
             state.kept_report = asdict(last)
-        ref = artifacts.save_architecture(self.kept, self.setup.artifacts_uri,
+        ref = artifacts.write_architecture(self.kept, self.setup.artifacts_uri,
                                           self.kept_id.replace("/", "__"), versioned=True)
         if self.plan.inherit_optimizer and self.kept.structure_hash == trainer.arch.structure_hash:
             saved = {"state": trainer.optimizer.state_dict(), "lr": self.plan.lr}
@@ -402,8 +402,8 @@ def _write_graph(arch: Architecture, uri: str) -> None:
 
 def _restore(folder: Path) -> tuple[Architecture, Architecture | None, _State, dict[str, Any]]:
     state = _State(**json.loads((folder / "state.json").read_text()))
-    current = artifacts.load_architecture(str(folder / "current.safetensors"))
+    current = artifacts.read_architecture(str(folder / "current.safetensors"))
     kept_path = folder / "kept.safetensors"
-    kept = artifacts.load_architecture(str(kept_path)) if kept_path.exists() else None
+    kept = artifacts.read_architecture(str(kept_path)) if kept_path.exists() else None
     optim = torch.load(folder / "optimizer.pt", weights_only=True)
     return current, kept, state, optim

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from morphsearch import builders
-from morphsearch.arch import load, load_weights, save_weights
+from morphsearch.arch import load, load_weights, save, save_weights
 from morphsearch.arch.io import MAX_GRAPH_BYTES
 from morphsearch.cli import main
 from morphsearch.errors import GraphFileError, InvalidArchitecture, WeightsError
@@ -156,5 +156,31 @@ def test_an_interrupted_save_never_leaves_a_graph_without_its_weights(
 
     monkeypatch.setattr(io, "_atomic_write", crash_on_weights)
     with pytest.raises(OSError, match="disk full"):
-        builders.mlp([4, 3, 2]).save(tmp_path / "a.json")
+        save(builders.mlp([4, 3, 2]), tmp_path / "a.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bytes_round_trip_and_one_home_for_the_encoding() -> None:
+    from pathlib import Path
+
+    import morphsearch
+    from morphsearch.arch import io
+
+    arch = builders.mlp([4, 3, 2], seed=2)
+    back = io.architecture_from_bytes(io.graph_to_bytes(arch), io.weights_to_bytes(arch),
+                                      where="mem")  # fmt: skip
+    assert (back.structure_hash, back.weights_hash) == (arch.structure_hash, arch.weights_hash)
+    with pytest.raises(WeightsError, match="mem: not a valid safetensors"):
+        io.weights_from_bytes(b"garbage", arch, where="mem")
+    root = Path(morphsearch.__file__).parent
+    holders = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+               if io.WEIGHTS_FORMAT in p.read_text(encoding="utf-8")]  # fmt: skip
+    assert holders == ["arch/io.py"]
+
+
+def test_the_compiled_forward_is_cached_outside_the_architecture() -> None:
+    from morphsearch.arch.compile import forward_function
+
+    arch = builders.mlp([4, 3, 2])
+    fn = forward_function(arch)
+    assert forward_function(arch) is fn and "_forward_fn" not in vars(arch)

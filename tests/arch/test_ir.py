@@ -179,7 +179,7 @@ def test_concat_and_ports_keep_order() -> None:
 
 
 def test_respecified_child_equals_a_fully_validated_one() -> None:
-    # the internal constructor widening uses: same result as the full constructor, and
+    # the fast-path constructor widening uses: same result as the full constructor, and
     # the same refusals for weights that do not fit the new attributes
     parent = builders.cnn((1, 6, 6), channels=(3, 4), hidden=(5,), num_classes=3)
     spec = parent.spec("conv1").replace(out_channels=5)
@@ -187,7 +187,7 @@ def test_respecified_child_equals_a_fully_validated_one() -> None:
     weights["conv1"]["weight"] = torch.randn(5, 1, 3, 3)
     weights["conv1"]["bias"] = torch.randn(5)
     weights["conv2"]["weight"] = torch.randn(4, 5, 3, 3)
-    child = parent._respecified({"conv1": spec}, weights)
+    child = parent.respecified({"conv1": spec}, weights)
     graph = parent.editable_graph()
     graph.nodes["conv1"]["spec"] = spec
     full = Architecture(graph, weights)
@@ -198,7 +198,7 @@ def test_respecified_child_equals_a_fully_validated_one() -> None:
     assert child.weights["fc2"]["weight"] is parent.weights["fc2"]["weight"]  # shared copy
     # the child's graph (built on first use) is the full constructor's, also two
     # generations down from a child whose own graph was never built
-    grandchild = child._respecified({"fc1": child.spec("fc1").replace(out_features=6)}, {
+    grandchild = child.respecified({"fc1": child.spec("fc1").replace(out_features=6)}, {
         **{node: dict(params) for node, params in child.weights.items()},
         "fc1": {"weight": torch.randn(6, 36), "bias": torch.randn(6)},
         "fc2": {"weight": torch.randn(3, 6), "bias": child.weights["fc2"]["bias"]},
@@ -212,12 +212,12 @@ def test_respecified_child_equals_a_fully_validated_one() -> None:
         assert lazy.to_json() == built.to_json()
     assert child.spec("fc1") == parent.spec("fc1")
     with pytest.raises(InvalidArchitecture, match=r"'conv2' weight 'weight' has shape"):
-        parent._respecified({"conv1": spec}, {**weights, "conv2": parent.weights["conv2"]})
+        parent.respecified({"conv1": spec}, {**weights, "conv2": parent.weights["conv2"]})
     with pytest.raises(InvalidArchitecture, match="NaN"):
         bad = {**weights, "conv1": {**weights["conv1"], "bias": torch.full((5,), math.nan)}}
-        parent._respecified({"conv1": spec}, bad)
+        parent.respecified({"conv1": spec}, bad)
     with pytest.raises(InvalidArchitecture, match="keeps every op"):
-        parent._respecified({"conv1": NodeSpec("linear", out_features=3)}, weights)
+        parent.respecified({"conv1": NodeSpec("linear", out_features=3)}, weights)
 
 
 def test_all_finite_is_exact_where_the_sum_overflows_or_cancels() -> None:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from morphsearch.arch import OPS, Architecture, load
+from morphsearch.arch.canonical import to_json
 from morphsearch.arch.compile import evaluate
-from morphsearch.arch.io import to_json
 from morphsearch.builders import GraphBuilder
 
 Reference = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]

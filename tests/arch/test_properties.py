@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from morphsearch.arch import Architecture, load
+from morphsearch.arch import Architecture, load, save
 from morphsearch.arch.compile import evaluate
 from morphsearch.builders import GraphBuilder
 
@@ -103,7 +103,7 @@ def test_shape_inference_agrees_with_pytorch(arch: Architecture, batch: int) -> 
 @given(arch=ARCHS)
 def test_json_and_weights_round_trip(arch: Architecture, tmp_path_factory) -> None:
     path = Path(tmp_path_factory.mktemp("rt")) / "arch.json"
-    arch.save(path)
+    save(arch, path)
     again = load(path)
     assert again.structure_hash == arch.structure_hash
     assert again.weights_hash == arch.weights_hash

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from morphsearch import builders, morphisms
-from morphsearch.arch import load
+from morphsearch.arch import load, save
 from morphsearch.arch.compile import evaluate
 from morphsearch.cli import main
 from morphsearch.data import load_dataset
@@ -34,7 +34,7 @@ def test_morphisms_lists_every_morphism_with_its_sites(capsys: pytest.CaptureFix
 def test_grow_writes_the_child_apply_would_build(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     parent_path = tmp_path / "parent.json"
-    builders.mlp([64, 8, 10], seed=5).save(parent_path)  # trained-looking weights beside it
+    save(builders.mlp([64, 8, 10], seed=5), parent_path)  # trained-looking weights beside it
     parent = load(parent_path)
     before = parent_path.read_bytes(), (tmp_path / "parent.safetensors").read_bytes()
     out = tmp_path / "child.json"

@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from morphsearch import morphisms
-from morphsearch.arch import Architecture
+from morphsearch.arch import Architecture, load
 from morphsearch.arch.compile import _compiled, forward_function, generate_code
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable, UnknownMorphism
@@ -89,7 +89,7 @@ def _check_site(name: str, parent: Architecture, site: str, *, full: bool) -> No
         _check_preserved(name, parent, child, site)
     if not full:
         return
-    reloaded = Architecture.from_json(child.to_json(), weights=child.weights_copy())
+    reloaded = load(child.to_json(), weights=child.weights_copy())
     assert reloaded.weights_hash == child.weights_hash
     _check_trains(child)
     again = _apply(name, parent, site, seed=3).child

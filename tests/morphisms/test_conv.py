@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from morphsearch import builders, morphisms
-from morphsearch.arch import Architecture, NodeSpec
+from morphsearch.arch import Architecture, NodeSpec, save
 from morphsearch.arch.ops import OPS
 from morphsearch.builders import GraphBuilder
 from morphsearch.cli import main
@@ -264,7 +264,7 @@ def test_deepen_identity_after_a_conv1d_inserts_conv1d() -> None:
 def test_graph_morphisms_lists_the_conv_morphisms(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "seed.json"
-    _image_mlp((1, 8, 8)).save(path)
+    save(_image_mlp((1, 8, 8)), path)
     assert main(["graph", "morphisms", str(path), "--json"]) == 0
     sites = {m["name"]: m["sites"] for m in json.loads(capsys.readouterr().out)}
     assert sites["conv.input"] == ["flat"]

@@ -18,7 +18,7 @@ def test_started_is_recorded_and_survives_a_snapshot(tmp_path: Path) -> None:
         store.create_search("s", {})
         store.record_seed("s", ArchitectureIn("s/seed", seed.to_json(), seed.structure_hash,
                                               seed.num_params, seed.flops))  # fmt: skip
-    ref = artifacts.save_architecture(child, str(tmp_path / "runs"), "t1")
+    ref = artifacts.write_architecture(child, str(tmp_path / "runs"), "t1")
     trial = SimpleNamespace(trial_id="t1", config={"lr": 0.01})
     callback = LineageCallback(url, "s")
     before = datetime.now(UTC)

@@ -44,7 +44,7 @@ def test_options_parse_and_validate(tmp_path: Path) -> None:
 
 def _parent_config(tmp_path: Path, morphism: str | None, **plan: Any) -> TrialPlan:
     parent = builders.mlp([64, 8, 10], activation="tanh", seed=3)
-    ref = artifacts.save_architecture(parent, str(tmp_path), "parent")
+    ref = artifacts.write_architecture(parent, str(tmp_path), "parent")
     planned = None if morphism is None else PlannedMorphism(morphism, "fc1", {"k": 4}, 7)
     fields: dict[str, Any] = {"parent_id": "p", "parent_uri": ref.uri,
                               "parent_sha256": ref.sha256, "morphism": planned,
@@ -56,7 +56,7 @@ def test_inherit_off_reinitialises_the_same_graph(tmp_path: Path) -> None:
     data = load_dataset("digits", seed=0, image=False)
     probe = data.x_train[:32], data.y_train[:32]
     config = _parent_config(tmp_path, "widen.gradmax")
-    parent = artifacts.load_architecture(config.parent_uri)
+    parent = artifacts.read_architecture(config.parent_uri)
     inherited, records, spent = grow_child(config, probe, parent, inherit=True)
     fresh, records_off, spent_off = grow_child(config, probe, parent, inherit=False)
     assert inherited.structure_hash == fresh.structure_hash
@@ -93,7 +93,7 @@ def test_train_flops_reported_cumulatively(tmp_path: Path) -> None:
     reports = _run_trial(tmp_path, config, epochs=3, inherit_weights=False)
     data = load_dataset("digits", seed=0, image=False)
     assert len(data.x_train) <= 64 * PER_EPOCH < len(data.x_train) + 64
-    child_arch = artifacts.load_architecture(reports[-1]["weights_uri"])
+    child_arch = artifacts.read_architecture(reports[-1]["weights_uri"])
     per_epoch = 3 * child_arch.flops * len(data.x_train)  # forward + backward per sample
     grow = reports[0]["train_flops"] - per_epoch
     assert grow > 0  # the morphism's probe passes are counted
@@ -170,7 +170,7 @@ def test_patience_stops_a_stalled_trial_with_its_weights(tmp_path: Path) -> None
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert reports[-1]["stopped_early"] is True
     assert "weights_uri" in reports[-1] and "weights_uri" not in reports[-2]
-    assert artifacts.load_architecture(reports[-1]["weights_uri"]).num_params > 0
+    assert artifacts.read_architecture(reports[-1]["weights_uri"]).num_params > 0
     # the kept weights are the first epoch's (never improved on): the result says so
     assert reports[-1]["kept_epoch"] == 1 and reports[-1]["val_loss"] == reports[0]["val_loss"]
 
@@ -267,7 +267,7 @@ def test_child_continues_its_parents_optimizer_state(tmp_path: Path) -> None:
     parent_uri = reports[-1]["weights_uri"]
     saved = artifacts.load_optimizer(parent_uri)
     assert saved is not None and saved["lr"] == 0.01
-    parent = artifacts.load_architecture(parent_uri)
+    parent = artifacts.read_architecture(parent_uri)
     data = load_dataset("digits", seed=0, image=False)
     steps = PER_EPOCH * 2
     old = saved["state"]["state"]

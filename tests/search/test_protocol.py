@@ -72,7 +72,7 @@ def _setup(tmp_path: Path, **fields: object) -> TrialSetup:
 
 def _plan(tmp_path: Path, **fields: object) -> TrialPlan:
     parent = builders.mlp([64, 8, 10], seed=3)
-    ref = artifacts.save_architecture(parent, str(tmp_path), "parent")
+    ref = artifacts.write_architecture(parent, str(tmp_path), "parent")
     return replace(TrialPlan("p", ref.uri, ref.sha256, lr=0.02), **fields)  # type: ignore[arg-type]
 
 
@@ -89,7 +89,7 @@ def test_a_trial_keeps_and_reports_its_best_evaluation(tmp_path: Path) -> None:
              if h["epoch"] > len(accs)]
     assert len(accs) == 20 and last["epoch"] == 20
     assert last["val_accuracy"] == max(accs) and last["kept_epoch"] == accs.index(max(accs)) + 1
-    kept = artifacts.load_architecture(last["weights_uri"])
+    kept = artifacts.read_architecture(last["weights_uri"])
     import torch
 
     data = load_dataset("digits", seed=0, image=False)

@@ -69,7 +69,7 @@ def test_search_on_digits(tmp_path: Path, local_ray: None) -> None:
 
     # the best child's weights are on storage and verify
     best = store.architecture(result.best_arch_id or "")
-    arch = artifacts.load_architecture(best.weights_uri or "", best.weights_sha256)
+    arch = artifacts.read_architecture(best.weights_uri or "", best.weights_sha256)
     assert arch.structure_hash == best.structure_hash
     assert len(metrics) == 5
     store.close()
