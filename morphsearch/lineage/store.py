@@ -401,16 +401,16 @@ class LineageStore:
 def _trial_record(session: Session, row: Any) -> TrialRecord:
     from sqlalchemy import select
 
-    from morphsearch.lineage.models import Architecture, Search
+    from morphsearch.lineage.models import ArchitectureRow, SearchRow
 
     names = dict(
         session.execute(
-            select(Architecture.id, Architecture.arch_id).where(
-                Architecture.id.in_([row.child_id, row.parent_id or row.child_id])
+            select(ArchitectureRow.id, ArchitectureRow.arch_id).where(
+                ArchitectureRow.id.in_([row.child_id, row.parent_id or row.child_id])
             )
         ).all()
     )
-    search = session.scalars(select(Search.name).where(Search.id == row.search_id)).one()
+    search = session.scalars(select(SearchRow.name).where(SearchRow.id == row.search_id)).one()
     return TrialRecord(
         row.trial_id,
         search,

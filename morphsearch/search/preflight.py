@@ -61,7 +61,7 @@ def check_database(url: str, name: str) -> bool:
                     refuse(db, revision)
                 if revision == EMPTY:
                     return False
-                query = select(models.Search.name).where(models.Search.name == name)
+                query = select(models.SearchRow.name).where(models.SearchRow.name == name)
                 return connection.execute(query).first() is not None
         except SQLAlchemyError as exc:
             raise db.translate(exc, connecting=True) from exc
