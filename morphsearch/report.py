@@ -25,7 +25,7 @@ from morphsearch import __version__
 from morphsearch.errors import ConfigError, NotFound
 from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore, open_store
 from morphsearch.lineage.objective import objective as lineage_objective
-from morphsearch.lineage.render import BUDGET_MEANING
+from morphsearch.lineage.render import EVALUATION_MEANING
 
 __all__ = [
     "PathStep",
@@ -118,7 +118,7 @@ def describe_morphisms(morphisms: Sequence[dict[str, Any]]) -> str:
 
 
 def _value_text(result: BestResult | None) -> str:
-    return "-" if result is None else f"{result.value:.4g} (budget {result.budget})"
+    return "-" if result is None else f"{result.value:.4g} (evaluation {result.evaluation})"
 
 
 # ------------------------------------------------------------------ model card
@@ -180,7 +180,7 @@ def model_card(
     dataset = config.get("dataset") or {}
     lines += [
         "",
-        f"Values are the best each architecture reached; {BUDGET_MEANING}.",
+        f"Values are the best each architecture reached; {EVALUATION_MEANING}.",
         "",
         "## Dataset",
         "",
@@ -289,11 +289,11 @@ def _best_section(store: LineageStore, scored: list[BestResult], metric: str, to
     if not scored:
         return f"<h2>Best architectures</h2><p>No {html.escape(metric)} values recorded yet.</p>"
     values = {r.arch_id: r for r in scored}
-    rows = [(i + 1, r.arch_id, r.value, r.budget, r.trial_id, r.params, r.flops)
+    rows = [(i + 1, r.arch_id, r.value, r.evaluation, r.trial_id, r.params, r.flops)
             for i, r in enumerate(scored[:top])]  # fmt: skip
     parts = [
         "<h2>Best architectures</h2>",
-        _table(["rank", "architecture", metric, "budget", "trial", "params", "FLOPs"], rows),
+        _table(["rank", "architecture", metric, "evaluation", "trial", "params", "FLOPs"], rows),
         f"<h3>Best: <code>{html.escape(scored[0].arch_id)}</code></h3>",
         _img(_arch_png(store.architecture(scored[0].arch_id)), "best architecture"),
         "<h2>Lineage paths</h2>",

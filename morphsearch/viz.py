@@ -381,7 +381,7 @@ def save_pareto_picture(
     metric: str,
     mode: str,
     cost: str = "params",
-    budget: int | None = None,
+    evaluation: int | None = None,
 ) -> None:
     """``lineage pareto --png``: every architecture's ``metric`` against ``cost``, front in red.
 
@@ -390,8 +390,8 @@ def save_pareto_picture(
     """
     from morphsearch.report import ALL
 
-    scored = store.best(search, metric, mode, budget, k=ALL)  # type: ignore[arg-type]
-    front = store.pareto(search, metric, mode, cost, budget)  # type: ignore[arg-type]
+    scored = store.best(search, metric, mode, evaluation, k=ALL)  # type: ignore[arg-type]
+    front = store.pareto(search, metric, mode, cost, evaluation)  # type: ignore[arg-type]
     points = [(r.arch_id, float(r.params if cost == "params" else r.flops), r.value)
               for r in scored]  # fmt: skip
     ends = [(p.arch_id, float(p.cost), p.value) for p in front]

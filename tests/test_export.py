@@ -78,8 +78,8 @@ def make_lineage(tmp_path: Path) -> dict[str, Any]:
             else:
                 store.record_trial(SEARCH, trial_id, None, _arch_in("seed", seed, refs["seed"]),
                                    status="TERMINATED")  # fmt: skip
-            for budget, value in values.items():
-                store.record_metrics(trial_id, budget, {"val_accuracy": value}, arch_id=child)
+            for evaluation, value in values.items():
+                store.record_metrics(trial_id, evaluation, {"val_accuracy": value}, arch_id=child)
     return {"db": db, "archs": archs, "refs": refs}
 
 
@@ -150,8 +150,9 @@ def test_model_card_has_the_lineage_path(best_export: Path) -> None:
             .isdigit()]  # fmt: skip
     assert path == ["seed", "a", "c"]
     assert "widen.split@fc1 (k=4" in card and "deepen.skip@relu1" in card
-    assert "0.9 (budget 2)" in card and "0.8 (budget 2)" in card
-    assert "budget: the evaluation at which the trial measured" in card  # the word is explained
+    assert "0.9 (evaluation 2)" in card and "0.8 (evaluation 2)" in card
+    # the word is explained
+    assert "evaluation: the index of the evaluation at which the trial measured" in card
     assert '"name": "digits"' in card and "test_size" in card
 
 

@@ -115,10 +115,13 @@ class EdgeRow(Base):
 class MetricRow(Base):
     __tablename__ = "metrics"
     __table_args__ = (
-        UniqueConstraint("trial_id", "budget", "name"),
-        # best at any budget / at one budget, Pareto (per-architecture best)
+        UniqueConstraint("trial_id", "evaluation", "name"),
+        # best at any evaluation / at one evaluation, Pareto (per-architecture best)
         Index("ix_metrics_search_id_name_value", "search_id", "name", "value"),
-        Index("ix_metrics_search_id_name_budget_value", "search_id", "name", "budget", "value"),
+        Index(
+            "ix_metrics_search_id_name_evaluation_value",
+            "search_id", "name", "evaluation", "value",
+        ),
         Index("ix_metrics_search_id_name_arch_id_value", "search_id", "name", "arch_id", "value"),
     )
 
@@ -127,7 +130,9 @@ class MetricRow(Base):
     # the architecture trained when the value was measured (after growth: the grown one)
     arch_id: Mapped[int] = mapped_column(ForeignKey("architectures.id"))
     search_id: Mapped[int] = mapped_column(ForeignKey("searches.id"))  # denormalised for ranking
-    budget: Mapped[int] = mapped_column(Integer)  # step or epoch
+    # the index of the evaluation that measured the value: the trial's epoch, or its
+    # n-th block of budget.eval_every_steps optimizer steps
+    evaluation: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float] = mapped_column(Double)
 

@@ -195,13 +195,13 @@ def best(
     search: str,
     metric: str,
     mode: Mode = "max",
-    budget: int | None = None,
+    evaluation: int | None = None,
     k: int = 1,
 ) -> list[BestResult]:
     """The ``k`` architectures with the best value of ``metric`` in ``search``.
 
-    Each architecture counts once, at its best value over every reported budget,
-    or over ``budget`` only when given. Ties go to the earlier architecture.
+    Each architecture counts once, at its best value over every reported evaluation,
+    or over ``evaluation`` only when given. Ties go to the earlier architecture.
 
     Raises:
         NotFound: no such search.
@@ -213,17 +213,17 @@ def best(
             ArchitectureRow.arch_id,
             TrialRow.trial_id,
             MetricRow.value,
-            MetricRow.budget,
+            MetricRow.evaluation,
             ArchitectureRow.params,
             ArchitectureRow.flops,
         )
         .join(ArchitectureRow, ArchitectureRow.id == MetricRow.arch_id)
         .join(TrialRow, TrialRow.id == MetricRow.trial_id)
         .where(MetricRow.search_id == key, MetricRow.name == metric)
-        .order_by(order, MetricRow.arch_id, MetricRow.budget)
+        .order_by(order, MetricRow.arch_id, MetricRow.evaluation)
     )
-    if budget is not None:
-        query = query.where(MetricRow.budget == budget)
+    if evaluation is not None:
+        query = query.where(MetricRow.evaluation == evaluation)
     # Read rows in index order and keep each architecture's first (best) one; widen
     # the window only when many rows belong to the same few architectures.
     limit = 4 * k
@@ -244,11 +244,11 @@ def pareto(
     metric: str,
     mode: Mode = "max",
     cost: Cost = "params",
-    budget: int | None = None,
+    evaluation: int | None = None,
 ) -> list[ParetoPoint]:
     """Architectures of ``search`` not dominated in (``cost`` lower, ``metric`` better).
 
-    An architecture's value is its best over every budget (or at ``budget``). Sorted
+    An architecture's value is its best over every evaluation (or at ``evaluation``). Sorted
     by cost, a point is on the front when it beats the best value of every cheaper
     point: a running max (min) over a window, computed in SQL.
 
@@ -266,8 +266,8 @@ def pareto(
         agg(MetricRow.value).label("value"),
         cost_of.scalar_subquery().label("cost"),
     ).where(MetricRow.search_id == key, MetricRow.name == metric)
-    if budget is not None:
-        per_arch = per_arch.where(MetricRow.budget == budget)
+    if evaluation is not None:
+        per_arch = per_arch.where(MetricRow.evaluation == evaluation)
     scored = per_arch.group_by(MetricRow.arch_id).subquery("scored")
     better_first = scored.c.value.desc() if mode == "max" else scored.c.value.asc()
     running = agg(scored.c.value).over(
@@ -372,17 +372,17 @@ def summary(
 
 
 def metrics(session: Session, trial_id: str) -> list[MetricRecord]:
-    """Every value trial ``trial_id`` reported, by budget then name.
+    """Every value trial ``trial_id`` reported, by evaluation then name.
 
     Raises:
         NotFound: no such trial.
     """
     key = trial_row(session, trial_id).id
     rows = session.execute(
-        select(ArchitectureRow.arch_id, MetricRow.budget, MetricRow.name, MetricRow.value)
+        select(ArchitectureRow.arch_id, MetricRow.evaluation, MetricRow.name, MetricRow.value)
         .join(ArchitectureRow, ArchitectureRow.id == MetricRow.arch_id)
         .where(MetricRow.trial_id == key)
-        .order_by(MetricRow.budget, MetricRow.name)
+        .order_by(MetricRow.evaluation, MetricRow.name)
     ).all()
     return [MetricRecord(trial_id, a, b, n, v) for a, b, n, v in rows]
 

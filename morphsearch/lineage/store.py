@@ -221,9 +221,15 @@ class LineageStore:
         return self._run(action, write=True)
 
     def record_metrics(
-        self, trial_id: str, budget: int, values: Mapping[str, float], *, arch_id: str | None = None
+        self,
+        trial_id: str,
+        evaluation: int,
+        values: Mapping[str, float],
+        *,
+        arch_id: str | None = None,
     ) -> int:
-        """Record metric values a trial reported at ``budget`` (step or epoch).
+        """Record metric values a trial measured at its ``evaluation``-th evaluation (its
+        epoch, or its n-th block of ``budget.eval_every_steps`` optimizer steps).
 
         Args:
             arch_id: the architecture measured (default: the trial's child; after
@@ -236,7 +242,7 @@ class LineageStore:
             NotFound: no such trial or architecture.
         """
         return self._run(
-            lambda s: writes.add_metrics(s, trial_id, budget, values, arch_id), write=True
+            lambda s: writes.add_metrics(s, trial_id, evaluation, values, arch_id), write=True
         )
 
     def record_metrics_many(
@@ -246,7 +252,7 @@ class LineageStore:
         *,
         arch_id: str | None = None,
     ) -> int:
-        """Record several ``(budget, values)`` reports of one trial in ONE transaction.
+        """Record several ``(evaluation, values)`` reports of one trial in ONE transaction.
 
         The search callback buffers a trial's per-epoch metrics until the trial's
         architecture is known; writing them together costs one commit instead of one per
@@ -361,10 +367,15 @@ class LineageStore:
         return self._run(lambda s: queries.child_hashes(s, arch_id))
 
     def best(
-        self, search: str, metric: str, mode: Mode = "max", budget: int | None = None, k: int = 1
+        self,
+        search: str,
+        metric: str,
+        mode: Mode = "max",
+        evaluation: int | None = None,
+        k: int = 1,
     ) -> list[BestResult]:
         """The ``k`` best architectures of ``search`` by ``metric``. Raises NotFound."""
-        return self._run(lambda s: queries.best(s, search, metric, mode, budget, k))
+        return self._run(lambda s: queries.best(s, search, metric, mode, evaluation, k))
 
     def pareto(
         self,
@@ -372,10 +383,10 @@ class LineageStore:
         metric: str,
         mode: Mode = "max",
         cost: Cost = "params",
-        budget: int | None = None,
+        evaluation: int | None = None,
     ) -> list[ParetoPoint]:
         """The front of ``metric`` against ``cost``, cheapest first. Raises NotFound."""
-        return self._run(lambda s: queries.pareto(s, search, metric, mode, cost, budget))
+        return self._run(lambda s: queries.pareto(s, search, metric, mode, cost, evaluation))
 
     def diff(self, a: str, b: str) -> LineageDiff:
         """The morphism script from the common ancestor of ``a`` and ``b``. Raises NotFound."""
@@ -386,7 +397,7 @@ class LineageStore:
         return self._run(lambda s: _trial_record(s, writes.trial_row(s, trial_id)))
 
     def metrics(self, trial_id: str) -> list[MetricRecord]:
-        """Every value trial ``trial_id`` reported, by budget then name. Raises NotFound."""
+        """Every value trial ``trial_id`` reported, by evaluation then name. Raises NotFound."""
         return self._run(lambda s: queries.metrics(s, trial_id))
 
     def growth_events(self, trial_id: str) -> list[GrowthEventRecord]:

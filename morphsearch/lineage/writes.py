@@ -1,7 +1,7 @@
 """Writes of the lineage store, each a function of one open session (one transaction).
 
 Every write is idempotent: rows are keyed by the caller's ids (search name,
-architecture id, Ray trial id; metric by trial, budget and name), conflicts are
+architecture id, Ray trial id; metric by trial, evaluation and name), conflicts are
 resolved by the database, and recording the same thing twice (e.g. after a Ray Tune
 resume) leaves exactly the rows of recording it once.
 """
@@ -192,14 +192,18 @@ def set_trial_status(
 
 
 def add_metrics(
-    session: Session, trial_id: str, budget: int, values: Mapping[str, float], arch_id: str | None
+    session: Session,
+    trial_id: str,
+    evaluation: int,
+    values: Mapping[str, float],
+    arch_id: str | None,
 ) -> int:
     """Upsert one row per finite metric value; NaN is skipped (it ranks nowhere).
 
     Returns:
         The number of values stored.
     """
-    return add_metrics_many(session, trial_id, [(budget, values)], arch_id)
+    return add_metrics_many(session, trial_id, [(evaluation, values)], arch_id)
 
 
 def add_metrics_many(
@@ -208,18 +212,18 @@ def add_metrics_many(
     reports: Sequence[tuple[int, Mapping[str, float]]],
     arch_id: str | None,
 ) -> int:
-    """:func:`add_metrics` for several ``(budget, values)`` reports, in one statement.
+    """:func:`add_metrics` for several ``(evaluation, values)`` reports, in one statement.
 
     Returns:
         The number of values stored.
     """
     trial = trial_row(session, trial_id)
     arch = arch_pk(session, arch_id) if arch_id is not None else trial.child_id
-    # one row per (budget, name), the last report winning: a retried or resumed trial
+    # one row per (evaluation, name), the last report winning: a retried or resumed trial
     # re-reports epochs, and one multi-row upsert may not touch a row twice (PostgreSQL)
     latest = {
-        (int(budget), name): float(value)
-        for budget, values in reports
+        (int(evaluation), name): float(value)
+        for evaluation, values in reports
         for name, value in values.items()
         if not math.isnan(float(value))
     }
@@ -228,14 +232,18 @@ def add_metrics_many(
             "trial_id": trial.id,
             "arch_id": arch,
             "search_id": trial.search_id,
-            "budget": budget,
+            "evaluation": evaluation,
             "name": name,
             "value": value,
         }
-        for (budget, name), value in latest.items()
+        for (evaluation, name), value in latest.items()
     ]
     insert_on_conflict(
-        session, MetricRow.__table__, rows, ["trial_id", "budget", "name"], ["value", "arch_id"]
+        session,
+        MetricRow.__table__,
+        rows,
+        ["trial_id", "evaluation", "name"],
+        ["value", "arch_id"],
     )
     return len(rows)
 

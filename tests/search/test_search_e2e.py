@@ -21,11 +21,11 @@ def _metrics(db: Path) -> dict[str, dict[tuple[str, int], float]]:
     out: dict[str, dict[tuple[str, int], float]] = {}
     with sqlite3.connect(db) as con:
         rows = con.execute(
-            "select t.trial_id, m.name, m.budget, m.value from metrics m "
+            "select t.trial_id, m.name, m.evaluation, m.value from metrics m "
             "join trials t on t.id = m.trial_id"
         )
-        for trial, name, budget, value in rows:
-            out.setdefault(trial, {})[(name, budget)] = value
+        for trial, name, evaluation, value in rows:
+            out.setdefault(trial, {})[(name, evaluation)] = value
     return out
 
 
