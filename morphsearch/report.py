@@ -196,7 +196,7 @@ def model_card(
         "",
         "```python",
         "import morphsearch",
-        'model = morphsearch.load("THIS_FOLDER")  # graph.json + weights.safetensors',
+        'model = morphsearch.load_module("THIS_FOLDER")  # graph.json + weights.safetensors',
         "```",
         "",
         "`model.onnx` (onnxruntime) and `model.pt2` (`torch.export.load`) take input `x` with "

@@ -1,5 +1,5 @@
 """Export: files, parity of ONNX and torch.export with PyTorch, safetensors round trip,
-refusal of corrupted weights, the CLI, and ``morphsearch.load``."""
+refusal of corrupted weights, the CLI, and ``morphsearch.load_module``."""
 
 from __future__ import annotations
 
@@ -163,14 +163,14 @@ def test_cnn_and_residual_exports_match(kind: str, tmp_path: Path) -> None:
     assert set(result.parity) == {"onnx", "pt2"}
     assert max(result.parity.values()) <= TOLERANCE
     _assert_parity(tmp_path / kind, arch)
-    module = morphsearch.load(tmp_path / kind)
+    module = morphsearch.load_module(tmp_path / kind)
     x = torch.randn(6, *arch.input_shape)
     with torch.no_grad():
         assert torch.equal(module(x), arch.to_module().eval()(x))
 
 
 def test_load_from_store_equals_the_stored_module(lineage: dict[str, Any]) -> None:
-    module = morphsearch.load(db=lineage["db"], arch_id="a")
+    module = morphsearch.load_module(db=lineage["db"], arch_id="a")
     stored = lineage["archs"]["a"].to_module()
     assert not module.training
     assert module.state_dict().keys() == stored.state_dict().keys()
@@ -187,10 +187,10 @@ def test_corrupted_weights_are_refused(best_export: Path, tmp_path: Path) -> Non
     raw[-3] ^= 0xFF  # flip bits inside a tensor: the file still parses
     (copy / "weights.safetensors").write_bytes(bytes(raw))
     with pytest.raises(WeightsError, match=r"weights hash .* does not match"):
-        morphsearch.load(copy)
+        morphsearch.load_module(copy)
     (copy / "weights.safetensors").write_bytes(bytes(raw[:40]))  # truncated
     with pytest.raises(WeightsError, match="not a valid safetensors file"):
-        morphsearch.load(copy)
+        morphsearch.load_module(copy)
 
 
 def test_mismatched_weights_are_refused(best_export: Path, lineage: dict[str, Any]) -> None:
@@ -200,7 +200,7 @@ def test_mismatched_weights_are_refused(best_export: Path, lineage: dict[str, An
     (folder / "graph.json").write_text(json.dumps(other.to_json()))
     (folder / "weights.safetensors").write_bytes((best_export / "weights.safetensors").read_bytes())
     with pytest.raises(WeightsError, match="saved for structure"):
-        morphsearch.load(folder)
+        morphsearch.load_module(folder)
 
 
 def test_tampered_store_artifact_is_refused(tmp_path: Path) -> None:
