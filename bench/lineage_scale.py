@@ -4,7 +4,7 @@ Builds many searches (each a tree grown like a real search: children of recent,
 good parents, depth capped at 200), bulk-loads them through the real schema
 (Alembic migrations, all indexes in place), then times the store's public
 queries: ancestors of a deepest node, descendants of a ~10,000-node subtree,
-best (any budget and one budget), Pareto front (params), summary and diff.
+best (any evaluation and one evaluation), Pareto front (params), summary and diff.
 
     .venv/bin/python bench/lineage_scale.py --n 1000000 --backend both
 
@@ -39,9 +39,9 @@ from morphsearch.lineage import open_store  # noqa: E402
 SECTION = "## Lineage at scale (issue 5)"
 MAX_DEPTH = 200
 SUBTREE = 10_000
-BUDGETS = (1, 2, 3)
+EVALUATIONS = (1, 2, 3)
 CREATED = "2025-01-01 00:00:00+00:00"
-TARGETS_MS = {"ancestors": 20, "best": 50, "best@budget": 50, "pareto": 500}
+TARGETS_MS = {"ancestors": 20, "best": 50, "best@evaluation": 50, "pareto": 500}
 
 
 @dataclass
@@ -145,11 +145,10 @@ def table_rows(
             )
         )
         rows["edges"].append((trial, first_arch + parent, key, "trial", morph, trial))
-        for budget in BUDGETS:
-            value = forest.acc[i] - 0.05 * (len(BUDGETS) - budget) + rng.gauss(0, 0.003)
-            rows["metrics"].append(
-                (trial * len(BUDGETS) + budget, trial, key, search, budget, "val_acc", value)
-            )
+        for evaluation in EVALUATIONS:
+            value = forest.acc[i] - 0.05 * (len(EVALUATIONS) - evaluation) + rng.gauss(0, 0.003)
+            pk = trial * len(EVALUATIONS) + evaluation
+            rows["metrics"].append((pk, trial, key, search, evaluation, "val_acc", value))
     return rows
 
 
@@ -158,7 +157,7 @@ COLUMNS = {
     "architectures": "id, arch_id, search_id, graph, structure_hash, weights_hash, params, flops, weights_uri, weights_sha256, depth, created",
     "trials": "id, trial_id, search_id, parent_id, child_id, node, status, config, error, started, ended",
     "edges": "id, parent_id, child_id, kind, morphisms, trial_id",
-    "metrics": "id, trial_id, arch_id, search_id, budget, name, value",
+    "metrics": "id, trial_id, arch_id, search_id, evaluation, name, value",
 }
 
 
@@ -292,14 +291,14 @@ def run_queries(url: str, probes: dict[str, Any]) -> list[tuple[str, str, float,
             ),
             (
                 "best",
-                "top 10, any budget",
+                "top 10, any evaluation",
                 lambda: store.best("search-1", "val_acc", k=10),
                 lambda r: f"{r[0].value:.4f}",
             ),
             (
-                "best@budget",
-                "top 10 at budget 2",
-                lambda: store.best("search-1", "val_acc", budget=2, k=10),
+                "best@evaluation",
+                "top 10 at evaluation 2",
+                lambda: store.best("search-1", "val_acc", evaluation=2, k=10),
                 lambda r: f"{r[0].value:.4f}",
             ),
             (
@@ -368,7 +367,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"Command: `.venv/bin/python bench/lineage_scale.py --n {args.n} --backend {args.backend} --search-size {args.search_size}`",
         "",
         f"{args.n:,} architectures in {runs[0]['probes']['searches']} searches of {args.search_size:,} "
-        f"(trees of depth up to {MAX_DEPTH}), one trial, one edge and {len(BUDGETS)} metric rows per "
+        f"(trees of depth up to {MAX_DEPTH}), one trial, one edge and {len(EVALUATIONS)} metric rows per "
         "non-seed architecture; loaded by bulk inserts (SQLite `executemany`, PostgreSQL `COPY`) into the Alembic schema, "
         "secondary indexes built after the load, then "
         "queried through `LineageStore` (median of 7 calls after a first call; times in ms). "

@@ -53,12 +53,12 @@ def _epoch_seconds(batch_size: int, hidden: list[int]) -> float:
 def _trial_seconds(db: Path) -> list[float]:
     with sqlite3.connect(db) as con:
         rows = con.execute(
-            "select t.trial_id, m.name, m.budget, m.value from metrics m join trials t "
+            "select t.trial_id, m.name, m.evaluation, m.value from metrics m join trials t "
             "on t.id = m.trial_id where m.name in ('train_time_s', 'setup_time_s')"
         ).fetchall()
     per: dict[str, float] = {}
     setup: dict[str, float] = {}
-    for trial, name, _budget, value in rows:
+    for trial, name, _evaluation, value in rows:
         if name == "train_time_s":
             per[trial] = per.get(trial, 0.0) + value
         else:

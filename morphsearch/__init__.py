@@ -19,7 +19,7 @@ _LAZY = {
     "morphisms": "morphsearch.morphisms",
     "growth": "morphsearch.growth",
     "lineage": "morphsearch.lineage",
-    "load": "morphsearch.export",
+    "load_module": "morphsearch.export",
     "from_module": "morphsearch.arch.fx_import",
     "errors": "morphsearch.errors",
     # the user's path: data, a search, its lineage, the export
@@ -69,9 +69,9 @@ __all__ = [
     "growth",
     "lineage",
     "list_datasets",
-    "load",
     "load_config",
     "load_dataset",
+    "load_module",
     "morphisms",
     "run_search",
 ]
@@ -97,7 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover
         UnknownMorphism,
         WeightsError,
     )
-    from morphsearch.export import export_architecture, load
+    from morphsearch.export import export_architecture, load_module
     from morphsearch.lineage import LineageStore
     from morphsearch.search.config import SearchConfig, load_config
     from morphsearch.search.runner import run_search

@@ -44,7 +44,7 @@ __all__ = [
     "ExportResult",
     "export_architecture",
     "export_from_store",
-    "load",
+    "load_module",
     "load_architecture",
     "parse_formats",
 ]
@@ -120,7 +120,7 @@ def export_architecture(
     """
     formats = parse_formats(list(formats))
     dest = _checked_destination(Path(out))
-    # the weights hash lets load() detect bytes changed inside a still-valid file
+    # the weights hash lets load_module() detect bytes changed inside a still-valid file
     meta = {**dict(metadata or {}), "weights_hash": arch.weights_hash}
     module = arch.to_module().eval()
     probes = _probes(arch, probe_sizes)
@@ -383,7 +383,7 @@ def load_architecture(
         with open_store(db) as store:
             return _stored_architecture(store.architecture(arch_id))
     if path_or_dir is None:
-        raise ExportError("morphsearch.load needs an export folder, a graph file, or arch_id=...")
+        raise ExportError("morphsearch.load_module needs an export folder, a graph file, or arch_id=...")
     path = Path(path_or_dir)
     if path.is_dir():
         graph, weights = path / GRAPH_FILE, path / WEIGHTS_FILE
@@ -397,7 +397,7 @@ def load_architecture(
             graph = path.parent / GRAPH_FILE
     else:
         raise ExportError(
-            f"{path}: morphsearch.load reads an export folder, a graph .json or a "
+            f"{path}: morphsearch.load_module reads an export folder, a graph .json or a "
             ".safetensors file; load model.onnx/model.pt2 with onnxruntime/torch.export"
         )
     if not weights.exists():
@@ -417,7 +417,7 @@ def _verify_weights_hash(arch: Architecture, path: Path) -> None:
         )
 
 
-def load(
+def load_module(
     path_or_dir: str | os.PathLike[str] | None = None,
     *,
     db: str | None = None,

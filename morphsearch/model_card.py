@@ -16,7 +16,7 @@ from typing import Any
 from morphsearch import __version__
 from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore
 from morphsearch.lineage.objective import metric_values, objective
-from morphsearch.lineage.render import BUDGET_MEANING
+from morphsearch.lineage.render import EVALUATION_MEANING
 
 __all__ = ["PathStep", "describe_morphisms", "lineage_path", "model_card", "timestamp"]
 
@@ -64,7 +64,7 @@ def describe_morphisms(morphisms: Sequence[dict[str, Any]]) -> str:
 
 
 def _value_text(result: BestResult | None) -> str:
-    return "-" if result is None else f"{result.value:.4g} (budget {result.budget})"
+    return "-" if result is None else f"{result.value:.4g} (evaluation {result.evaluation})"
 
 
 def _test_values(store: LineageStore, search: str) -> dict[str, dict[str, Any]]:
@@ -123,7 +123,7 @@ def model_card(
     dataset = config.get("dataset") or {}
     lines += [
         "",
-        f"Values are the best each architecture reached; {BUDGET_MEANING}.",
+        f"Values are the best each architecture reached; {EVALUATION_MEANING}.",
         "",
         "## Dataset",
         "",
@@ -139,7 +139,7 @@ def model_card(
         "",
         "```python",
         "import morphsearch",
-        'model = morphsearch.load("THIS_FOLDER")  # graph.json + weights.safetensors',
+        'model = morphsearch.load_module("THIS_FOLDER")  # graph.json + weights.safetensors',
         "```",
         "",
         "`model.onnx` (onnxruntime) and `model.pt2` (`torch.export.load`) take input `x` with "

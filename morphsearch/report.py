@@ -104,11 +104,11 @@ def _best_section(store: LineageStore, scored: list[BestResult], metric: str, to
     if not scored:
         return f"<h2>Best architectures</h2><p>No {html.escape(metric)} values recorded yet.</p>"
     values = {r.arch_id: r for r in scored}
-    rows = [(i + 1, r.arch_id, r.value, r.budget, r.trial_id, r.params, r.flops)
+    rows = [(i + 1, r.arch_id, r.value, r.evaluation, r.trial_id, r.params, r.flops)
             for i, r in enumerate(scored[:top])]  # fmt: skip
     parts = [
         "<h2>Best architectures</h2>",
-        _table(["rank", "architecture", metric, "budget", "trial", "params", "FLOPs"], rows),
+        _table(["rank", "architecture", metric, "evaluation", "trial", "params", "FLOPs"], rows),
         f"<h3>Best: <code>{html.escape(scored[0].arch_id)}</code></h3>",
         _img(_arch_png(store.architecture(scored[0].arch_id)), "best architecture"),
         "<h2>Lineage paths</h2>",

@@ -12,7 +12,7 @@ from morphsearch.arch import save
 from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError, InvalidArchitecture
 from morphsearch.search.config import SearchConfig
-from morphsearch.search.runner import build_seed
+from morphsearch.search.inputs import build_seed
 
 
 def test_mlp_on_an_image_input_flattens_first_and_computes_the_flat_mlp() -> None:

@@ -1,5 +1,5 @@
 """Export: files, parity of ONNX and torch.export with PyTorch, safetensors round trip,
-refusal of corrupted weights, the CLI, and ``morphsearch.load``."""
+refusal of corrupted weights, the CLI, and ``morphsearch.load_module``."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def make_lineage(tmp_path: Path) -> dict[str, Any]:
             else:
                 store.record_trial(SEARCH, trial_id, None, _arch_in("seed", seed, refs["seed"]),
                                    status="TERMINATED")  # fmt: skip
-            for budget, value in values.items():
-                store.record_metrics(trial_id, budget, {"val_accuracy": value}, arch_id=child)
+            for evaluation, value in values.items():
+                store.record_metrics(trial_id, evaluation, {"val_accuracy": value}, arch_id=child)
     return {"db": db, "archs": archs, "refs": refs}
 
 
@@ -150,8 +150,9 @@ def test_model_card_has_the_lineage_path(best_export: Path) -> None:
             .isdigit()]  # fmt: skip
     assert path == ["seed", "a", "c"]
     assert "widen.split@fc1 (k=4" in card and "deepen.skip@relu1" in card
-    assert "0.9 (budget 2)" in card and "0.8 (budget 2)" in card
-    assert "budget: the evaluation at which the trial measured" in card  # the word is explained
+    assert "0.9 (evaluation 2)" in card and "0.8 (evaluation 2)" in card
+    # the word is explained
+    assert "evaluation: the index of the evaluation at which the trial measured" in card
     assert '"name": "digits"' in card and "test_size" in card
 
 
@@ -162,14 +163,14 @@ def test_cnn_and_residual_exports_match(kind: str, tmp_path: Path) -> None:
     assert set(result.parity) == {"onnx", "pt2"}
     assert max(result.parity.values()) <= TOLERANCE
     _assert_parity(tmp_path / kind, arch)
-    module = morphsearch.load(tmp_path / kind)
+    module = morphsearch.load_module(tmp_path / kind)
     x = torch.randn(6, *arch.input_shape)
     with torch.no_grad():
         assert torch.equal(module(x), arch.to_module().eval()(x))
 
 
 def test_load_from_store_equals_the_stored_module(lineage: dict[str, Any]) -> None:
-    module = morphsearch.load(db=lineage["db"], arch_id="a")
+    module = morphsearch.load_module(db=lineage["db"], arch_id="a")
     stored = lineage["archs"]["a"].to_module()
     assert not module.training
     assert module.state_dict().keys() == stored.state_dict().keys()
@@ -186,10 +187,10 @@ def test_corrupted_weights_are_refused(best_export: Path, tmp_path: Path) -> Non
     raw[-3] ^= 0xFF  # flip bits inside a tensor: the file still parses
     (copy / "weights.safetensors").write_bytes(bytes(raw))
     with pytest.raises(WeightsError, match=r"weights hash .* does not match"):
-        morphsearch.load(copy)
+        morphsearch.load_module(copy)
     (copy / "weights.safetensors").write_bytes(bytes(raw[:40]))  # truncated
     with pytest.raises(WeightsError, match="not a valid safetensors file"):
-        morphsearch.load(copy)
+        morphsearch.load_module(copy)
 
 
 def test_mismatched_weights_are_refused(best_export: Path, lineage: dict[str, Any]) -> None:
@@ -199,7 +200,7 @@ def test_mismatched_weights_are_refused(best_export: Path, lineage: dict[str, An
     (folder / "graph.json").write_text(json.dumps(other.to_json()))
     (folder / "weights.safetensors").write_bytes((best_export / "weights.safetensors").read_bytes())
     with pytest.raises(WeightsError, match="saved for structure"):
-        morphsearch.load(folder)
+        morphsearch.load_module(folder)
 
 
 def test_tampered_store_artifact_is_refused(tmp_path: Path) -> None:

@@ -46,14 +46,22 @@ def register(subparsers: Any) -> None:
     best = command("best", "the best architectures by a metric", _best, search=True)
     _metric_options(best, required=False)
     best.add_argument(
-        "--budget", type=int, default=None, help="only values reported at this step/epoch"
+        "--evaluation",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only values measured at the N-th evaluation (epoch, or block of eval_every_steps)",
     )
     best.add_argument("--top", type=int, default=5, metavar="K")
     pareto = command("pareto", "architectures not beaten by a cheaper one", _pareto, search=True)
     _metric_options(pareto, required=False)
     pareto.add_argument("--cost", choices=("params", "flops"), default="params")
     pareto.add_argument(
-        "--budget", type=int, default=None, help="only values reported at this step/epoch"
+        "--evaluation",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only values measured at the N-th evaluation (epoch, or block of eval_every_steps)",
     )
     pareto.add_argument("--png", metavar="FILE", help="also draw metric vs cost (.png/.svg/.pdf)")
     diff = command("diff", "morphisms from the common ancestor down to each architecture", _diff)
@@ -159,7 +167,8 @@ def _show(args: argparse.Namespace) -> int:
     fields["trials_by_status"] = _statuses(summary.trials_by_status)
     best = summary.best
     fields["best"] = (
-        f"{best.metric}={best.value:.4g}: {best.arch_id} (trial {best.trial_id}, budget {best.budget})"
+        f"{best.metric}={best.value:.4g}: {best.arch_id} (trial {best.trial_id}, "
+        f"evaluation {best.evaluation})"
         if best
         else None
     )
@@ -167,7 +176,7 @@ def _show(args: argparse.Namespace) -> int:
         args,
         summary,
         lambda: render.table(
-            f"search {search}", ["field", "value"], fields.items(), render.BUDGET_MEANING
+            f"search {search}", ["field", "value"], fields.items(), render.EVALUATION_MEANING
         ),
     )
 
@@ -217,14 +226,14 @@ def _best(args: argparse.Namespace) -> int:
     with _open(args) as store:
         search = store.resolve_search(args.search)
         metric, mode = _metric(store, search, args)
-        results = store.best(search, metric, mode, args.budget, args.top)
+        results = store.best(search, metric, mode, args.evaluation, args.top)
         tests = {r.arch_id: _test_scores(store, r.trial_id, r.arch_id) for r in results}
-    at = f" at budget {args.budget}" if args.budget is not None else ""
+    at = f" at evaluation {args.evaluation}" if args.evaluation is not None else ""
     rows = [
-        (i + 1, r.arch_id, r.value, r.budget, r.trial_id, r.params, r.flops)
+        (i + 1, r.arch_id, r.value, r.evaluation, r.trial_id, r.params, r.flops)
         for i, r in enumerate(results)
     ]
-    columns = ["rank", "architecture", metric, "budget", "trial", "params", "flops"]
+    columns = ["rank", "architecture", metric, "evaluation", "trial", "params", "flops"]
     # scored once on the test split at the search's end (never used to rank): shown beside
     shown = [n for n in ("test_accuracy", "test_loss") if any(n in t for t in tests.values())]
     rows = [(*row, *(tests[r.arch_id].get(n) for n in shown)) for row, r in zip(rows, results)]
@@ -233,7 +242,7 @@ def _best(args: argparse.Namespace) -> int:
         args,
         results,
         lambda: render.table(
-            f"best of {search} by {metric} ({mode}){at}", columns, rows, render.BUDGET_MEANING
+            f"best of {search} by {metric} ({mode}){at}", columns, rows, render.EVALUATION_MEANING
         ),
     )
 
@@ -250,7 +259,7 @@ def _pareto(args: argparse.Namespace) -> int:
     with _open(args) as store:
         search = store.resolve_search(args.search)
         metric, mode = _metric(store, search, args)
-        front = store.pareto(search, metric, mode, args.cost, args.budget)
+        front = store.pareto(search, metric, mode, args.cost, args.evaluation)
         if args.png:
             _draw_pareto(store, search, front, args, metric, mode)
             print(f"wrote {args.png}", file=sys.stderr)
@@ -295,7 +304,7 @@ def _draw_pareto(
     from morphsearch.lineage.objective import metric_values  # deferred: CLI start-up (sqlalchemy)
     from morphsearch.viz import draw_pareto  # deferred: CLI start-up (networkx)
 
-    scored = metric_values(store, search, metric, mode, args.budget)
+    scored = metric_values(store, search, metric, mode, args.evaluation)
     points = [(r.arch_id, float(r.params if args.cost == "params" else r.flops), r.value)
               for r in scored]  # fmt: skip
     ends = [(p.arch_id, float(p.cost), p.value) for p in front]

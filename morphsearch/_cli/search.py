@@ -1,17 +1,14 @@
-"""``morphsearch search`` (run here) and ``morphsearch submit`` (run on a Ray cluster)."""
+"""``morphsearch search`` (run here) and ``morphsearch submit`` (run on a Ray cluster).
+
+Argument parsing only: the search is :func:`morphsearch.search.runner.run_search`, the
+submission :func:`morphsearch.search.submit.submit_search`; both refuse a bad config
+through the same :func:`morphsearch.search.preflight.check_config`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import shutil
-import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
-
-from morphsearch.errors import SearchError
 
 __all__ = ["register"]
 
@@ -78,79 +75,16 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _entrypoint(args: argparse.Namespace, config_name: str) -> str:
-    parts = ["python", "-m", "morphsearch", "search", config_name]
-    for flag, value in (("--db", args.db), ("--storage", args.storage), ("--name", args.name),
-                        ("--seed", args.seed)):
-        if value is not None:
-            parts += [flag, str(value)]
-    parts += ["--address", "auto"]
-    if args.resume:
-        parts.append("--resume")
-    return shlex.join(parts)
-
-
 def _submit(args: argparse.Namespace) -> int:
-    from morphsearch.search.config import load_config  # deferred: CLI start-up (pydantic)
+    from morphsearch.search.submit import follow, submit_search  # deferred: CLI start-up (ray)
 
-    config_path = Path(args.config)
-    config = load_config(config_path)  # fail here, not on the cluster
-    from ray.job_submission import JobSubmissionClient
-
-    try:
-        client = JobSubmissionClient(args.address)
-    except Exception as exc:  # ray raises ConnectionError / RuntimeError variants
-        raise SearchError(
-            f"cannot reach the Ray Jobs API at {args.address} ({type(exc).__name__}); "
-            "pass the dashboard address http://HEAD:8265 (and RAY_AUTH_MODE=token if the "
-            "cluster uses token authentication)"
-        ) from None
-    with tempfile.TemporaryDirectory() as folder:
-        # the job's working dir: the config, plus its seed graph when it names one
-        shutil.copy(config_path, Path(folder) / config_path.name)
-        graph = config.seed_graph.path
-        if graph and not Path(graph).is_absolute() and Path(graph).exists():
-            target = Path(folder) / graph
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(graph, target)
-        job_id = _submit_job(
-            client,
-            entrypoint=_entrypoint(args, config_path.name),
-            runtime_env={"working_dir": folder},
-            metadata={"morphsearch_search": args.name or config.name or "search"},
-        )
-    print(job_id)
-    if args.follow:
-        return _follow(client, job_id)
-    return 0
-
-
-def _follow(client: Any, job_id: str) -> int:
-    import asyncio
-
-    async def tail() -> None:
-        async for lines in client.tail_job_logs(job_id):
-            sys.stdout.write(lines)
-            sys.stdout.flush()
-
-    asyncio.run(tail())
-    status = str(client.get_job_status(job_id))
-    print(f"job {job_id}: {status}")
+    submission = submit_search(
+        args.config, address=args.address, database=args.db, storage=args.storage,
+        name=args.name, seed=args.seed, resume=args.resume,
+    )  # fmt: skip
+    print(submission.job_id, flush=True)
+    if not args.follow:
+        return 0
+    status = follow(submission)
+    print(f"job {submission.job_id}: {status}")
     return 0 if status.endswith("SUCCEEDED") else 1
-
-
-_AGENT_STARTING = "No available agent to submit job"  # a head node still starting up
-AGENT_WAIT_S = 60.0
-
-
-def _submit_job(client: Any, **job: Any) -> str:
-    """``client.submit_job``, retried while a freshly started head's job agent is not up
-    yet (Ray answers 500 "No available agent to submit job, please try again later")."""
-    deadline = time.monotonic() + AGENT_WAIT_S
-    while True:
-        try:
-            return str(client.submit_job(**job))
-        except RuntimeError as exc:
-            if _AGENT_STARTING not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)

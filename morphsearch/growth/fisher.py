@@ -1,4 +1,5 @@
-"""The natural expansion score eta = g^T F^-1 g of Self-Expanding Neural Networks (seed 003).
+"""The natural expansion score eta = g^T F^-1 g (Mitchell et al., "Self-Expanding Neural
+Networks", 2023).
 
 ``g`` is the mean loss gradient on a batch and ``F`` the empirical Fisher
 ``E_n[g_n g_n^T]`` of the per-sample gradients ``g_n``, approximated either

@@ -6,15 +6,17 @@ applies the best candidate; a :class:`~morphsearch.growth.triggers.ScoreThreshol
 compares the best value with its threshold.
 
 * :class:`GradMaxScore`: the largest singular values of GradMax's eq. 11 matrix at the
-  site (how much gradient norm new neurons there can get; seed 001).
+  site (how much gradient norm new neurons there can get; Evci et al., "GradMax: Growing
+  Neural Networks using Gradient Information", ICLR 2022).
 * :class:`SplittingScore`: minus the smallest splitting eigenvalue at the site, or the best
   plain-or-signed prediction with ``signed`` (negative
   eigenvalues mean splitting a neuron there lowers the loss; splitting steepest descent).
-* :class:`NaturalExpansionScore`: Self-Expanding Neural Networks (seed 003): the natural
-  expansion score eta = g^T F^-1 g of the network, with a diagonal or Kronecker-factored
-  empirical Fisher, compared between the current network and each candidate child; the
-  value is the increase of eta per added parameter. Width and depth candidates are scored
-  on the same scale, which makes the width-vs-depth decision (:func:`growth_kind`).
+* :class:`NaturalExpansionScore`: Mitchell et al., "Self-Expanding Neural Networks"
+  (2023): the natural expansion score eta = g^T F^-1 g of the network, with a diagonal or
+  Kronecker-factored empirical Fisher, compared between the current network and each
+  candidate child; the value is the increase of eta per added parameter. Width and depth
+  candidates are scored on the same scale, which makes the width-vs-depth decision
+  (:func:`growth_kind`).
 * :class:`RoundRobin`: no measurement; cycles through the candidates (a baseline).
 """
 

@@ -112,7 +112,8 @@ def relative_improvement(losses: Sequence[float], window: int) -> float:
 
 @dataclass
 class LossPlateau(Trigger):
-    """Grow when the loss stops improving: the "splitter" loop of seed 000.
+    """Grow when the loss stops improving: the "splitter" loop of the blog post "Saddles,
+    Splitting, and Reparameterization: Dynamically Growing Neural Networks" (unsigned, 2026).
 
     Fires when the relative improvement over the last ``window`` steps (see
     :func:`relative_improvement`) is below ``tol``, the loss is still above ``min_loss``
@@ -188,7 +189,9 @@ def find_plateaus(
     A step is on a plateau when the relative improvement over the ``window`` steps
     ending there is below ``tol``; runs shorter than ``min_length`` (default ``window``)
     are dropped. The saddle-to-saddle dynamics of small-initialised deep linear networks
-    (seed 002) show up as several such ranges separated by sharp drops.
+    (Jacot, Ged, Şimşek, Hongler and Gabriel, "Saddle-to-Saddle Dynamics in Deep Linear
+    Networks: Small Initialization Training, Symmetry, and Sparsity", 2021) show up as
+    several such ranges separated by sharp drops.
 
     Returns:
         ``(start, end)`` pairs in increasing order; ``start`` is where the window began.

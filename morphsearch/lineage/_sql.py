@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from morphsearch.errors import NotFound
-from morphsearch.lineage.models import Architecture, Search
+from morphsearch.lineage.models import ArchitectureRow, SearchRow
 
 __all__ = ["arch_pk", "as_utc", "insert_on_conflict", "search_pk", "utcnow"]
 
@@ -79,9 +79,9 @@ def search_pk(session: Session, name: str) -> int:
     Raises:
         NotFound: no such search (the message lists some that exist).
     """
-    pk = session.scalar(select(Search.id).where(Search.name == name))
+    pk = session.scalar(select(SearchRow.id).where(SearchRow.name == name))
     if pk is None:
-        known = session.scalars(select(Search.name).order_by(Search.id.desc()).limit(5)).all()
+        known = session.scalars(select(SearchRow.name).order_by(SearchRow.id.desc()).limit(5)).all()
         hint = f"known searches: {', '.join(known)}" if known else "the database has no searches"
         raise NotFound(f"no search named {name!r} in the lineage database ({hint})")
     return pk
@@ -93,7 +93,7 @@ def arch_pk(session: Session, arch_id: str) -> int:
     Raises:
         NotFound: no such architecture.
     """
-    pk = session.scalar(select(Architecture.id).where(Architecture.arch_id == arch_id))
+    pk = session.scalar(select(ArchitectureRow.id).where(ArchitectureRow.arch_id == arch_id))
     if pk is None:
         raise NotFound(
             f"no architecture {arch_id!r} in the lineage database "

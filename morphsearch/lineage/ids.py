@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from morphsearch.errors import NotFound
-from morphsearch.lineage.models import Architecture
+from morphsearch.lineage.models import ArchitectureRow
 
 __all__ = ["resolve_arch_id"]
 
@@ -26,7 +26,7 @@ def resolve_arch_id(session: Session, wanted: str) -> str:
     Raises:
         NotFound: none or several match (the message lists the candidates).
     """
-    column = Architecture.arch_id
+    column = ArchitectureRow.arch_id
     if session.scalar(select(column).where(column == wanted)) is not None:
         return wanted
     pattern = _escape(wanted)
@@ -56,7 +56,7 @@ def _escape(text: str) -> str:
 
 
 def _suggest(session: Session, wanted: str) -> str:
-    known = session.scalars(select(Architecture.arch_id)).all()
+    known = session.scalars(select(ArchitectureRow.arch_id)).all()
     # compare bare ids too: "58479e16" is a near miss of "quickstart/58479e61"
     by_key = {a: a for a in known} | {a.rsplit("/", 1)[-1]: a for a in known if "/" in a}
     close = difflib.get_close_matches(wanted, list(by_key), n=3, cutoff=0.6)

@@ -27,7 +27,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Architecture", "Base", "Edge", "GrowthEvent", "Metric", "Search", "Trial"]
+__all__ = [
+    "ArchitectureRow",
+    "Base",
+    "EdgeRow",
+    "GrowthEventRow",
+    "MetricRow",
+    "SearchRow",
+    "TrialRow",
+]
 
 # Deterministic constraint names, so migrations can refer to them on every backend.
 NAMING = {
@@ -45,7 +53,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-class Search(Base):
+class SearchRow(Base):
     __tablename__ = "searches"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -55,7 +63,7 @@ class Search(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class Architecture(Base):
+class ArchitectureRow(Base):
     __tablename__ = "architectures"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -73,7 +81,7 @@ class Architecture(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class Trial(Base):
+class TrialRow(Base):
     __tablename__ = "trials"
     __table_args__ = (Index("ix_trials_search_id_status", "search_id", "status"),)
 
@@ -90,7 +98,7 @@ class Trial(Base):
     ended: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Edge(Base):
+class EdgeRow(Base):
     """``parent`` became ``child`` by the chain of morphism records ``morphisms``."""
 
     __tablename__ = "edges"
@@ -104,13 +112,16 @@ class Edge(Base):
     trial_id: Mapped[int | None] = mapped_column(ForeignKey("trials.id"), index=True)
 
 
-class Metric(Base):
+class MetricRow(Base):
     __tablename__ = "metrics"
     __table_args__ = (
-        UniqueConstraint("trial_id", "budget", "name"),
-        # best at any budget / at one budget, Pareto (per-architecture best)
+        UniqueConstraint("trial_id", "evaluation", "name"),
+        # best at any evaluation / at one evaluation, Pareto (per-architecture best)
         Index("ix_metrics_search_id_name_value", "search_id", "name", "value"),
-        Index("ix_metrics_search_id_name_budget_value", "search_id", "name", "budget", "value"),
+        Index(
+            "ix_metrics_search_id_name_evaluation_value",
+            "search_id", "name", "evaluation", "value",
+        ),
         Index("ix_metrics_search_id_name_arch_id_value", "search_id", "name", "arch_id", "value"),
     )
 
@@ -119,12 +130,14 @@ class Metric(Base):
     # the architecture trained when the value was measured (after growth: the grown one)
     arch_id: Mapped[int] = mapped_column(ForeignKey("architectures.id"))
     search_id: Mapped[int] = mapped_column(ForeignKey("searches.id"))  # denormalised for ranking
-    budget: Mapped[int] = mapped_column(Integer)  # step or epoch
+    # the index of the evaluation that measured the value: the trial's epoch, or its
+    # n-th block of budget.eval_every_steps optimizer steps
+    evaluation: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float] = mapped_column(Double)
 
 
-class GrowthEvent(Base):
+class GrowthEventRow(Base):
     """Growth inside a trial; the architecture change itself is the edge ``edge_id``."""
 
     __tablename__ = "growth_events"

@@ -82,15 +82,15 @@ def search_objective(
 
 
 def metric_values(
-    store: LineageStore, search: str, metric: str, mode: str, budget: int | None = None
+    store: LineageStore, search: str, metric: str, mode: str, evaluation: int | None = None
 ) -> list[BestResult]:
     """Every scored architecture of ``search`` at its best ``metric`` value (over every
-    budget, or at ``budget`` only), best first.
+    evaluation, or at ``evaluation`` only), best first.
 
     Raises:
         NotFound: no such search.
     """
-    return store.best(search, metric, mode, budget, k=None)  # type: ignore[arg-type]
+    return store.best(search, metric, mode, evaluation, k=None)  # type: ignore[arg-type]
 
 
 def best_arch_id(

@@ -14,7 +14,14 @@ from sqlalchemy import Integer, Select, bindparam, func, literal, select, text
 from sqlalchemy.orm import Session, aliased
 
 from morphsearch.lineage._sql import arch_pk, as_utc, search_pk
-from morphsearch.lineage.models import Architecture, Edge, GrowthEvent, Metric, Search, Trial
+from morphsearch.lineage.models import (
+    ArchitectureRow,
+    EdgeRow,
+    GrowthEventRow,
+    MetricRow,
+    SearchRow,
+    TrialRow,
+)
 from morphsearch.lineage.objective import config_metric, objective
 from morphsearch.lineage.records import (
     ArchitectureRecord,
@@ -52,7 +59,7 @@ MAX_DEPTH = 100_000  # a guard: the forest has no cycles, but a walk must end re
 
 
 def list_searches(session: Session) -> list[SearchRecord]:
-    rows = session.scalars(select(Search).order_by(Search.id)).all()
+    rows = session.scalars(select(SearchRow).order_by(SearchRow.id)).all()
     return [SearchRecord(r.name, r.config, r.status, as_utc(r.created)) for r in rows]
 
 
@@ -62,28 +69,28 @@ def search(session: Session, name: str) -> SearchRecord:
     Raises:
         NotFound: no such search.
     """
-    row = session.get_one(Search, search_pk(session, name))
+    row = session.get_one(SearchRow, search_pk(session, name))
     return SearchRecord(row.name, row.config, row.status, as_utc(row.created))
 
 
 def _node_select(walk: Any) -> Select[Any]:
     """Architectures on a walk (``id``, ``lvl``) with their incoming edge, as ArchNode columns."""
-    parent = aliased(Architecture)
+    parent = aliased(ArchitectureRow)
     return (
         select(
-            Architecture.arch_id,
+            ArchitectureRow.arch_id,
             parent.arch_id,
-            Architecture.depth,
-            Architecture.params,
-            Architecture.flops,
-            Edge.kind,
-            Edge.morphisms,
-            Trial.trial_id,
+            ArchitectureRow.depth,
+            ArchitectureRow.params,
+            ArchitectureRow.flops,
+            EdgeRow.kind,
+            EdgeRow.morphisms,
+            TrialRow.trial_id,
         )
-        .join(walk, walk.c.id == Architecture.id)
-        .outerjoin(Edge, Edge.child_id == Architecture.id)
-        .outerjoin(parent, parent.id == Edge.parent_id)
-        .outerjoin(Trial, Trial.id == Edge.trial_id)
+        .join(walk, walk.c.id == ArchitectureRow.id)
+        .outerjoin(EdgeRow, EdgeRow.child_id == ArchitectureRow.id)
+        .outerjoin(parent, parent.id == EdgeRow.parent_id)
+        .outerjoin(TrialRow, TrialRow.id == EdgeRow.trial_id)
     )
 
 
@@ -102,16 +109,16 @@ def _walk_statement(direction: str) -> Select[Any]:
     constructed and compiled once per process: that is most of the Python cost of
     a 200-level walk.
     """
-    start = select(Architecture.id.label("id"), literal(0, Integer).label("lvl")).where(
-        Architecture.arch_id == bindparam("arch_id")
+    start = select(ArchitectureRow.id.label("id"), literal(0, Integer).label("lvl")).where(
+        ArchitectureRow.arch_id == bindparam("arch_id")
     )
     walk = start.cte(direction, recursive=True)
     if direction == "ancestors":
-        step = select(Edge.parent_id, walk.c.lvl + 1).join(walk, Edge.child_id == walk.c.id)
+        step = select(EdgeRow.parent_id, walk.c.lvl + 1).join(walk, EdgeRow.child_id == walk.c.id)
     else:
-        step = select(Edge.child_id, walk.c.lvl + 1).join(walk, Edge.parent_id == walk.c.id)
+        step = select(EdgeRow.child_id, walk.c.lvl + 1).join(walk, EdgeRow.parent_id == walk.c.id)
     walk = walk.union_all(step.where(walk.c.lvl < bindparam("max_depth")))
-    return _node_select(walk).order_by(walk.c.lvl, Architecture.id)
+    return _node_select(walk).order_by(walk.c.lvl, ArchitectureRow.id)
 
 
 def _walk(session: Session, direction: str, arch_id: str, max_depth: int) -> list[ArchNode]:
@@ -147,11 +154,11 @@ def descendants(session: Session, arch_id: str, max_depth: int | None = None) ->
 def child_hashes(session: Session, arch_id: str) -> set[str]:
     """Structure hashes of the direct children of ``arch_id``, in one query (the search's
     duplicate check runs it for every parent it considers)."""
-    parent = aliased(Architecture)
+    parent = aliased(ArchitectureRow)
     rows = session.execute(
-        select(Architecture.structure_hash)
-        .join(Edge, Edge.child_id == Architecture.id)
-        .join(parent, parent.id == Edge.parent_id)
+        select(ArchitectureRow.structure_hash)
+        .join(EdgeRow, EdgeRow.child_id == ArchitectureRow.id)
+        .join(parent, parent.id == EdgeRow.parent_id)
         .where(parent.arch_id == arch_id)
     )
     return {str(h) for (h,) in rows}
@@ -164,8 +171,8 @@ def architecture(session: Session, arch_id: str) -> ArchitectureRecord:
         NotFound: no such architecture.
     """
     node = ancestors(session, arch_id)[0]
-    row = session.scalars(select(Architecture).where(Architecture.arch_id == arch_id)).one()
-    search = session.scalars(select(Search.name).where(Search.id == row.search_id)).one()
+    row = session.scalars(select(ArchitectureRow).where(ArchitectureRow.arch_id == arch_id)).one()
+    search = session.scalars(select(SearchRow.name).where(SearchRow.id == row.search_id)).one()
     return ArchitectureRecord(
         row.arch_id,
         search,
@@ -188,36 +195,36 @@ def best(
     search: str,
     metric: str,
     mode: Mode = "max",
-    budget: int | None = None,
+    evaluation: int | None = None,
     k: int | None = 1,
 ) -> list[BestResult]:
     """The ``k`` architectures with the best value of ``metric`` in ``search``, best
     first; ``k=None`` gives every architecture with a value.
 
-    Each architecture counts once, at its best value over every reported budget,
-    or over ``budget`` only when given. Ties go to the earlier architecture.
+    Each architecture counts once, at its best value over every reported evaluation,
+    or over ``evaluation`` only when given. Ties go to the earlier architecture.
 
     Raises:
         NotFound: no such search.
     """
     key = search_pk(session, search)
-    order = Metric.value.desc() if mode == "max" else Metric.value.asc()
+    order = MetricRow.value.desc() if mode == "max" else MetricRow.value.asc()
     query = (
         select(
-            Architecture.arch_id,
-            Trial.trial_id,
-            Metric.value,
-            Metric.budget,
-            Architecture.params,
-            Architecture.flops,
+            ArchitectureRow.arch_id,
+            TrialRow.trial_id,
+            MetricRow.value,
+            MetricRow.evaluation,
+            ArchitectureRow.params,
+            ArchitectureRow.flops,
         )
-        .join(Architecture, Architecture.id == Metric.arch_id)
-        .join(Trial, Trial.id == Metric.trial_id)
-        .where(Metric.search_id == key, Metric.name == metric)
-        .order_by(order, Metric.arch_id, Metric.budget)
+        .join(ArchitectureRow, ArchitectureRow.id == MetricRow.arch_id)
+        .join(TrialRow, TrialRow.id == MetricRow.trial_id)
+        .where(MetricRow.search_id == key, MetricRow.name == metric)
+        .order_by(order, MetricRow.arch_id, MetricRow.evaluation)
     )
-    if budget is not None:
-        query = query.where(Metric.budget == budget)
+    if evaluation is not None:
+        query = query.where(MetricRow.evaluation == evaluation)
     # Read rows in index order and keep each architecture's first (best) one; widen
     # the window only when many rows belong to the same few architectures.
     limit = None if k is None else 4 * k
@@ -238,11 +245,11 @@ def pareto(
     metric: str,
     mode: Mode = "max",
     cost: Cost = "params",
-    budget: int | None = None,
+    evaluation: int | None = None,
 ) -> list[ParetoPoint]:
     """Architectures of ``search`` not dominated in (``cost`` lower, ``metric`` better).
 
-    An architecture's value is its best over every budget (or at ``budget``). Sorted
+    An architecture's value is its best over every evaluation (or at ``evaluation``). Sorted
     by cost, a point is on the front when it beats the best value of every cheaper
     point: a running max (min) over a window, computed in SQL.
 
@@ -251,18 +258,18 @@ def pareto(
     """
     key = search_pk(session, search)
     agg = func.max if mode == "max" else func.min
-    cost_of = select(getattr(Architecture, cost)).where(Architecture.id == Metric.arch_id)
+    cost_of = select(getattr(ArchitectureRow, cost)).where(ArchitectureRow.id == MetricRow.arch_id)
     # The cost is a scalar subquery per scored architecture (an index probe each):
     # joining instead lets PostgreSQL hash-join a sequential scan of every
     # architecture of every search (720 ms instead of 460 ms at 1M architectures).
     per_arch = select(
-        Metric.arch_id.label("pk"),
-        agg(Metric.value).label("value"),
+        MetricRow.arch_id.label("pk"),
+        agg(MetricRow.value).label("value"),
         cost_of.scalar_subquery().label("cost"),
-    ).where(Metric.search_id == key, Metric.name == metric)
-    if budget is not None:
-        per_arch = per_arch.where(Metric.budget == budget)
-    scored = per_arch.group_by(Metric.arch_id).subquery("scored")
+    ).where(MetricRow.search_id == key, MetricRow.name == metric)
+    if evaluation is not None:
+        per_arch = per_arch.where(MetricRow.evaluation == evaluation)
+    scored = per_arch.group_by(MetricRow.arch_id).subquery("scored")
     better_first = scored.c.value.desc() if mode == "max" else scored.c.value.asc()
     running = agg(scored.c.value).over(
         order_by=(scored.c.cost, better_first, scored.c.pk), rows=(None, -1)
@@ -270,7 +277,9 @@ def pareto(
     ranked = select(scored, running.label("prev")).subquery("ranked")
     beats = ranked.c.value > ranked.c.prev if mode == "max" else ranked.c.value < ranked.c.prev
     # the id of the few points on the front, again by index probe, not by a join
-    name_of = select(Architecture.arch_id).where(Architecture.id == ranked.c.pk).scalar_subquery()
+    name_of = (
+        select(ArchitectureRow.arch_id).where(ArchitectureRow.id == ranked.c.pk).scalar_subquery()
+    )
     query = (
         select(name_of, ranked.c.cost, ranked.c.value)
         .where(ranked.c.prev.is_(None) | beats)
@@ -315,14 +324,14 @@ def roots(session: Session, search: str) -> list[str]:
         NotFound: no such search.
     """
     key = search_pk(session, search)
-    parent, child = aliased(Architecture), aliased(Architecture)
-    seeds = select(Architecture.arch_id, Architecture.id).where(
-        Architecture.search_id == key, Architecture.depth == 0
+    parent, child = aliased(ArchitectureRow), aliased(ArchitectureRow)
+    seeds = select(ArchitectureRow.arch_id, ArchitectureRow.id).where(
+        ArchitectureRow.search_id == key, ArchitectureRow.depth == 0
     )
     borrowed = (
         select(parent.arch_id, parent.id)
-        .join(Edge, Edge.parent_id == parent.id)
-        .join(child, child.id == Edge.child_id)
+        .join(EdgeRow, EdgeRow.parent_id == parent.id)
+        .join(child, child.id == EdgeRow.child_id)
         .where(child.search_id == key, parent.search_id != key)
     )
     rows = session.execute(seeds.union(borrowed).order_by("id")).all()
@@ -341,13 +350,15 @@ def summary(
         NotFound: no such search.
     """
     key = search_pk(session, search)
-    row = session.get_one(Search, key)
+    row = session.get_one(SearchRow, key)
     by_status = dict(
         session.execute(
-            select(Trial.status, func.count()).where(Trial.search_id == key).group_by(Trial.status)
+            select(TrialRow.status, func.count())
+            .where(TrialRow.search_id == key)
+            .group_by(TrialRow.status)
         ).all()
     )
-    n_archs = session.scalar(select(func.count()).where(Architecture.search_id == key)) or 0
+    n_archs = session.scalar(select(func.count()).where(ArchitectureRow.search_id == key)) or 0
     # a search whose config names no metric has no best (unless one is asked for)
     chosen = objective(row.config, metric, mode) if metric or config_metric(row.config) else None
     top = best(session, search, chosen[0], chosen[1]) if chosen else []  # type: ignore[arg-type]
@@ -363,17 +374,17 @@ def summary(
 
 
 def metrics(session: Session, trial_id: str) -> list[MetricRecord]:
-    """Every value trial ``trial_id`` reported, by budget then name.
+    """Every value trial ``trial_id`` reported, by evaluation then name.
 
     Raises:
         NotFound: no such trial.
     """
     key = trial_row(session, trial_id).id
     rows = session.execute(
-        select(Architecture.arch_id, Metric.budget, Metric.name, Metric.value)
-        .join(Architecture, Architecture.id == Metric.arch_id)
-        .where(Metric.trial_id == key)
-        .order_by(Metric.budget, Metric.name)
+        select(ArchitectureRow.arch_id, MetricRow.evaluation, MetricRow.name, MetricRow.value)
+        .join(ArchitectureRow, ArchitectureRow.id == MetricRow.arch_id)
+        .where(MetricRow.trial_id == key)
+        .order_by(MetricRow.evaluation, MetricRow.name)
     ).all()
     return [MetricRecord(trial_id, a, b, n, v) for a, b, n, v in rows]
 
@@ -385,14 +396,14 @@ def growth_events(session: Session, trial_id: str) -> list[GrowthEventRecord]:
         NotFound: no such trial.
     """
     key = trial_row(session, trial_id).id
-    pre, post = aliased(Architecture), aliased(Architecture)
+    pre, post = aliased(ArchitectureRow), aliased(ArchitectureRow)
     rows = session.execute(
-        select(GrowthEvent, pre.arch_id, post.arch_id, Edge.morphisms)
-        .join(Edge, Edge.id == GrowthEvent.edge_id)
-        .join(pre, pre.id == Edge.parent_id)
-        .join(post, post.id == Edge.child_id)
-        .where(GrowthEvent.trial_id == key)
-        .order_by(GrowthEvent.step, GrowthEvent.id)
+        select(GrowthEventRow, pre.arch_id, post.arch_id, EdgeRow.morphisms)
+        .join(EdgeRow, EdgeRow.id == GrowthEventRow.edge_id)
+        .join(pre, pre.id == EdgeRow.parent_id)
+        .join(post, post.id == EdgeRow.child_id)
+        .where(GrowthEventRow.trial_id == key)
+        .order_by(GrowthEventRow.step, GrowthEventRow.id)
     ).all()
     return [
         GrowthEventRecord(trial_id, pre_id, post_id, e.step, e.trigger, e.scores,

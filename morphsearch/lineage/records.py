@@ -151,11 +151,12 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class MetricRecord:
-    """A metric value reported by a trial at a budget (step or epoch)."""
+    """A metric value a trial measured at its ``evaluation``-th evaluation (its epoch, or
+    its n-th block of ``budget.eval_every_steps`` optimizer steps)."""
 
     trial_id: str
     arch_id: str
-    budget: int
+    evaluation: int
     name: str
     value: float
 
@@ -183,7 +184,7 @@ class BestResult:
     trial_id: str
     metric: str
     value: float
-    budget: int
+    evaluation: int
     params: int
     flops: int
 

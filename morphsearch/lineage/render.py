@@ -52,10 +52,10 @@ def console() -> Console:
     return Console(width=max(120, width), highlight=False, soft_wrap=False)
 
 
-# what the "budget" of a reported value is, wherever one is shown
-BUDGET_MEANING = (
-    "budget: the evaluation at which the trial measured the value (its epoch, or its "
-    "n-th block of budget.eval_every_steps optimizer steps)"
+# what the "evaluation" of a reported value is, wherever one is shown
+EVALUATION_MEANING = (
+    "evaluation: the index of the evaluation at which the trial measured the value (its "
+    "epoch, or its n-th block of budget.eval_every_steps optimizer steps)"
 )
 
 

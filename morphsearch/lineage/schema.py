@@ -31,7 +31,7 @@ __all__ = [
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # oldest first; the last one is what this code reads and writes
-REVISIONS = ("0001_initial", "0002_growth_events")
+REVISIONS = ("0001_initial", "0002_growth_events", "0003_metrics_evaluation")
 HEAD_REVISION = REVISIONS[-1]
 # arbitrary constant: PostgreSQL advisory lock serialising concurrent first opens
 _PG_MIGRATION_LOCK = 0x6D6F7270  # "morp"

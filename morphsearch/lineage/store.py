@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -33,7 +32,7 @@ from morphsearch.errors import DatabaseError, DatabaseUnreachable, NotFound
 from morphsearch.lineage import ids, queries, writes
 from morphsearch.lineage._sql import as_utc
 from morphsearch.lineage.database import Database, lost_connection, resolve_url, sqlite_path
-from morphsearch.lineage.models import Architecture, Search
+from morphsearch.lineage.models import ArchitectureRow, SearchRow
 from morphsearch.lineage.queries import Cost, Mode
 from morphsearch.lineage.records import (
     ArchitectureIn,
@@ -247,9 +246,15 @@ class LineageStore:
         return self._run(action, write=True)
 
     def record_metrics(
-        self, trial_id: str, budget: int, values: Mapping[str, float], *, arch_id: str | None = None
+        self,
+        trial_id: str,
+        evaluation: int,
+        values: Mapping[str, float],
+        *,
+        arch_id: str | None = None,
     ) -> int:
-        """Record metric values a trial reported at ``budget`` (step or epoch).
+        """Record metric values a trial measured at its ``evaluation``-th evaluation (its
+        epoch, or its n-th block of ``budget.eval_every_steps`` optimizer steps).
 
         Args:
             arch_id: the architecture measured (default: the trial's child; after
@@ -262,7 +267,7 @@ class LineageStore:
             NotFound: no such trial or architecture.
         """
         return self._run(
-            lambda s: writes.add_metrics(s, trial_id, budget, values, arch_id), write=True
+            lambda s: writes.add_metrics(s, trial_id, evaluation, values, arch_id), write=True
         )
 
     def record_metrics_many(
@@ -272,7 +277,7 @@ class LineageStore:
         *,
         arch_id: str | None = None,
     ) -> int:
-        """Record several ``(budget, values)`` reports of one trial in ONE transaction.
+        """Record several ``(evaluation, values)`` reports of one trial in ONE transaction.
 
         The search callback buffers a trial's per-epoch metrics until the trial's
         architecture is known; writing them together costs one commit instead of one per
@@ -391,12 +396,12 @@ class LineageStore:
         search: str,
         metric: str,
         mode: Mode = "max",
-        budget: int | None = None,
+        evaluation: int | None = None,
         k: int | None = 1,
     ) -> list[BestResult]:
         """The ``k`` best architectures of ``search`` by ``metric`` (``k=None``: every
         one with a value), best first. Raises NotFound."""
-        return self._run(lambda s: queries.best(s, search, metric, mode, budget, k))
+        return self._run(lambda s: queries.best(s, search, metric, mode, evaluation, k))
 
     def pareto(
         self,
@@ -404,10 +409,10 @@ class LineageStore:
         metric: str,
         mode: Mode = "max",
         cost: Cost = "params",
-        budget: int | None = None,
+        evaluation: int | None = None,
     ) -> list[ParetoPoint]:
         """The front of ``metric`` against ``cost``, cheapest first. Raises NotFound."""
-        return self._run(lambda s: queries.pareto(s, search, metric, mode, cost, budget))
+        return self._run(lambda s: queries.pareto(s, search, metric, mode, cost, evaluation))
 
     def diff(self, a: str, b: str) -> LineageDiff:
         """The morphism script from the common ancestor of ``a`` and ``b``. Raises NotFound."""
@@ -418,7 +423,7 @@ class LineageStore:
         return self._run(lambda s: _trial_record(s, writes.trial_row(s, trial_id)))
 
     def metrics(self, trial_id: str) -> list[MetricRecord]:
-        """Every value trial ``trial_id`` reported, by budget then name. Raises NotFound."""
+        """Every value trial ``trial_id`` reported, by evaluation then name. Raises NotFound."""
         return self._run(lambda s: queries.metrics(s, trial_id))
 
     def growth_events(self, trial_id: str) -> list[GrowthEventRecord]:
@@ -433,12 +438,12 @@ class LineageStore:
 def _trial_record(session: Session, row: Any) -> TrialRecord:
     names = dict(
         session.execute(
-            select(Architecture.id, Architecture.arch_id).where(
-                Architecture.id.in_([row.child_id, row.parent_id or row.child_id])
+            select(ArchitectureRow.id, ArchitectureRow.arch_id).where(
+                ArchitectureRow.id.in_([row.child_id, row.parent_id or row.child_id])
             )
         ).all()
     )
-    search = session.scalars(select(Search.name).where(Search.id == row.search_id)).one()
+    search = session.scalars(select(SearchRow.name).where(SearchRow.id == row.search_id)).one()
     return TrialRecord(
         row.trial_id,
         search,

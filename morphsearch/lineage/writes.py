@@ -1,7 +1,7 @@
 """Writes of the lineage store, each a function of one open session (one transaction).
 
 Every write is idempotent: rows are keyed by the caller's ids (search name,
-architecture id, Ray trial id; metric by trial, budget and name), conflicts are
+architecture id, Ray trial id; metric by trial, evaluation and name), conflicts are
 resolved by the database, and recording the same thing twice (e.g. after a Ray Tune
 resume) leaves exactly the rows of recording it once.
 """
@@ -18,7 +18,14 @@ from sqlalchemy.orm import Session
 
 from morphsearch.errors import DatabaseError, NotFound
 from morphsearch.lineage._sql import arch_pk, insert_on_conflict, search_pk, utcnow
-from morphsearch.lineage.models import Architecture, Edge, GrowthEvent, Metric, Search, Trial
+from morphsearch.lineage.models import (
+    ArchitectureRow,
+    EdgeRow,
+    GrowthEventRow,
+    MetricRow,
+    SearchRow,
+    TrialRow,
+)
 from morphsearch.lineage.records import ArchitectureIn
 
 __all__ = [
@@ -35,15 +42,15 @@ __all__ = [
 JSON = dict[str, Any]
 
 
-def add_search(session: Session, name: str, config: JSON, status: str) -> Search:
+def add_search(session: Session, name: str, config: JSON, status: str) -> SearchRow:
     """Create search ``name`` unless it exists (then it is returned unchanged)."""
     values = {"name": name, "config": config, "status": status, "created": utcnow()}
-    insert_on_conflict(session, Search.__table__, values, ["name"])
-    return session.scalars(select(Search).where(Search.name == name)).one()
+    insert_on_conflict(session, SearchRow.__table__, values, ["name"])
+    return session.scalars(select(SearchRow).where(SearchRow.name == name)).one()
 
 
-def set_search_status(session: Session, name: str, status: str) -> Search:
-    row = session.get_one(Search, search_pk(session, name))
+def set_search_status(session: Session, name: str, status: str) -> SearchRow:
+    row = session.get_one(SearchRow, search_pk(session, name))
     row.status = status
     return row
 
@@ -66,9 +73,8 @@ def add_architecture(
     """
     depth = 0
     if parent is not None:
-        depth = (
-            1 + session.scalars(select(Architecture.depth).where(Architecture.id == parent)).one()
-        )
+        query = select(ArchitectureRow.depth).where(ArchitectureRow.id == parent)
+        depth = 1 + session.scalars(query).one()
     values = {
         "arch_id": arch.arch_id,
         "search_id": search,
@@ -82,10 +88,10 @@ def add_architecture(
         "depth": depth,
         "created": utcnow(),
     }
-    insert_on_conflict(session, Architecture.__table__, values, ["arch_id"])
+    insert_on_conflict(session, ArchitectureRow.__table__, values, ["arch_id"])
     pk, stored_hash, stored_depth = session.execute(
-        select(Architecture.id, Architecture.structure_hash, Architecture.depth).where(
-            Architecture.arch_id == arch.arch_id
+        select(ArchitectureRow.id, ArchitectureRow.structure_hash, ArchitectureRow.depth).where(
+            ArchitectureRow.arch_id == arch.arch_id
         )
     ).one()
     if stored_hash != arch.structure_hash:
@@ -107,8 +113,10 @@ def _add_edge(
     session: Session, arch_id: str, child: int, parent: int, edge: dict[str, Any]
 ) -> None:
     values = {"parent_id": parent, "child_id": child, **edge}
-    insert_on_conflict(session, Edge.__table__, values, ["child_id"])
-    stored_parent = session.scalars(select(Edge.parent_id).where(Edge.child_id == child)).one()
+    insert_on_conflict(session, EdgeRow.__table__, values, ["child_id"])
+    stored_parent = session.scalars(
+        select(EdgeRow.parent_id).where(EdgeRow.child_id == child)
+    ).one()
     if stored_parent != parent:
         raise DatabaseError(
             f"architecture {arch_id!r} is already recorded with another parent: "
@@ -116,13 +124,13 @@ def _add_edge(
         )
 
 
-def trial_row(session: Session, trial_id: str) -> Trial:
+def trial_row(session: Session, trial_id: str) -> TrialRow:
     """The trial ``trial_id``.
 
     Raises:
         NotFound: no such trial.
     """
-    row = session.scalars(select(Trial).where(Trial.trial_id == trial_id)).one_or_none()
+    row = session.scalars(select(TrialRow).where(TrialRow.trial_id == trial_id)).one_or_none()
     if row is None:
         raise NotFound(f"no trial {trial_id!r} in the lineage database")
     return row
@@ -136,7 +144,7 @@ def add_trial(
     child: ArchitectureIn,
     morphisms: Sequence[Mapping[str, Any]],
     fields: dict[str, Any],
-) -> Trial:
+) -> TrialRow:
     """Record a trial, its child architecture and the parent -> child edge.
 
     ``fields`` holds node, status, config, error, started, ended. A trial recorded
@@ -156,7 +164,7 @@ def add_trial(
         for name in ("node", "status", "config", "error", "started", "ended")
         if fields.get(name) is not None
     ]
-    insert_on_conflict(session, Trial.__table__, values, ["trial_id"], update=mutable or None)
+    insert_on_conflict(session, TrialRow.__table__, values, ["trial_id"], update=mutable or None)
     row = trial_row(session, trial_id)
     session.refresh(row)
     if row.child_id != child_key or row.parent_id != parent:
@@ -171,27 +179,31 @@ def add_trial(
 
 def set_trial_status(
     session: Session, trial_id: str, status: str, error: str | None, ended: datetime | None
-) -> Trial:
+) -> TrialRow:
     row = trial_row(session, trial_id)
     changes: dict[str, Any] = {"status": status}
     if error is not None:
         changes["error"] = error
     if ended is not None:
         changes["ended"] = ended
-    session.execute(update(Trial).where(Trial.id == row.id).values(**changes))
+    session.execute(update(TrialRow).where(TrialRow.id == row.id).values(**changes))
     session.refresh(row)
     return row
 
 
 def add_metrics(
-    session: Session, trial_id: str, budget: int, values: Mapping[str, float], arch_id: str | None
+    session: Session,
+    trial_id: str,
+    evaluation: int,
+    values: Mapping[str, float],
+    arch_id: str | None,
 ) -> int:
     """Upsert one row per finite metric value; NaN is skipped (it ranks nowhere).
 
     Returns:
         The number of values stored.
     """
-    return add_metrics_many(session, trial_id, [(budget, values)], arch_id)
+    return add_metrics_many(session, trial_id, [(evaluation, values)], arch_id)
 
 
 def add_metrics_many(
@@ -200,18 +212,18 @@ def add_metrics_many(
     reports: Sequence[tuple[int, Mapping[str, float]]],
     arch_id: str | None,
 ) -> int:
-    """:func:`add_metrics` for several ``(budget, values)`` reports, in one statement.
+    """:func:`add_metrics` for several ``(evaluation, values)`` reports, in one statement.
 
     Returns:
         The number of values stored.
     """
     trial = trial_row(session, trial_id)
     arch = arch_pk(session, arch_id) if arch_id is not None else trial.child_id
-    # one row per (budget, name), the last report winning: a retried or resumed trial
+    # one row per (evaluation, name), the last report winning: a retried or resumed trial
     # re-reports epochs, and one multi-row upsert may not touch a row twice (PostgreSQL)
     latest = {
-        (int(budget), name): float(value)
-        for budget, values in reports
+        (int(evaluation), name): float(value)
+        for evaluation, values in reports
         for name, value in values.items()
         if not math.isnan(float(value))
     }
@@ -220,14 +232,18 @@ def add_metrics_many(
             "trial_id": trial.id,
             "arch_id": arch,
             "search_id": trial.search_id,
-            "budget": budget,
+            "evaluation": evaluation,
             "name": name,
             "value": value,
         }
-        for (budget, name), value in latest.items()
+        for (evaluation, name), value in latest.items()
     ]
     insert_on_conflict(
-        session, Metric.__table__, rows, ["trial_id", "budget", "name"], ["value", "arch_id"]
+        session,
+        MetricRow.__table__,
+        rows,
+        ["trial_id", "evaluation", "name"],
+        ["value", "arch_id"],
     )
     return len(rows)
 
@@ -239,7 +255,7 @@ def add_growth(
     post: ArchitectureIn,
     morphisms: Sequence[Mapping[str, Any]],
     event: dict[str, Any],
-) -> GrowthEvent:
+) -> GrowthEventRow:
     """Record growth inside a trial as an edge ``pre -> post`` plus its event row.
 
     ``event`` holds step, trigger, scores, loss_before, loss_after.
@@ -248,7 +264,7 @@ def add_growth(
     pre = arch_pk(session, pre_id)
     edge = {"kind": "growth", "morphisms": [dict(m) for m in morphisms], "trial_id": trial.id}
     post_key = add_architecture(session, trial.search_id, post, pre, edge)
-    edge_key = session.scalars(select(Edge.id).where(Edge.child_id == post_key)).one()
+    edge_key = session.scalars(select(EdgeRow.id).where(EdgeRow.child_id == post_key)).one()
     values = {"edge_id": edge_key, "trial_id": trial.id, **event}
-    insert_on_conflict(session, GrowthEvent.__table__, values, ["edge_id"])
-    return session.scalars(select(GrowthEvent).where(GrowthEvent.edge_id == edge_key)).one()
+    insert_on_conflict(session, GrowthEventRow.__table__, values, ["edge_id"])
+    return session.scalars(select(GrowthEventRow).where(GrowthEventRow.edge_id == edge_key)).one()

@@ -16,7 +16,9 @@ activation: it is repeated only when it is idempotent on the site's output,
 IR's ReLU is ``clamp(min=0)``: the site's output is already >= 0 and is passed through
 unchanged); it fails for ``tanh``, ``gelu`` and ``selu``, so there the new layer is
 inserted without an activation. It is then a linear factorisation of the next layer
-(seed 000's ``B = CD``): exact, and it changes the training dynamics.
+(the ``B = CD`` split of the blog post "Saddles, Splitting, and Reparameterization:
+Dynamically Growing Neural Networks", unsigned, 2026): exact, and it changes the
+training dynamics.
 
 Batch norm: ``batchnorm=True`` adds a batch norm initialised to the identity *in eval
 mode* (weight 1, bias 0, running mean 0, running variance ``1 - eps``). In train mode a
@@ -28,9 +30,10 @@ function is then preserved in eval mode only; the default (``False``) is exact i
 initialised layer (PyTorch's default scheme, drawn from the morphism's generator), an
 optional batch norm, the site's activation (``relu`` for an ``identity`` site) and a
 zero-initialised layer. The zero last layer makes the branch output exactly 0 in train
-and eval mode, so the new depth starts as a fallback path around an identity (seed 004:
-near-identity insertions escape plateaus faster than near-zero bottlenecks) and its last
-layer receives a gradient at once.
+and eval mode, so the new depth starts as a fallback path around an identity, and its
+last layer receives a gradient at once. Near-identity insertions escape plateaus faster
+than near-zero bottlenecks: "A Theory of Saddle Escape in Deep Nonlinear Networks" (a
+blog write-up of an arXiv paper; its copy names neither author nor year).
 
 Both are deterministic under the seed and exact: the identity layer multiplies by 1 and
 adds exact zeros, and a zero layer outputs exact zeros.

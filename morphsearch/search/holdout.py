@@ -3,7 +3,7 @@
 Selection never sees these numbers: the search ranks by validation metrics; at its end
 the ``selection.test_top`` best architectures by the first objective are evaluated once on
 the test split with the weights the trial kept, and recorded in lineage as
-``test_accuracy`` / ``test_loss`` at the budget of the evaluation they were ranked by.
+``test_accuracy`` / ``test_loss`` at the evaluation they were ranked by.
 """
 
 from __future__ import annotations
@@ -70,6 +70,6 @@ def score_on_test(store: LineageStore, config: SearchConfig, name: str) -> list[
         arch = artifacts.read_architecture(record.weights_uri, record.weights_sha256)
         loss, acc = evaluate(arch.to_module(), data, "test", device=torch.device("cpu"))
         values = {TEST_LOSS: loss} if math.isnan(acc) else {TEST_LOSS: loss, TEST_ACCURACY: acc}
-        store.record_metrics(best.trial_id, int(best.budget), values, arch_id=best.arch_id)
+        store.record_metrics(best.trial_id, int(best.evaluation), values, arch_id=best.arch_id)
         out.append(TestScore(best.arch_id, loss, acc))
     return out

@@ -1,15 +1,21 @@
 """Checks a search passes before Ray starts, so a bad start costs seconds and writes nothing.
 
+:func:`check_config` is every check, the one entry point: ``morphsearch search`` runs it
+before it starts Ray, ``morphsearch submit`` before it contacts the cluster, so submit
+refuses exactly what search refuses, with the same message.
+
 Each check reads only: the lineage database is opened without creating its schema,
 the storage folder is probed with a temporary file that is removed at once, and a name
-already used by a search is refused unless the user asked to resume it. The data and
-the seed graph are loaded by the runner before Ray starts (they need torch).
+already used by a search is refused unless the user asked to resume it. The morphisms,
+the data and the seed graph are checked by loading them
+(:mod:`morphsearch.search.inputs`, which needs torch; imported only when asked).
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,7 +25,39 @@ from morphsearch.lineage import models
 from morphsearch.lineage.database import Database, sqlite_path
 from morphsearch.lineage.schema import EMPTY, HEAD_REVISION, read_revision, refuse
 
-__all__ = ["check_database", "check_name", "check_storage", "preflight"]
+if TYPE_CHECKING:  # pragma: no cover
+    from morphsearch.search.config import SearchConfig
+    from morphsearch.search.inputs import SearchInputs
+
+__all__ = ["check_config", "check_database", "check_name", "check_storage", "preflight"]
+
+
+def check_config(config: SearchConfig, *, resume: bool = False) -> SearchInputs:
+    """Everything ``search`` and ``submit`` refuse, checked before Ray or a cluster.
+
+    In order: the morphisms, growth trigger and scorer the config names are registered;
+    the database, storage and search name pass :func:`preflight`; the dataset loads and
+    the seed graph builds and fits it.
+
+    Args:
+        config: the validated config, command-line overrides applied.
+        resume: the user asked to resume the search ``config.name``.
+
+    Returns:
+        The loaded dataset and seed (the search starts from them; submit drops them).
+
+    Raises:
+        ConfigError: an unknown morphism, trigger or scorer; data or a seed graph that
+            cannot be loaded or do not fit (the message names the config field).
+        DatabaseUnreachable / DatabaseError / SchemaOutdated: see :func:`preflight`.
+        SearchError: storage not writable; the name taken, or nothing to resume.
+    """
+    from morphsearch.search.inputs import absolute, check_morphisms, load_inputs
+
+    check_morphisms(config)
+    preflight(config.database, absolute(config.storage), config.name or "search",
+              resume=resume)  # fmt: skip
+    return load_inputs(config)
 
 
 def preflight(database: str, storage: str, name: str, *, resume: bool) -> None:
@@ -61,7 +99,7 @@ def check_database(url: str, name: str) -> bool:
                     refuse(db, revision)
                 if revision == EMPTY:
                     return False
-                query = select(models.Search.name).where(models.Search.name == name)
+                query = select(models.SearchRow.name).where(models.SearchRow.name == name)
                 return connection.execute(query).first() is not None
         except SQLAlchemyError as exc:
             raise db.translate(exc, connecting=True) from exc

@@ -1,6 +1,6 @@
 """``morphsearch.from_module``: plain PyTorch models imported into the IR compute what
 the models compute (eval and train mode, running statistics included), can be grown by
-every morphism that applies, and survive export and ``morphsearch.load``."""
+every morphism that applies, and survive export and ``morphsearch.load_module``."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def test_imported_grown_exported_loads_back(tmp_path: Path, formats: list[str]) 
                                                                       grown)[0]).child
     result = export_architecture(grown, tmp_path / "export", formats=formats)
     assert all(error <= TOL for error in result.parity.values())  # ONNX, torch.export
-    loaded = morphsearch.load(tmp_path / "export")
+    loaded = morphsearch.load_module(tmp_path / "export")
     probe = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = grown.to_module().eval()(probe)

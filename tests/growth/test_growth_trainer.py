@@ -18,8 +18,10 @@ torch.set_num_threads(1)
 
 
 def test_linear_autoencoder_plateau_growth_breaks_the_rank_one_saddle() -> None:
-    # Seed 000: L = |x - ABx|^2 with a 1-unit bottleneck stalls at the best rank-1 loss;
-    # the plateau trigger splits in capacity and the loss drops to the rank-3 level.
+    # "Saddles, Splitting, and Reparameterization: Dynamically Growing Neural Networks"
+    # (blog post, unsigned, 2026): L = |x - ABx|^2 with a 1-unit bottleneck stalls at the
+    # best rank-1 loss; the plateau trigger splits in capacity and the loss drops to the
+    # rank-3 level.
     x = dominant_directions(256, [3.0, 2.0, 1.5, 0.1, 0.1, 0.1], seed=0)
     arch = linear_net(6, [1], 6, seed=0)
     base = dict(steps=1200, optimizer="sgd", lr=0.05, batch_size=None)
@@ -38,7 +40,8 @@ def test_linear_autoencoder_plateau_growth_breaks_the_rank_one_saddle() -> None:
 
 
 def test_deep_linear_saddle_to_saddle_plateaus_and_growth_escapes_them() -> None:
-    # Seed 002: a small-initialised deep linear net visits saddles of increasing rank.
+    # Jacot et al., "Saddle-to-Saddle Dynamics in Deep Linear Networks" (2021): a
+    # small-initialised deep linear net visits saddles of increasing rank.
     g = torch.Generator().manual_seed(0)
     u, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))
     v, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))

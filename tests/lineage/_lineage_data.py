@@ -24,7 +24,7 @@ from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.lineage.schema import alembic_config
 
 PARAMS = {"S": 100, "A": 150, "B": 120, "C": 300, "D": 200, "E": 400, "E2": 450, "T": 50, "F": 90}
-TRIALS = {  # trial -> (parent, child, status, {budget: val_acc})
+TRIALS = {  # trial -> (parent, child, status, {evaluation: val_acc})
     "t1": ("S", "A", "TERMINATED", {1: 0.50, 2: 0.60}),
     "t2": ("S", "B", "ERROR", {1: 0.55, 2: 0.40}),
     "t3": ("A", "C", "TERMINATED", {1: 0.80, 2: 0.85}),
@@ -75,8 +75,8 @@ def build(store: LineageStore) -> None:
             node="node-1", status=status, config={"lr": 0.1, "trial": trial_id},
             error="CUDA OOM" if status == "ERROR" else None,
         )  # fmt: skip
-        for budget, value in metrics.items():
-            store.record_metrics(trial_id, budget, {"val_acc": value, "loss": 1 - value})
+        for evaluation, value in metrics.items():
+            store.record_metrics(trial_id, evaluation, {"val_acc": value, "loss": 1 - value})
     store.record_growth(
         "t5", "E", arch("E2"), MORPHISMS["E2"], step=10, trigger="plateau",
         scores={"fc2": 3.5}, loss_before=0.31, loss_after=0.31,

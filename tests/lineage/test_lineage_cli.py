@@ -59,7 +59,7 @@ CASES = {
     "show-search": (
         ["show", "--search", "alpha"],
         lambda doc: doc["n_architectures"] == 7 and doc["best"]["arch_id"] == "E2",
-        ["ERROR 1, TERMINATED 4", "val_acc=0.9: E2 (trial t5, budget 3)"],
+        ["ERROR 1, TERMINATED 4", "val_acc=0.9: E2 (trial t5, evaluation 3)"],
     ),
     "ancestors": (
         ["ancestors", "E2"],
@@ -78,10 +78,10 @@ CASES = {
         ),
         ["best of alpha by val_acc (max)", "E2", "0.85"],
     ),
-    "best-min-budget": (
-        ["best", "--search", "alpha", "--metric", "loss", "--mode", "min", "--budget", "1"],
-        lambda doc: doc[0]["arch_id"] == "C" and doc[0]["budget"] == 1,
-        ["by loss (min) at budget 1"],
+    "best-min-evaluation": (
+        ["best", "--search", "alpha", "--metric", "loss", "--mode", "min", "--evaluation", "1"],
+        lambda doc: doc[0]["arch_id"] == "C" and doc[0]["evaluation"] == 1,
+        ["by loss (min) at evaluation 1"],
     ),
     "pareto": (
         ["pareto", "--search", "alpha"],

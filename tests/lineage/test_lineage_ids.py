@@ -68,11 +68,11 @@ def test_store_lookups_stay_exact(url: str) -> None:
         store.architecture("58479e61")  # only commands resolve; resume must not guess
 
 
-def test_best_and_show_explain_budget(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_best_and_show_explain_evaluation(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     with open_store(url, write=True) as store:
         store.record_metrics("58479e61", 3, {"val_accuracy": 0.5})
     for argv in (["best", "--search", "quick", "--metric", "val_accuracy"],
                  ["show", "--search", "quick", "--metric", "val_accuracy"]):  # fmt: skip
         assert main(["lineage", *argv, "--db", url]) == 0
         out = " ".join(capsys.readouterr().out.split())
-        assert "budget: the evaluation at which the trial measured" in out, argv
+        assert "evaluation: the index of the evaluation at which the trial measured" in out, argv

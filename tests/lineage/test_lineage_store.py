@@ -58,15 +58,15 @@ def test_descendants_are_the_subtree_level_by_level(built: LineageStore) -> None
     assert {n.arch_id for n in built.descendants("S")} == {"S", "A", "B", "C", "D", "E", "E2"}
 
 
-def test_best_by_metric_mode_budget_and_k(built: LineageStore) -> None:
+def test_best_by_metric_mode_evaluation_and_k(built: LineageStore) -> None:
     top = built.best("alpha", "val_acc", k=3)
-    assert [(b.arch_id, b.value, b.budget) for b in top] == [
+    assert [(b.arch_id, b.value, b.evaluation) for b in top] == [
         ("E2", 0.9, 3),
         ("C", 0.85, 2),
         ("E", 0.75, 2),
     ]
     assert top[0].trial_id == "t5" and top[0].params == 450
-    assert [b.arch_id for b in built.best("alpha", "val_acc", budget=1, k=2)] == ["C", "E"]
+    assert [b.arch_id for b in built.best("alpha", "val_acc", evaluation=1, k=2)] == ["C", "E"]
     lowest = built.best("alpha", "val_acc", mode="min")[0]
     assert (lowest.arch_id, lowest.value) == ("B", 0.40)
     assert built.best("alpha", "loss", mode="min")[0].arch_id == "C"  # 1 - 0.85
@@ -88,8 +88,9 @@ def test_pareto_front_against_params_and_flops(built: LineageStore) -> None:
         "E2",
     ]
     assert built.pareto("alpha", "val_acc", cost="flops")[3].cost == 607
-    # at budget 2 B drops to 0.40 and is dominated by nothing cheaper: still first
-    assert [p.arch_id for p in built.pareto("alpha", "val_acc", budget=2)] == ["B", "A", "D", "C"]
+    # at evaluation 2 B drops to 0.40 and is dominated by nothing cheaper: still first
+    front = built.pareto("alpha", "val_acc", evaluation=2)
+    assert [p.arch_id for p in front] == ["B", "A", "D", "C"]
     assert [p.arch_id for p in built.pareto("alpha", "loss", mode="min")] == ["B", "A", "D", "C"]
 
 
@@ -212,10 +213,10 @@ def test_nan_metrics_are_skipped_and_inf_kept(store: LineageStore) -> None:
 def test_metrics_of_many_epochs_in_one_write_are_all_there(store: LineageStore) -> None:
     reports = [(epoch, {"val_acc": 0.5 + epoch / 100, "loss": 1.0 / epoch}) for epoch in range(1, 8)]
     assert store.record_metrics_many("t1", reports) == 14
-    stored = {(m.budget, m.name): m.value for m in store.metrics("t1")}
+    stored = {(m.evaluation, m.name): m.value for m in store.metrics("t1")}
     assert stored[(7, "val_acc")] == pytest.approx(0.57) and stored[(3, "loss")] == pytest.approx(1 / 3)
     assert store.record_metrics_many("t1", reports) == 14  # idempotent: replaced, not added
-    assert len([m for m in store.metrics("t1") if m.budget in range(1, 8)]) == 14
+    assert len([m for m in store.metrics("t1") if m.evaluation in range(1, 8)]) == 14
     with pytest.raises(NotFound):
         store.record_metrics_many("no-such-trial", reports)
 
@@ -225,7 +226,9 @@ def test_a_re_reported_epoch_in_one_write_keeps_the_last_value(store: LineageSto
     # upsert that touches one row twice, so the rows are merged first (the last wins)
     reports = [(1, {"loss": 3.0}), (2, {"loss": 2.0}), (1, {"loss": 2.5, "acc": 0.4})]
     assert store.record_metrics_many("t1", reports) == 3
-    stored = {(m.budget, m.name): m.value for m in store.metrics("t1") if m.name in {"loss", "acc"}}
+    stored = {
+        (m.evaluation, m.name): m.value for m in store.metrics("t1") if m.name in {"loss", "acc"}
+    }
     assert stored == {(1, "loss"): 2.5, (2, "loss"): 2.0, (1, "acc"): 0.4}
 
 
@@ -252,7 +255,7 @@ def test_trial_metrics_and_growth_events(built: LineageStore) -> None:
         "CUDA OOM",
     )
     assert trial.config == {"lr": 0.1, "trial": "t2"} and trial.node == "node-1"
-    values = [(m.budget, m.name, m.value, m.arch_id) for m in built.metrics("t5")]
+    values = [(m.evaluation, m.name, m.value, m.arch_id) for m in built.metrics("t5")]
     assert values == [
         (1, "loss", pytest.approx(0.30), "E"), (1, "val_acc", 0.70, "E"),
         (2, "loss", pytest.approx(0.25), "E"), (2, "val_acc", 0.75, "E"),

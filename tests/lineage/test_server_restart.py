@@ -34,7 +34,7 @@ def _child(arch_id: str) -> ArchitectureIn:
 
 
 def _metrics(store: LineageStore, trial: str) -> list[tuple[int, str, float]]:
-    return sorted((m.budget, m.name, m.value) for m in store.metrics(trial))
+    return sorted((m.evaluation, m.name, m.value) for m in store.metrics(trial))
 
 
 def test_writes_wait_for_a_restarted_server_and_land_once(server: PostgresServer) -> None:

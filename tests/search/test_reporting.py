@@ -26,12 +26,12 @@ def _reports_per_trial(experiment: Path) -> dict[str, list[dict[str, object]]]:
 def _epochs_in_lineage(db: Path) -> dict[str, list[int]]:
     with sqlite3.connect(db) as con:
         rows = con.execute(
-            "select t.trial_id, m.budget from metrics m join trials t on t.id = m.trial_id "
-            "where m.name = 'train_loss' order by t.trial_id, m.budget"
+            "select t.trial_id, m.evaluation from metrics m join trials t on t.id = m.trial_id "
+            "where m.name = 'train_loss' order by t.trial_id, m.evaluation"
         ).fetchall()
     out: dict[str, list[int]] = {}
-    for trial, budget in rows:
-        out.setdefault(trial, []).append(budget)
+    for trial, evaluation in rows:
+        out.setdefault(trial, []).append(evaluation)
     return out
 
 

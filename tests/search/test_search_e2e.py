@@ -21,11 +21,11 @@ def _metrics(db: Path) -> dict[str, dict[tuple[str, int], float]]:
     out: dict[str, dict[tuple[str, int], float]] = {}
     with sqlite3.connect(db) as con:
         rows = con.execute(
-            "select t.trial_id, m.name, m.budget, m.value from metrics m "
+            "select t.trial_id, m.name, m.evaluation, m.value from metrics m "
             "join trials t on t.id = m.trial_id"
         )
-        for trial, name, budget, value in rows:
-            out.setdefault(trial, {})[(name, budget)] = value
+        for trial, name, evaluation, value in rows:
+            out.setdefault(trial, {})[(name, evaluation)] = value
     return out
 
 
@@ -133,9 +133,9 @@ def test_growth_with_asha_keeps_the_best_weights_and_scores_the_top_on_test(
                                 formats=("safetensors",)).out
         assert best.arch_id in (out / "MODEL_CARD.md").read_text()
         assert "test_accuracy (scored once" in (out / "MODEL_CARD.md").read_text()
-        from morphsearch.export import load as load_export
+        from morphsearch.export import load_module
 
-        _, val_acc = evaluate(load_export(out), data, "val", device=torch.device("cpu"))
+        _, val_acc = evaluate(load_module(out), data, "val", device=torch.device("cpu"))
         assert val_acc == pytest.approx(best.value, abs=1e-12)
         # the top 2 by validation were scored once on the test split, and the members of
         # the validation-vs-parameters front; no other architecture

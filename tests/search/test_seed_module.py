@@ -11,7 +11,8 @@ from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError
 from morphsearch.lineage import LineageStore
 from morphsearch.search.config import SearchConfig
-from morphsearch.search.runner import build_seed, run_search
+from morphsearch.search.inputs import build_seed
+from morphsearch.search.runner import run_search
 from tests.arch import fx_models
 from tests.search.conftest import TINY, tiny_config
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from morphsearch._cli import search as cli_search
+from morphsearch.search import submit
 
 
 class _Client:
@@ -21,17 +21,17 @@ class _Client:
 
 
 def test_a_starting_agent_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_search.time, "sleep", lambda s: None)
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
     starting = ("Request failed with status code 500: No available agent to submit job, "
                 "please try again later..")
     client = _Client(2, starting)
-    assert cli_search._submit_job(client, entrypoint="x") == "raysubmit_1"
+    assert submit.submit_job(client, entrypoint="x") == "raysubmit_1"
     assert client.calls == 3
 
 
 def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_search.time, "sleep", lambda s: None)
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
     client = _Client(1, "Request failed with status code 400: bad runtime_env")
     with pytest.raises(RuntimeError, match="bad runtime_env"):
-        cli_search._submit_job(client, entrypoint="x")
+        submit.submit_job(client, entrypoint="x")
     assert client.calls == 1
