@@ -24,6 +24,7 @@ from morphsearch.errors import SearchError
 from morphsearch.lineage import models
 from morphsearch.lineage.database import Database, sqlite_path
 from morphsearch.lineage.schema import EMPTY, HEAD_REVISION, read_revision, refuse
+from morphsearch.search.inputs import absolute, check_morphisms, load_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from morphsearch.search.config import SearchConfig
@@ -52,8 +53,6 @@ def check_config(config: SearchConfig, *, resume: bool = False) -> SearchInputs:
         DatabaseUnreachable / DatabaseError / SchemaOutdated: see :func:`preflight`.
         SearchError: storage not writable; the name taken, or nothing to resume.
     """
-    from morphsearch.search.inputs import absolute, check_morphisms, load_inputs
-
     check_morphisms(config)
     preflight(config.database, absolute(config.storage), config.name or "search",
               resume=resume)  # fmt: skip

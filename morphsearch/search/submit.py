@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from morphsearch.errors import SearchError
 from morphsearch.search.config import SearchConfig, load_config
+from morphsearch.search.inputs import graph_path
 from morphsearch.search.preflight import check_config
 
 __all__ = ["AGENT_WAIT_S", "Submission", "entrypoint", "follow", "submit_job", "submit_search"]
@@ -119,8 +120,6 @@ def _connect(address: str) -> Any:
 def _staged(config_path: Path, config: SearchConfig) -> Iterator[Path]:
     """A temporary job working dir: the config, plus the files it names by a path inside
     the folder it runs in (its seed graph, an ``npz`` dataset), each at that path."""
-    from morphsearch.search.inputs import graph_path
-
     with tempfile.TemporaryDirectory(prefix="morphsearch-job-") as name:
         folder = Path(name)
         shutil.copy(config_path, folder / config_path.name)
