@@ -20,6 +20,7 @@ _LAZY = {
     "growth": "morphsearch.growth",
     "lineage": "morphsearch.lineage",
     "load_module": "morphsearch.export",
+    "load_architecture": "morphsearch.export",
     "from_module": "morphsearch.arch.fx_import",
     "errors": "morphsearch.errors",
     # the user's path: data, a search, its lineage, the export
@@ -71,6 +72,7 @@ __all__ = [
     "list_datasets",
     "load_config",
     "load_dataset",
+    "load_architecture",
     "load_module",
     "morphisms",
     "run_search",
@@ -97,7 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover
         UnknownMorphism,
         WeightsError,
     )
-    from morphsearch.export import export_architecture, load_module
+    from morphsearch.export import export_architecture, load_architecture, load_module
     from morphsearch.lineage import LineageStore
     from morphsearch.search.config import SearchConfig, load_config
     from morphsearch.search.runner import run_search

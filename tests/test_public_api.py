@@ -15,7 +15,8 @@ def test_every_public_name_resolves_and_every_error_class_is_there() -> None:
     for name in errors.__all__:
         assert getattr(morphsearch, name) is getattr(errors, name)
     for name in ("run_search", "SearchConfig", "load_config", "load_dataset", "LineageStore",
-                 "export_architecture", "from_module", "load_module", "morphisms", "builders"):
+                 "export_architecture", "from_module", "load_module", "load_architecture", "morphisms",
+                 "builders", "growth"):
         assert name in morphsearch.__all__
 
 

@@ -36,3 +36,14 @@ def test_options_the_readme_names_parse(argv: list[str]) -> None:
 
 def test_readme_names_what_the_tests_need() -> None:
     assert "apt-get install chromium" in README and "apt-get install postgresql" in README
+
+
+def test_the_python_api_example_runs_from_morphsearch_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    [example] = [b for b in blocks if b.startswith("import morphsearch as ms")]
+    monkeypatch.chdir(ROOT)
+    scope: dict[str, object] = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    arch, child = scope["arch"], scope["child"]
+    assert child.shape("conv1")[0] == 8 and arch.shape("conv1")[0] == 4  # type: ignore[attr-defined]
+    assert scope["config"].name == "quickstart"  # type: ignore[attr-defined]
