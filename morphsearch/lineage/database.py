@@ -7,15 +7,16 @@ success, rolls back on any error and turns every ``SQLAlchemyError`` into a
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -31,6 +32,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from morphsearch.errors import DatabaseError, DatabaseUnreachable
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_URL", "ENV_VAR", "Database", "parse_url", "redact", "safe_url"]
 
@@ -152,6 +156,24 @@ class Database:
                 connection.exec_driver_sql("BEGIN")
 
         return engine
+
+    def run(self, action: Callable[[Session], T], *, retry_s: float = 0.0) -> T:
+        """``action`` in one :meth:`session`; for ``retry_s`` seconds, run again (with
+        backoff) when the connection is lost or refused (the server restarting): safe
+        because the store's calls are each one idempotent transaction."""
+        deadline = time.monotonic() + retry_s
+        delay = 0.1
+        while True:
+            try:
+                with self.session() as session:
+                    return action(session)
+            except DatabaseError as exc:
+                if not lost_connection(exc.__cause__) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("lineage database %s: connection lost, retrying", self.display_url)
+                self.dispose()
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -16,8 +16,6 @@ Idempotence:
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -31,7 +29,7 @@ from sqlalchemy.orm import Session
 from morphsearch.errors import DatabaseError, DatabaseUnreachable, NotFound
 from morphsearch.lineage import ids, queries, writes
 from morphsearch.lineage._sql import as_utc
-from morphsearch.lineage.database import Database, lost_connection, resolve_url, sqlite_path
+from morphsearch.lineage.database import Database, resolve_url, sqlite_path
 from morphsearch.lineage.models import ArchitectureRow, SearchRow
 from morphsearch.lineage.queries import Cost, Mode
 from morphsearch.lineage.records import (
@@ -50,8 +48,6 @@ from morphsearch.lineage.records import (
 from morphsearch.lineage.schema import check_schema, upgrade_command
 
 __all__ = ["LineageStore"]
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -120,21 +116,7 @@ class LineageStore:
             raise DatabaseError(
                 f"lineage database {self.url} is open read-only; open it with write=True"
             )
-        deadline = time.monotonic() + self.retry_s
-        delay = 0.1
-        while True:
-            try:
-                with self._db.session() as session:
-                    return action(session)
-            except DatabaseError as exc:
-                # the server went away (a restart, a failover): every call is one
-                # idempotent transaction, so it is run again once the server is back
-                if not lost_connection(exc.__cause__) or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("lineage database %s: connection lost, retrying", self.url)
-                self._db.dispose()
-                time.sleep(delay)
-                delay = min(2 * delay, 2.0)
+        return self._db.run(action, retry_s=self.retry_s)
 
     # -- writes -------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class LineageCallback(Callback):
         self._last: dict[str, dict[str, Any]] = {}
         self._recorded: set[str] = set()
         self._started: dict[str, str] = {}  # trial id -> ISO time its run began
+        self._retried: dict[str, str] = {}  # trial id -> why its last failed attempt failed
         self._store: LineageStore | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -76,6 +77,7 @@ class LineageCallback(Callback):
             "last": self._last,
             "recorded": sorted(self._recorded),
             "started": self._started,
+            "retried": self._retried,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -85,6 +87,7 @@ class LineageCallback(Callback):
         self._last = dict(state["last"])
         self._recorded = set(state["recorded"])
         self._started = dict(state.get("started", {}))  # absent in older snapshots
+        self._retried = dict(state.get("retried", {}))
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # the first start counts: a trial resumed after a crash keeps its start time
@@ -122,8 +125,17 @@ class LineageCallback(Callback):
         log.warning("trial %s failed: %s", trial.trial_id, line)
         self._finish(trial, "ERROR", line)
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # an attempt failed (a killed worker, a lost node) and Tune runs the trial again
+        # (budget retries): the trial's row keeps why, whatever the next attempt does
+        line = trial_error_line(trial)
+        log.warning("trial %s failed (%s); retrying it", trial.trial_id, line)
+        self._retried[str(trial.trial_id)] = line
+
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
         trial_id = str(trial.trial_id)
+        if error is None and trial_id in self._retried:
+            error = f"retried after a failed attempt: {self._retried[trial_id]}"
         if trial_id not in self._recorded and not self._record(trial, status, error):
             return
         self.store.update_trial(trial_id, status, error=error, ended=_now())
@@ -213,5 +225,7 @@ def trial_error_line(trial: Any) -> str:
     cause = getattr(error, "cause", error)
     if isinstance(cause, MorphSearchError):
         return str(cause).splitlines()[0]
+    first = str(cause).strip().splitlines()[0][:200] if cause is not None and str(cause).strip() else ""
+    what = f"trial failed ({first})" if first else "trial failed"
     where = getattr(trial, "error_file", None)
-    return f"trial failed; see {where}" if where else "trial failed"
+    return f"{what}; see {where}" if where else what
