@@ -216,11 +216,17 @@ class MorphismRange(_Frozen):
     ``k = max(1, round(f * width))`` units, so ``[0.25, 1.0]`` grows a layer by 25 % to
     100 % (a doubling) whatever its size, and a few generations reach widths that fixed
     small steps need many generations (each a training run) for. ``k`` is then unused.
+
+    ``sites: spatial`` offers the morphism only at sites whose output keeps spatial axes
+    (convolution channels, an activation between convolutions), ``flat`` only at dense
+    ones (``any``, the default: every site): e.g. an MLP growing into a CNN grows its
+    convolutions rather than its dense layer.
     """
 
     k: tuple[int, int] = (1, 8)
     k_fraction: tuple[float, float] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    sites: Literal["any", "spatial", "flat"] = "any"
 
     @model_validator(mode="after")
     def _ordered(self) -> MorphismRange:

@@ -261,6 +261,8 @@ class MorphismSpace:
                 amounts = [k] if morphism == name else [spec.k[0]]
                 amounts += [a for a in range(spec.k[0], spec.k[1] + 1) if a not in amounts]
             places = morphisms.sites(morphism, arch)
+            if spec.sites != "any":
+                places = [site for site in places if _site_kind(arch, site) == spec.sites]
             if not places:
                 continue
             first = min(int(position * len(places)), len(places) - 1)
@@ -308,3 +310,8 @@ def _spread(items: list[Any], k: int) -> list[Any]:
         return items[:1]
     picks = sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})
     return [items[i] for i in picks]
+
+
+def _site_kind(arch: Architecture, site: str) -> str:
+    """``spatial`` when the site's output keeps spatial axes (a signal or an image), else ``flat``."""
+    return "spatial" if len(arch.shape(site)) >= 2 else "flat"

@@ -435,3 +435,20 @@ def test_front_pool_spreads_over_the_accuracy_vs_size_front(tmp_path: Path) -> N
     assert [p.arch_id for p in space.pool()] == ["e", "b", "a"]
     with pytest.raises(ConfigError, match="pool"):
         load_config_text(tmp_path, "selection: {pool: pareto}")
+
+
+def test_sites_spatial_keeps_a_morphism_on_the_convolutions(tmp_path: Path) -> None:
+    from morphsearch import morphisms as registry
+
+    space, _ = _space(tmp_path, **{"widen.split": {"k": [2, 2], "sites": "spatial"},
+                                   "deepen.identity": {"sites": "flat"}})
+    seed = builders.mlp([40, 32, 10], input_shape=(1, 40))
+    grown = registry.apply("conv.input", seed, registry.sites("conv.input", seed)[0]).child
+    widen = {s for m, s, _ in space._candidates(grown, "widen.split", 0.0, 2)
+             if m == "widen.split"}
+    assert widen == {"convin1_conv"}  # not fc1
+    deepen = {s for m, s, _ in space._candidates(grown, "deepen.identity", 0.0, 1)
+              if m == "deepen.identity"}
+    assert deepen and all(len(grown.shape(s)) == 1 for s in deepen)
+    with pytest.raises(ConfigError, match="sites"):
+        load_config_text(tmp_path, "morphisms: {widen.split: {sites: conv}}")
