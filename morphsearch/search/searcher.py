@@ -17,7 +17,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from morphsearch.search.config import SearchConfig
-from morphsearch.search.space import MorphismSpace
+from morphsearch.search.space import MorphismSpace, PoolExhausted
 
 __all__ = ["ResumableOptunaSearch", "make_searcher", "optuna_storage_url"]
 
@@ -36,7 +36,17 @@ class ResumableOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[Any, Any] | None:
         if self.wait_for_seed and self._seed_trial is not None:
             return None  # Tune asks again on its next loop
-        config = super().suggest(trial_id)
+        try:
+            config = super().suggest(trial_id)
+        except PoolExhausted:
+            # nothing new to grow yet: while trials run (each may add a parent), wait;
+            # the Optuna trial asked for this suggestion is closed as failed (TPE skips it)
+            asked = self._ot_trials.pop(trial_id, None)
+            if asked is not None:
+                self._ot_study.tell(asked, state=optuna.trial.TrialState.FAIL)
+            if not set(self._ot_trials) - self._completed_trials:
+                raise
+            return None
         if self.wait_for_seed and isinstance(config, dict) and config.get("morphism") is None:
             self._seed_trial = trial_id
         return config

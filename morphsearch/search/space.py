@@ -31,7 +31,13 @@ from morphsearch.lineage import LineageStore
 from morphsearch.search.config import SearchConfig
 from morphsearch.search.protocol import PlannedMorphism, TrialPlan
 
-__all__ = ["MorphismSpace", "ParentInfo", "seed_arch_id"]
+__all__ = ["MorphismSpace", "ParentInfo", "PoolExhausted", "seed_arch_id"]
+
+
+class PoolExhausted(SearchError):
+    """No new child can be grown from the parent pool as it is now. The searcher waits
+    while trials are running (they may add parents); with none running, the search ends
+    with this error."""
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +144,7 @@ class MorphismSpace:
                 morphism, child_hash = choice
                 return replace(base, **self._parent_fields(parent), morphism=morphism,
                                child_structure_hash=child_hash)  # fmt: skip
-        raise SearchError(
+        raise PoolExhausted(
             f"search {self.search!r}: every enabled morphism at every site of the parent pool "
             "gives a duplicate or too large child; enable more morphisms, widen their 'k' "
             "ranges or raise budget.max_params"

@@ -213,3 +213,29 @@ def test_a_finished_trial_started_again_reports_its_result_without_training(
     other = FakeSession()
     trial_module.run_trial(replace(plan, lr=0.05), setup, other)
     assert len(other.reports) == 2 and other.reports[-1] != first.reports[-1]
+
+
+def test_the_searcher_waits_while_trials_run_when_nothing_new_can_grow() -> None:
+    # an MLP seed whose only morphism is conv.input: the second suggestion has nothing
+    # new to grow until the first child is trained; that is a wait, not the search's end
+    import optuna
+
+    from morphsearch.search.searcher import ResumableOptunaSearch
+    from morphsearch.search.space import PoolExhausted
+
+    exhausted = {"now": False}
+
+    def space(trial: optuna.Trial) -> None:
+        trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+        if exhausted["now"]:
+            raise PoolExhausted("nothing new to grow")
+
+    searcher = ResumableOptunaSearch(space=space, metric="val_accuracy", mode="max")
+    assert searcher.suggest("t1") is not None  # t1 runs
+    exhausted["now"] = True
+    assert searcher.suggest("t2") is None  # t1 may add a parent: wait
+    states = [t.state for t in searcher._ot_study.get_trials()]
+    assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
+    searcher.on_trial_complete("t1", {"val_accuracy": 0.5, "training_iteration": 1})
+    with pytest.raises(PoolExhausted):  # nothing running and nothing to grow: the end
+        searcher.suggest("t3")
