@@ -1,58 +1,64 @@
 """Search efficiency on CNNs: growing with morphisms vs architecture search from scratch
 (issues 8 and 15).
 
-Five methods, one Ray Tune harness, per dataset and seed the same data, the same trial
-recipe and the same compute budget:
+Five methods, one Ray Tune harness; per dataset and seed the same data, trial recipe
+and budget:
 
 - ``morphsearch``: ``run_search`` of the shipped conv config (``configs/mnist1d.yaml``:
-  the MNIST-1D paper CNN at 8 channels; ``configs/digits.yaml``: conv(4)-pool-linear),
-  its morphisms (GradMax and Net2Wider widening, kernel widening, identity convolutions,
-  residual blocks), children inherit their parent's weights and fine-tune for
-  ``child_steps``; objective validation accuracy alone (digits' config also minimises
-  parameters: here every method maximises accuracy);
+  the MNIST-1D paper CNN at 8 channels; ``configs/digits.yaml``: conv(4)-pool-linear)
+  and its morphisms; children inherit their parent's weights and fine-tune for
+  ``child_steps``. Overrides: the recipe and budget below, objective validation accuracy
+  alone (digits' config also minimises parameters), ``selection.test_top: 0`` (scored
+  here), and ``selection.seed_first: false``: with the seed trained alone first, Tune
+  keeps one actor (a second one, slower to start than a short child trial, is dropped
+  when the first frees up) and the search runs one trial at a time (digits, seed 0, half
+  budget: 91 s vs 52 s); ``--grow selection.seed_first=true`` restores it;
 - ``morphsearch, no inheritance``: the same with ``selection.inherit_weights: false``
-  (every child re-initialised and trained the full ``steps``): the control;
+  (every child re-initialised, trained the full ``steps``): the control;
 - ``scratch TPE``: Optuna TPE (seeded, 4 start-up trials, as morphsearch's searcher) over
-  the CNN space of ``bench/_efficiency_space.py`` (1-3 convolutions, 4-64 channels each,
+  the CNN space of ``bench/_efficiency_space.py`` (1-3 convolutions of 4-64 channels,
   kernels 3/5/7 (1-d) or 3/5 (2-d), pooling none / after the last / after each
   convolution, lr in the config's ``selection.lr``), every trial from fresh weights;
-- ``scratch TPE + ASHA``: the same with Ray Tune's ``ASHAScheduler`` on the evaluation
+- ``scratch TPE + ASHA``: the same under Ray Tune's ``ASHAScheduler`` on the evaluation
   index (``grace_period`` 2 evaluations, ``reduction_factor`` 3, ``max_t`` a full
   trial's evaluations): the reference every method is measured against;
 - ``scratch random``: the same space with Optuna's ``RandomSampler`` (seeded).
 
-The shared recipe (every trial of every method, through ``train_child`` / ``TrialPlan``):
-Adam at the trial's lr with a cosine decay over its planned steps, the config's batch
-size, ``steps`` for a network from fresh weights (morphsearch's inheriting children:
-``child_steps``), evaluated every ``eval_every`` steps, stopped after ``patience``
-evaluations without a validation-accuracy gain, the best evaluation's weights kept.
-Two concurrent trials of one CPU each. The budget: ``max_train_flops`` training FLOPs
-(3x ``arch.flops`` per training sample, plus morphisms' probe passes; evaluation not
-counted; ``TrainFlopsStopper``), a trial cap and a wall-time safety cap (reported when
-hit). Trials cut by the budget or stopped by ASHA keep no weights and cannot be picked;
-their FLOPs count.
+Recipe (every trial, through ``train_child`` / ``TrialPlan``): Adam at the trial's lr,
+cosine-decayed over its planned steps, the config's batch size (MNIST-1D 100, digits 64),
+``steps`` from fresh weights and ``child_steps`` for inheriting children (MNIST-1D 1200 /
+600, digits 800 / 400), an evaluation every ``eval_every`` steps (120 / 100), stopped
+after 3 evaluations without a validation-accuracy gain, the best evaluation's weights
+kept; two concurrent trials of one CPU. Budget per run: ``max_train_flops`` (MNIST-1D
+1e12, digits 3e11; 3x ``arch.flops`` per training sample plus morphisms' probe passes,
+evaluation not counted, ``TrainFlopsStopper``) and a wall-time safety cap (240 / 150 s,
+flagged when hit); a trial cap of 32 for morphsearch (64 from scratch, which ends on the
+FLOP budget, ASHA's stopped trials included). On MNIST-1D morphsearch's small networks
+end on the trial cap under the FLOP budget: small networks are cheap in FLOPs but not in
+wall time on CPUs. Trials cut by the budget or stopped by ASHA keep no weights and cannot
+be picked; their FLOPs count.
 
 Data: MNIST-1D is the ``mnist1d`` package's default generation (4,000 train, 1,000 test)
 with ``val_size: 1000`` extra samples for validation (generated beside it, seeded by the
 seed); digits is ``load_dataset("digits", seed=seed)`` as 1x8x8 images, a stratified
 1,169 / 269 / 359 split drawn per seed. The test split never feeds a choice.
 
-Measurement. After each finished trial, the pick is the trial with the best validation
-accuracy so far (ties, frequent on 269 digits samples, broken by the lower validation
-loss); its test accuracy, measured here from its saved weights, against the cumulative
-training FLOPs and wall time of the run is the method's curve. The target of a seed is
-the final value of the reference's (scratch TPE + ASHA) curve; a method's ratio is its
-FLOPs to first reach the target over the reference's own FLOPs to reach it ("never":
-not reached). Medians over seeds come with bootstrap 95 % intervals (10,000 resamples).
-The digits pick is not cross-validated: re-scoring the top networks on a re-split of
-train+val would score them on samples they were trained on; what the harness does
-instead is draw a new stratified train/val/test split per seed, so the 5 seeds are 5
-repeated random splits, and report the spread between two runs of one seed
-(``--repeat``). Trial order: Optuna samplers and weight seeds follow the seed, but two
-concurrent trials finish in an order Ray does not fix, so repeats differ.
+Measurement. After each finished trial the pick is the trial with the best validation
+accuracy so far (ties, frequent on 269 digits samples, go to the lower validation loss);
+its test accuracy (measured here from its saved weights) against the run's cumulative
+training FLOPs and wall time is the method's curve. A seed's target is the final value
+of the reference's curve; a method's ratio is its FLOPs to first reach the target over
+the reference's own ("never": not reached). Medians over seeds come with bootstrap 95 %
+intervals (10,000 resamples, fixed rng). The digits pick is not cross-validated:
+re-scoring the top networks on a re-split of train+val would score them on samples they
+trained on; instead each seed draws its own split (5 seeds: 5 repeated random splits),
+and ``--repeat`` runs the first seed twice and reports the spread. Optuna samplers and
+weight seeds follow the seed, but two concurrent trials finish in an order Ray does not
+fix, so repeats differ. "CPU s" sums this process's and its Ray processes' CPU time
+(from /proc): a load-independent measure of a run's cost.
 
-    PYTHONPATH=. python bench/search_efficiency.py --out /tmp/eff  # full: 2 datasets x 5 seeds
-    PYTHONPATH=. python bench/search_efficiency.py --quick          # 1 seed of MNIST-1D, 1/4 budget
+    PYTHONPATH=. .venv/bin/python bench/search_efficiency.py --out /tmp/eff   # full
+    PYTHONPATH=. .venv/bin/python bench/search_efficiency.py --quick          # smoke run
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ class Task:
     eval_every: int
     patience: int
     max_train_flops: float
-    trials: int  # a cap for every method
+    trials: int  # morphsearch's cap; from-scratch searches get twice as many
     time_s: float  # a safety cap per run (the FLOP budget should end it first)
 
     def base(self) -> SearchConfig:
@@ -117,8 +123,8 @@ class Task:
 
 
 TASKS = {
-    "mnist1d": Task("mnist1d", "configs/mnist1d.yaml", 2000, 1000, 200, 3, 2.0e12, 48, 300),
-    "digits": Task("digits", "configs/digits.yaml", 1000, 500, 100, 3, 0.5e12, 48, 200),
+    "mnist1d": Task("mnist1d", "configs/mnist1d.yaml", 1200, 600, 120, 3, 1.0e12, 32, 240),
+    "digits": Task("digits", "configs/digits.yaml", 800, 400, 100, 3, 0.3e12, 32, 150),
 }
 
 
@@ -151,7 +157,9 @@ def grow_config(task: Task, seed: int, inherit: bool, root: Path, name: str,
         "eval_every_steps": task.eval_every, "patience": task.patience,
         "max_train_flops": task.max_train_flops,
     }  # fmt: skip
-    raw["selection"] = {**raw.get("selection", {}), "inherit_weights": inherit, "test_top": 0}
+    # seed_first: false (see the module docstring): two trials from the start
+    raw["selection"] = {**raw.get("selection", {}), "inherit_weights": inherit, "test_top": 0,
+                        "seed_first": False}  # fmt: skip
     raw["resources"] = {"cpus": 1, "gpus": 0}
     for dotted, value in grow:
         _set(raw, dotted, value)
@@ -214,7 +222,7 @@ def run_scratch(task: Task, seed: int, method: str, root: Path, name: str, data:
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(space=space, metric="val_accuracy", mode="max",
                                     sampler=sampler, seed=seed),
-            scheduler=scheduler, num_samples=task.trials, max_concurrent_trials=2,
+            scheduler=scheduler, num_samples=2 * task.trials, max_concurrent_trials=2,
             time_budget_s=task.time_s, reuse_actors=True,
         ),
         # result.json written by hand, as run_search does (its quiet mode, once set in
@@ -303,11 +311,12 @@ def report(runs: list[Run], plot_path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--datasets", nargs="+", default=None, choices=list(TASKS),
+                        help="default: all (--quick: digits)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: the first dataset and seed, a quarter of the budget")
+                        help="smoke run: one dataset (digits) and seed, a quarter of the budget")
     parser.add_argument("--repeat", action="store_true",
                         help="run the first seed a second time and report the spread")
     parser.add_argument("--budget-scale", type=float, default=1.0,
@@ -331,9 +340,9 @@ def main() -> None:
     import yaml
 
     grow = tuple((k, yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.grow))
-    datasets, seeds, scale = args.datasets, args.seeds, args.budget_scale
+    datasets, seeds, scale = args.datasets or list(TASKS), args.seeds, args.budget_scale
     if args.quick:
-        datasets, seeds, scale = datasets[:1], seeds[:1], scale / 4
+        datasets, seeds, scale = (args.datasets or ["digits"])[:1], seeds[:1], scale / 4
     jobs = [(d, s, 0) for d in datasets for s in seeds]
     if args.repeat:
         jobs += [(d, seeds[0], 1) for d in datasets]
