@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -16,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 
 from _efficiency_report import (  # noqa: E402
     REFERENCE,
+    CpuMeter,
     Run,
     TrialRow,
     bootstrap_median,
@@ -78,7 +80,7 @@ def _run(method: str, points: list[tuple[float, float, float]], seed: int = 0,
     """A run whose trials end 1 s apart with (FLOPs, val, test) each."""
     rows = [TrialRow(f"t{i}", float(i + 1), flops, val, 0.5, test)
             for i, (flops, val, test) in enumerate(points)]  # fmt: skip
-    return Run(method, "digits", seed, float(len(points)), 100.0, repeat, rows)
+    return Run(method, "digits", seed, float(len(points)), 100.0, repeat, trials=rows)
 
 
 def test_curve_reach_and_ratio() -> None:
@@ -129,7 +131,18 @@ def test_tables_count_seeds_reached_within_half() -> None:
     text = table(runs, "digits")
     row = next(line for line in text.splitlines() if line.startswith("| morphsearch |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "5" and cells[7] == "5/5" and cells[8] == "4/5"
-    assert cells[9].startswith("0.25 [")  # median of 0.125, 0.375, 0.75, 0.25, 0.0625
+    assert cells[1] == "5" and cells[8] == "5/5" and cells[9] == "4/5"
+    assert cells[10].startswith("0.25 [")  # median of 0.125, 0.375, 0.75, 0.25, 0.0625
     assert "0 (repeat)" in seed_table(runs, "digits")
     assert "| digits, 0, morphsearch | 0.9300 / 0.9000 | 0.0300 | 0.12 / never |" in spread(runs)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_cpu_meter_counts_this_process() -> None:
+    meter = CpuMeter(every=60)  # sampled on demand here
+    before = meter.total()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert 0.2 <= meter.total() - before <= 5
+    meter.close()
