@@ -261,7 +261,7 @@ def seed_table(runs: list[Run], dataset: str) -> str:
 def spread(runs: list[Run]) -> str:
     """Two runs of the same seed (``--repeat``): the difference per method."""
     mine = {(o.run.dataset, o.run.method, o.run.seed, o.run.repeat): o for o in outcomes(runs)}
-    lines = ["| repeat: dataset, seed, method | final test, run 1 / run 2 | |diff| | "
+    lines = ["| repeat: dataset, seed, method | final test, run 1 / run 2 | difference | "
              "x ASHA's FLOPs, run 1 / run 2 |", "|---|---:|---:|---:|"]  # fmt: skip
     for (dataset, method, seed, rep), first in sorted(mine.items()):
         second = mine.get((dataset, method, seed, 1))

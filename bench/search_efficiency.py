@@ -57,8 +57,17 @@ weight seeds follow the seed, but two concurrent trials finish in an order Ray d
 fix, so repeats differ. "CPU s" sums this process's and its Ray processes' CPU time
 (from /proc): a load-independent measure of a run's cost.
 
-    PYTHONPATH=. .venv/bin/python bench/search_efficiency.py --out /tmp/eff   # full
-    PYTHONPATH=. .venv/bin/python bench/search_efficiency.py --quick          # smoke run
+Commands (from the repository root; tables to stdout, results.json and logs under --out):
+
+    # full: 2 datasets x 5 seeds x 5 methods, plot to bench/search_efficiency.png; about
+    # 6,000 CPU s, estimated 30-35 min alone on the 2-core machine (55 min measured
+    # beside another search)
+    PYTHONPATH=. python bench/search_efficiency.py --out /tmp/search-efficiency
+    # the spread between two runs of seed 0 (about a fifth of the full run, twice)
+    PYTHONPATH=. python bench/search_efficiency.py --seeds 0 --repeat \
+        --out /tmp/search-efficiency-repeat --plot /tmp/search-efficiency-repeat/plot.png
+    # smoke run: digits, seed 0, a quarter of the budget (about 2 minutes)
+    PYTHONPATH=. python bench/search_efficiency.py --quick
 """
 
 from __future__ import annotations
