@@ -1,62 +1,116 @@
-"""Search efficiency: growing with morphisms vs architecture search from scratch (issue 8).
+"""Search efficiency on CNNs: growing with morphisms vs architecture search from scratch
+(issues 8 and 15).
 
-Four methods, one Ray Tune harness (same trainable ``train_child``, same epochs for a
-network trained from scratch, the same early stopping (3 epochs without a validation
-gain), Adam with an Optuna-chosen lr from the same range on the same schedule within a
-trial (cosine by default, ``--lr-schedule``), batch size, resources, concurrency and the
-same compute budget: ``budget.max_train_flops`` training FLOPs and a trial cap), on
-digits and MNIST-1D, several seeds each:
+Five methods, one Ray Tune harness; per dataset and seed the same data, trial recipe
+and budget:
 
-- ``morphsearch``: ``run_search`` with GradMax, Net2Wider split, splitting steepest
-  descent, identity and skip deepening, children inherit their parent's weights and
-  Adam state (``selection.inherit_optimizer``) and fine-tune for
-  ``budget.child_epochs``; widening adds 25-100 % of the layer's width (``k_fraction``);
-  a parent leaves the pool after 3 children (``max_children``);
-- ``morphsearch, no inheritance``: the same search with ``selection.inherit_weights:
-  false`` (every child re-initialised), isolating the value of inheritance;
-- ``scratch TPE``: Optuna TPE over MLP depth and widths (``OptunaSearch`` in Tune),
-  every trial trained from a fresh initialisation: what a user would otherwise run;
-- ``scratch random``: the same space and harness with Optuna's ``RandomSampler``.
+- ``morphsearch``: ``run_search`` of the shipped conv config (``configs/mnist1d.yaml``:
+  the MNIST-1D paper CNN at 8 channels; ``configs/digits.yaml``: conv(4)-pool-linear)
+  and its morphisms; children inherit their parent's weights and fine-tune for
+  ``child_steps``. Overrides: the recipe and budget below, objective validation accuracy
+  alone (digits' config also minimises parameters), ``selection.test_top: 0`` (scored
+  here), and ``selection.seed_first: false``: with the seed trained alone first, Tune
+  keeps one actor (a second one, slower to start than a short child trial, is dropped
+  when the first frees up) and the search runs one trial at a time (digits, seed 0, half
+  budget: 91 s vs 52 s); ``--grow selection.seed_first=true`` restores it;
+- ``morphsearch, no inheritance``: the same with ``selection.inherit_weights: false``
+  (every child re-initialised, trained the full ``steps``): the control;
+- ``scratch TPE``: Optuna TPE (seeded, 4 start-up trials, as morphsearch's searcher) over
+  the CNN space of ``bench/_efficiency_space.py`` (1-3 convolutions of 4-64 channels,
+  kernels 3/5/7 (1-d) or 3/5 (2-d), pooling none / after the last / after each
+  convolution, lr in the config's ``selection.lr``), every trial from fresh weights;
+- ``scratch TPE + ASHA``: the same under Ray Tune's ``ASHAScheduler`` on the evaluation
+  index (``grace_period`` 2 evaluations, ``reduction_factor`` 3, ``max_t`` a full
+  trial's evaluations): the reference every method is measured against;
+- ``scratch random``: the same space with Optuna's ``RandomSampler`` (seeded).
 
-All networks use tanh: ``split.steepest`` refuses ReLU sites (zero second derivative),
-and a shared activation keeps the comparison about growth, not activations.
+Recipe (every trial, through ``train_child`` / ``TrialPlan``): Adam at the trial's lr,
+cosine-decayed over its planned steps, the config's batch size (MNIST-1D 100, digits 64),
+``steps`` from fresh weights and ``child_steps`` for inheriting children (MNIST-1D 1200 /
+600, digits 800 / 400), an evaluation every ``eval_every`` steps (120 / 100), stopped
+after 3 evaluations without a validation-accuracy gain, the best evaluation's weights
+kept; two concurrent trials of one CPU. Budget per run: ``max_train_flops`` (MNIST-1D
+1e12, digits 3e11; 3x ``arch.flops`` per training sample plus morphisms' probe passes,
+evaluation not counted, ``TrainFlopsStopper``) and a wall-time safety cap (240 / 150 s,
+flagged when hit); a trial cap of 32 for morphsearch (64 from scratch, which ends on the
+FLOP budget, ASHA's stopped trials included). On MNIST-1D morphsearch's small networks
+end on the trial cap under the FLOP budget: small networks are cheap in FLOPs but not in
+wall time on CPUs. Trials cut by the budget or stopped by ASHA keep no weights and cannot
+be picked; their FLOPs count.
 
-Training FLOPs = 3x ``arch.flops`` per training sample per epoch, plus each morphism's
-probe-batch passes (the ``train_flops`` metric of ``train_child``); evaluation passes are
-not counted. At each trial's completion the curve takes the trial with the best
-validation accuracy so far and plots its TEST accuracy (measured here from its saved
-weights), against the cumulative training FLOPs of completed trials and wall time.
+Data: MNIST-1D is the ``mnist1d`` package's default generation (4,000 train, 1,000 test)
+with ``val_size: 1000`` extra samples for validation (generated beside it, seeded by the
+seed); digits is ``load_dataset("digits", seed=seed)`` as 1x8x8 images, a stratified
+1,169 / 269 / 359 split drawn per seed. The test split never feeds a choice.
 
-    /work/main/.venv/bin/python bench/search_efficiency.py            # full (~7 min on 2 cores)
-    /work/main/.venv/bin/python bench/search_efficiency.py --quick    # 1 seed, a quarter of the budget (~1.5 min)
+Measurement. After each finished trial the pick is the trial with the best validation
+accuracy so far (ties, frequent on 269 digits samples, go to the lower validation loss);
+its test accuracy (measured here from its saved weights) against the run's cumulative
+training FLOPs and wall time is the method's curve. A seed's target is the final value
+of the reference's curve; a method's ratio is its FLOPs to first reach the target over
+the reference's own ("never": not reached). Medians over seeds come with bootstrap 95 %
+intervals (10,000 resamples, fixed rng). The digits pick is not cross-validated:
+re-scoring the top networks on a re-split of train+val would score them on samples they
+trained on; instead each seed draws its own split (5 seeds: 5 repeated random splits),
+and ``--repeat`` runs the first seed twice and reports the spread. Optuna samplers and
+weight seeds follow the seed, but two concurrent trials finish in an order Ray does not
+fix, so repeats differ. "CPU s" sums this process's and its Ray processes' CPU time
+(from /proc): a load-independent measure of a run's cost.
+
+Commands (from the repository root; tables to stdout, results.json and logs under --out):
+
+    # full: 2 datasets x 5 seeds x 5 methods, plot to bench/search_efficiency.png; about
+    # 3,000 CPU s (600 per seed measured), estimated 30-35 min alone on the 2-core machine
+    # (one seed took 11 min beside another search)
+    PYTHONPATH=. python bench/search_efficiency.py --out /tmp/search-efficiency
+    # the spread between two runs of seed 0 (about a fifth of the full run, twice)
+    PYTHONPATH=. python bench/search_efficiency.py --seeds 0 --repeat \
+        --out /tmp/search-efficiency-repeat --plot /tmp/search-efficiency-repeat/plot.png
+    # smoke run: digits, seed 0, a quarter of the budget (about 2 minutes)
+    PYTHONPATH=. python bench/search_efficiency.py --quick
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import json
 import math
-import statistics
+import sys
 import tempfile
 import time
-import zlib
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from morphsearch import artifacts, builders
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _efficiency_report import (
+    METHODS,
+    REFERENCE,
+    CpuMeter,
+    Run,
+    TrialRow,
+    plot,
+    seed_table,
+    spread,
+    table,
+)
+from _efficiency_space import ScratchSpace, describe, layers_of, scratch_trial
+
+from morphsearch import artifacts
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.losses import accuracy
-from morphsearch.search.config import SearchConfig
-from morphsearch.search.protocol import TrialPlan
-from morphsearch.search.runner import TrainFlopsStopper, run_search
-from morphsearch.search.trainable import TrialSetup, train_child
+from morphsearch.search.config import SearchConfig, load_config
+from morphsearch.search.protocol import EPOCH
+from morphsearch.search.runner import TrainFlopsStopper, run_search, spent_flops
+from morphsearch.search.trainable import TrialSetup
 
-ACTIVATION = "tanh"
-METHODS = ("morphsearch", "morphsearch, no inheritance", "scratch TPE", "scratch random")
+ROOT = Path(__file__).resolve().parent.parent
+ASHA_GRACE, ASHA_RF = 2, 3  # evaluations before the first rung; keep the top 1/3 per rung
 
 
 @dataclass(frozen=True)
@@ -64,181 +118,31 @@ class Task:
     """One dataset's shared settings: every method gets exactly these."""
 
     dataset: str
-    batch_size: int
-    epochs: int  # scratch trials and morphsearch's seed (and re-initialised children)
-    child_epochs: int  # morphsearch children that inherit: fine-tuning (the default: half)
+    config: str  # the shipped morphsearch config, relative to the repository
+    steps: int  # a network trained from fresh weights (the seed, every scratch trial)
+    child_steps: int  # morphsearch's inheriting children
+    eval_every: int
+    patience: int
     max_train_flops: float
-    trials: int
-    seed_hidden: tuple[int, ...]
-    max_depth: int = 3
-    widths: tuple[int, int] = (16, 256)
-    # units a widening morphism adds per child, as a fraction of the layer's width
-    widen_fraction: tuple[float, float] = (0.25, 1.0)
-    patience: int = 3  # every trial of every method stops after 3 epochs without a gain
-    lr: tuple[float, float] = (1e-3, 3e-2)
-    lr_schedule: str = "cosine"  # within every trial of every method (budget.lr_schedule)
-    # morphsearch config overrides, dotted paths (--grow selection.inherit_optimizer=false)
-    grow: tuple[tuple[str, Any], ...] = ()
+    trials: int  # morphsearch's cap; from-scratch searches get twice as many
+    time_s: float  # a safety cap per run (the FLOP budget should end it first)
 
-    def max_params(self, data: Dataset) -> int:
-        """The largest MLP of the scratch space: morphsearch may not grow beyond it."""
-        width_in = int(torch.tensor(data.input_shape).prod())
-        big = [width_in, *[self.widths[1]] * self.max_depth, data.num_outputs]
-        return sum((a + 1) * b for a, b in itertools.pairwise(big))
+    def base(self) -> SearchConfig:
+        return load_config(ROOT / self.config)
 
 
 TASKS = {
-    # seed 64:64:10 for both: a 16-unit digits seed spent the search growing to the widths
-    # that win (its best was 0.955 vs 0.969 from this seed, same budget; BENCHMARKS.md)
-    "digits": Task("digits", 64, 10, 5, 30e9, 40, (64,)),
-    "mnist1d": Task("mnist1d", 128, 20, 10, 120e9, 40, (64,)),
+    "mnist1d": Task("mnist1d", "configs/mnist1d.yaml", 1200, 600, 120, 3, 1.0e12, 32, 240),
+    "digits": Task("digits", "configs/digits.yaml", 800, 400, 100, 3, 0.3e12, 32, 150),
 }
 
 
-@dataclass
-class TrialRow:
-    trial_id: str
-    end: float  # seconds since the search started
-    train_flops: float
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
-    params: int | None = None
+def load(task: Task, seed: int) -> Dataset:
+    """The data every method of a seed trains, selects and is tested on."""
+    return load_dataset(task.dataset, seed=seed, **task.base().dataset.loader_options())
 
 
-@dataclass
-class Run:
-    method: str
-    dataset: str
-    seed: int
-    wall_s: float
-    trials: list[TrialRow] = field(default_factory=list)
-
-    def curve(self) -> list[tuple[float, float, float]]:
-        """(cumulative FLOPs, wall s, test accuracy of the best-by-validation trial so far)."""
-        out, spent, best = [], 0.0, (-1.0, 0.0)
-        for row in sorted(self.trials, key=lambda r: r.end):
-            spent += row.train_flops
-            val, test = row.val_accuracy, row.test_accuracy
-            if val is not None and test is not None and val > best[0]:
-                best = (val, test)
-            if best[0] >= 0:
-                out.append((spent, row.end, best[1]))
-        return out
-
-    def reach(self, target: float) -> tuple[float, float] | None:
-        """(FLOPs, wall s) when the curve first reaches ``target``; None if never."""
-        for flops, wall, acc in self.curve():
-            if acc >= target - 1e-9:
-                return flops, wall
-        return None
-
-    @property
-    def total_flops(self) -> float:
-        return sum(r.train_flops for r in self.trials)
-
-    @property
-    def final(self) -> float:
-        curve = self.curve()
-        return curve[-1][2] if curve else math.nan
-
-
-# ----------------------------------------------------------------------- scratch search
-
-
-@dataclass(frozen=True)
-class ScratchSpace:
-    """Define-by-run space: lr, depth, then one width per layer (log-uniform, as a user would).
-
-    A module-level class, not a closure: Tune pickles the searcher in its checkpoints.
-    """
-
-    task: Task
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        trial.suggest_float("lr", *self.task.lr, log=True)
-        depth = trial.suggest_int("depth", 1, self.task.max_depth)
-        for i in range(1, depth + 1):
-            trial.suggest_int(f"w{i}", *self.task.widths, log=True)
-        # the same schedule within a trial as morphsearch's (budget.lr_schedule)
-        return {"lr_schedule": self.task.lr_schedule}
-
-
-def scratch_trial(config: dict[str, Any], setup: TrialSetup, shape: tuple[int, int],
-                  input_shape: tuple[int, ...]) -> None:
-    """Build the sampled MLP with fresh weights and train it with the same ``train_child``."""
-    from ray import tune
-
-    trial_id = tune.get_context().get_trial_id() or "local"
-    seed = zlib.crc32(trial_id.encode()) % 100_000
-    widths = [int(config[f"w{i}"]) for i in range(1, int(config["depth"]) + 1)]
-    arch = builders.mlp([shape[0], *widths, shape[1]], activation=ACTIVATION, seed=seed,
-                        input_shape=input_shape)  # flattens the dataset's natural layout
-    ref = artifacts.write_architecture(arch, setup.artifacts_uri, f"init-{trial_id}")
-    child = TrialPlan(
-        parent_id="", parent_uri=ref.uri, parent_sha256=ref.sha256, lr=float(config["lr"]),
-        trial_seed=seed, lr_schedule=str(config.get("lr_schedule", "constant")),
-    ).to_config()
-    train_child(child, setup)
-
-
-def run_scratch(task: Task, seed: int, sampler: str, root: Path, name: str) -> float:
-    import optuna
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    # the data split follows the seed, as in run_search (load_dataset(seed=config.seed))
-    data = load_dataset(task.dataset, seed=seed)
-    setup = TrialSetup(
-        search=name,
-        artifacts_uri=str(root / name / "architectures"),
-        dataset=task.dataset,
-        dataset_options=(),
-        data_seed=seed,
-        batch_size=task.batch_size,
-        # the same budget as morphsearch's seed: epochs_per_trial, evaluated every epoch
-        steps=task.epochs * math.ceil(len(data.split("train")[0]) / task.batch_size),
-        eval_every=math.ceil(len(data.split("train")[0]) / task.batch_size),
-        cpus=1.0,
-        # the same early stopping as morphsearch's trials (budget.patience, first objective)
-        patience=task.patience,
-        monitor="val_accuracy",
-        monitor_mode="max",
-    )
-    # the same TPE settings as morphsearch's searcher (searcher.make_searcher)
-    chosen = (
-        optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
-        if sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=seed)
-    )
-    shape = (int(torch.tensor(data.input_shape).prod()), data.num_outputs)
-    trainable = tune.with_resources(
-        tune.with_parameters(scratch_trial, setup=setup, shape=shape,
-                             input_shape=tuple(data.input_shape)), {"cpu": 1.0, "gpu": 0}
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(
-                space=ScratchSpace(task),
-                metric="val_accuracy",
-                mode="max",
-                sampler=chosen,
-                seed=seed,
-            ),
-            num_samples=task.trials,
-            max_concurrent_trials=2,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(root),
-            stop=TrainFlopsStopper(task.max_train_flops),
-            verbose=0,
-        ),
-    )
-    start = time.time()
-    tuner.fit()
-    return start
+# ----------------------------------------------------------------------- morphsearch
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -249,51 +153,104 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[last] = value
 
 
-def run_grow(task: Task, seed: int, inherit: bool, root: Path, name: str, data: Dataset) -> float:
-    raw: dict[str, Any] = {
-        "name": name,
-        "seed": seed,
-        "seed_graph": {
-            "builder": "mlp",
-            "hidden": list(task.seed_hidden),
-            "args": {"activation": ACTIVATION},
-        },
-        "dataset": {"name": task.dataset},
-        "objectives": [{"metric": "val_accuracy", "mode": "max"}],
-        "budget": {
-            "trials": task.trials,
-            "max_concurrent": 2,
-            "epochs_per_trial": task.epochs,
-            "child_epochs": task.child_epochs,
-            "patience": task.patience,
-            "batch_size": task.batch_size,
-            "max_params": task.max_params(data),
-            "max_train_flops": task.max_train_flops,
-            "lr_schedule": task.lr_schedule,
-        },
-        "morphisms": {
-            "widen.gradmax": {"k_fraction": list(task.widen_fraction)},
-            "widen.split": {"k_fraction": list(task.widen_fraction)},
-            "split.steepest": {"k_fraction": list(task.widen_fraction)},
-            "deepen.identity": {},
-            "deepen.skip": {},
-        },
-        "selection": {
-            "pool_size": 3,
-            "lr": list(task.lr),
-            "inherit_weights": inherit,
-            "max_children": 3,
-        },
-        "resources": {"cpus": 1},
-        "storage": str(root),
-        "database": f"sqlite:///{root}/{name}.db",
-    }
-    for dotted, value in task.grow:
+def grow_config(task: Task, seed: int, inherit: bool, root: Path, name: str,
+                grow: tuple[tuple[str, Any], ...] = ()) -> SearchConfig:  # fmt: skip
+    """The shipped config with the bench's recipe, budget, seed and storage."""
+    raw = task.base().model_dump(mode="json", exclude_unset=True)
+    raw.update(name=name, seed=seed, storage=str(root), database=f"sqlite:///{root}/{name}.db",
+               objectives=[{"metric": "val_accuracy", "mode": "max"}],
+               source=str(ROOT / task.config))  # fmt: skip
+    raw["budget"] = {
+        **raw.get("budget", {}), "trials": task.trials, "time_s": task.time_s,
+        "max_concurrent": 2, "steps_per_trial": task.steps, "child_steps": task.child_steps,
+        "eval_every_steps": task.eval_every, "patience": task.patience,
+        "max_train_flops": task.max_train_flops,
+    }  # fmt: skip
+    # seed_first: false (see the module docstring): two trials from the start
+    raw["selection"] = {**raw.get("selection", {}), "inherit_weights": inherit, "test_top": 0,
+                        "seed_first": False}  # fmt: skip
+    raw["resources"] = {"cpus": 1, "gpus": 0}
+    for dotted, value in grow:
         _set(raw, dotted, value)
-    config = SearchConfig.model_validate(raw)
+    return SearchConfig.model_validate(raw)
+
+
+def run_grow(config: SearchConfig) -> float:
     start = time.time()
     run_search(config)
     return start
+
+
+# ----------------------------------------------------------------------- from scratch
+
+
+def scratch_setup(task: Task, seed: int, root: Path, name: str, data: Dataset,
+                  asha: bool) -> TrialSetup:  # fmt: skip
+    base = task.base()
+    rungs, rung = [], ASHA_GRACE
+    while asha and rung <= -(-task.steps // task.eval_every):
+        rungs.append(rung)
+        rung *= ASHA_RF
+    return TrialSetup(
+        search=name, artifacts_uri=str(root / name / "architectures"), dataset=task.dataset,
+        dataset_options=tuple(sorted(base.dataset.loader_options().items())),
+        data_seed=seed, batch_size=base.budget.batch_size, steps=task.steps,
+        eval_every=task.eval_every, cpus=1.0, checkpoint_every_s=base.budget.checkpoint_every_s,
+        report_every_s=base.budget.report_every_s, report_epochs=tuple(rungs),
+        patience=task.patience, monitor="val_accuracy", monitor_mode="max",
+    )  # fmt: skip
+
+
+def run_scratch(task: Task, seed: int, method: str, root: Path, name: str, data: Dataset) -> float:
+    import _efficiency_space
+    import optuna
+    from ray import cloudpickle, tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    # bench/ is not on the workers' path: ship the trainable's module with it
+    cloudpickle.register_pickle_by_value(_efficiency_space)
+    asha = method == REFERENCE
+    setup = scratch_setup(task, seed, root, name, data, asha)
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if method == "scratch random"
+               else optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))  # fmt: skip
+    base = task.base()
+    space = ScratchSpace(len(data.input_shape) - 1, tuple(base.selection.lr), seed,
+                         base.budget.lr_schedule)  # fmt: skip
+    trainable = tune.with_resources(
+        tune.with_parameters(scratch_trial, setup=setup, input_shape=tuple(data.input_shape),
+                             num_classes=data.num_outputs), {"cpu": 1.0, "gpu": 0})  # fmt: skip
+    scheduler = ASHAScheduler(
+        time_attr=EPOCH, metric="val_accuracy", mode="max",
+        max_t=-(-task.steps // task.eval_every), grace_period=ASHA_GRACE,
+        reduction_factor=ASHA_RF,
+    ) if asha else None  # fmt: skip
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(space=space, metric="val_accuracy", mode="max",
+                                    sampler=sampler, seed=seed),
+            scheduler=scheduler, num_samples=2 * task.trials, max_concurrent_trials=2,
+            time_budget_s=task.time_s, reuse_actors=True,
+        ),
+        # result.json written by hand, as run_search does (its quiet mode, once set in
+        # this process, turns off Tune's automatic loggers)
+        run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
+                                  callbacks=[JsonLoggerCallback()],
+                                  stop=TrainFlopsStopper(task.max_train_flops)),
+    )
+    start = time.time()
+    tuner.fit()
+    return start
+
+
+@contextlib.contextmanager
+def logged(path: Path) -> Iterator[None]:
+    """A run's own output (morphsearch's progress, Tune's summary) goes to its log."""
+    with path.open("w") as stream, contextlib.redirect_stdout(stream), \
+            contextlib.redirect_stderr(stream):  # fmt: skip
+        yield
 
 
 # ----------------------------------------------------------------------- collection
@@ -310,166 +267,123 @@ def _test_accuracy(uri: str, data: Dataset) -> tuple[float, int]:
 
 
 def collect(path: Path, start: float, data: Dataset) -> list[TrialRow]:
+    """One row per trial from Tune's ``result.json`` files; a trial's FLOPs are the
+    largest it reported (its last result carries the kept evaluation's metrics)."""
     rows = []
     for result in sorted(path.glob("*/result.json")):
         lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if not lines:
             continue
         last = lines[-1]
-        row = TrialRow(
-            str(last["trial_id"]),
-            float(last["timestamp"]) - start,
-            float(last.get("train_flops", 0.0)),
-        )
-        if last.get("weights_uri"):  # finished all its epochs (not cut by the budget)
+        row = TrialRow(str(last["trial_id"]), float(last["timestamp"]) - start,
+                       max(spent_flops(r) for r in lines))  # fmt: skip
+        config = last.get("config") or {}
+        if "depth" in config:
+            row.arch = describe(*layers_of(config))
+        if last.get("weights_uri"):  # finished (not cut by the budget, not stopped by ASHA)
             row.val_accuracy = float(last["val_accuracy"])
+            row.val_loss = float(last.get("val_loss", math.nan))
             row.test_accuracy, row.params = _test_accuracy(last["weights_uri"], data)
         rows.append(row)
     return rows
 
 
-# ----------------------------------------------------------------------- report
+# ----------------------------------------------------------------------- main
 
 
-def _fmt_flops(value: float | None) -> str:
-    return "-" if value is None else f"{value / 1e9:.2f}"
+def run_one(task: Task, seed: int, method: str, repeat: int, root: Path, out: Path,
+            grow: tuple[tuple[str, Any], ...], meter: CpuMeter | None = None) -> Run:  # fmt: skip
+    data = load(task, seed)
+    cpu = meter.total() if meter else math.nan
+    name = f"{task.dataset}-{seed}-{METHODS.index(method)}-{repeat}"
+    with logged(out / "logs" / f"{name}.log"):
+        if method.startswith("morphsearch"):
+            config = grow_config(task, seed, method == "morphsearch", root, name, grow)
+            start = run_grow(config)
+        else:
+            start = run_scratch(task, seed, method, root, name, data)
+    wall = time.time() - start
+    cpu = meter.total() - cpu if meter else math.nan
+    return Run(method, task.dataset, seed, wall, task.max_train_flops, repeat, cpu,
+               collect(root / name, start, data))  # fmt: skip
 
 
-def table(runs: list[Run], dataset: str) -> str:
-    mine = [r for r in runs if r.dataset == dataset]
-    seeds = sorted({r.seed for r in mine})
-    by = {(r.method, r.seed): r for r in mine}
-    targets = {s: by[("scratch TPE", s)].final for s in seeds if ("scratch TPE", s) in by}
-    lines = [
-        f"| {dataset} method | best test acc (mean) | trials | total GFLOPs | wall s | "
-        "reached TPE best | GFLOPs to reach (median) | x TPE's | wall s to reach (median) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    tpe_reach = {s: by[("scratch TPE", s)].reach(targets[s]) for s in targets}
-    for method in METHODS:
-        rs = [by[(method, s)] for s in seeds if (method, s) in by]
-        if not rs:
-            continue
-        reached = [(r.seed, r.reach(targets[r.seed])) for r in rs if r.seed in targets]
-        hits = [(s, x) for s, x in reached if x is not None]
-        ratios = [x[0] / tpe_reach[s][0] for s, x in hits if tpe_reach[s]]  # type: ignore[index]
-        flops = statistics.median(x[0] for _, x in hits) if hits else None
-        wall = statistics.median(x[1] for _, x in hits) if hits else None
-        ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
-        lines.append(
-            f"| {method} | {statistics.mean(r.final for r in rs):.4f} | "
-            f"{statistics.mean(len(r.trials) for r in rs):.0f} | "
-            f"{statistics.mean(r.total_flops for r in rs) / 1e9:.1f} | "
-            f"{statistics.mean(r.wall_s for r in rs):.0f} | {len(hits)}/{len(rs)} | "
-            f"{_fmt_flops(flops)} | {ratio} | "
-            f"{'-' if wall is None else f'{wall:.0f}'} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(runs: list[Run], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({r.dataset for r in runs})
-    fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 7), squeeze=False)
-    colors = dict(zip(METHODS, ("C0", "C1", "C2", "C7"), strict=True))
-    for col, dataset in enumerate(datasets):
-        for method in METHODS:
-            rs = [r for r in runs if r.dataset == dataset and r.method == method]
-            for i, r in enumerate(rs):
-                curve = r.curve()
-                if not curve:
-                    continue
-                flops, wall, acc = zip(*curve, strict=True)
-                label = method if i == 0 else None
-                kw = {"color": colors[method], "alpha": 0.8, "where": "post", "label": label}
-                axes[0][col].step([f / 1e9 for f in flops], acc, **kw)
-                axes[1][col].step(wall, acc, **kw)
-        axes[0][col].set_xscale("log")
-        axes[0][col].set_xlabel("cumulative training GFLOPs (log)")
-        axes[1][col].set_xlabel("wall time (s)")
-        for row in (0, 1):
-            axes[row][col].set_ylabel("test accuracy (best by validation)")
-            axes[row][col].set_title(dataset)
-            axes[row][col].grid(alpha=0.3)
-            finals = [r.final for r in runs if r.dataset == dataset and not math.isnan(r.final)]
-            if finals:
-                axes[row][col].set_ylim(min(finals) - 0.08, max(finals) + 0.02)
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
+def report(runs: list[Run], plot_path: Path) -> None:
+    for dataset in sorted({r.dataset for r in runs}):
+        print(f"\n{table(runs, dataset)}\n\n{seed_table(runs, dataset)}")
+    if text := spread(runs):
+        print(f"\n{text}")
+    plot(runs, plot_path)
+    print(f"\nplot: {plot_path}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--datasets", nargs="+", default=list(TASKS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--quick", action="store_true", help="1 seed, a quarter of the budget")
-    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".png")))
-    parser.add_argument("--json", default=None, help="also write the raw runs here")
-    parser.add_argument(
-        "--lr-schedule",
-        choices=("constant", "cosine"),
-        default=Task.lr_schedule,
-        help="learning rate within every trial of every method",
-    )
-    parser.add_argument(
-        "--grow",
-        nargs="*",
-        default=[],
-        metavar="KEY=YAML",
-        help="morphsearch config overrides, e.g. selection.inherit_optimizer=false",
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=None, choices=list(TASKS),
+                        help="default: all (--quick: digits)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one dataset (digits) and seed, a quarter of the budget")
+    parser.add_argument("--repeat", action="store_true",
+                        help="run the first seed a second time and report the spread")
+    parser.add_argument("--budget-scale", type=float, default=1.0,
+                        help="multiply every FLOP budget, trial cap and time cap")
+    parser.add_argument("--out", default=None, help="results folder (default: a temp folder)")
+    parser.add_argument("--plot", default=None,
+                        help="default: bench/search_efficiency.png (--quick: under --out)")
+    parser.add_argument("--report", default=None, metavar="RESULTS_JSON",
+                        help="only print the tables and plot of a results.json")
+    parser.add_argument("--grow", nargs="*", default=[], metavar="KEY=YAML",
+                        help="morphsearch config overrides, e.g. selection.pool=front")
     args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="search-efficiency-"))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    plot_path = Path(args.plot or (out / "search_efficiency.png" if args.quick
+                                   else Path(__file__).with_suffix(".png")))  # fmt: skip
+    if args.report:
+        report([Run.from_json(r) for r in json.loads(Path(args.report).read_text())], plot_path)
+        return
+    import ray
     import yaml
 
     grow = tuple((k, yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.grow))
-    import ray
-
+    datasets, seeds, scale = args.datasets or list(TASKS), args.seeds, args.budget_scale
+    if args.quick:
+        datasets, seeds, scale = (args.datasets or ["digits"])[:1], seeds[:1], scale / 4
+    jobs = [(d, s, 0) for d in datasets for s in seeds]
+    if args.repeat:
+        jobs += [(d, seeds[0], 1) for d in datasets]
     torch.set_num_threads(1)
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": a Ray of this process's own, never another search's on this host
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
     runs: list[Run] = []
-    began = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for dataset in args.datasets:
-            task = TASKS[dataset]
-            task = Task(**{**task.__dict__, "lr_schedule": args.lr_schedule, "grow": grow})
-            if args.quick:
-                budget = task.max_train_flops / 4
-                task = Task(**{**task.__dict__, "trials": 12, "max_train_flops": budget})
-            for seed in seeds:
-                # every method of a seed trains, selects and is tested on the same split
-                data = load_dataset(dataset, seed=seed)
+    began, meter = time.time(), CpuMeter()
+    try:
+        with tempfile.TemporaryDirectory(dir=out) as tmp:  # Tune's folders, weights
+            for dataset, seed, repeat in jobs:
+                task = TASKS[dataset]
+                task = replace(task, max_train_flops=task.max_train_flops * scale,
+                               trials=max(4, round(task.trials * min(1.0, scale * 2))),
+                               time_s=task.time_s * min(1.0, scale * 2))  # fmt: skip
                 for method in args.methods:
-                    name = f"{dataset}-{seed}-{METHODS.index(method)}"
-                    if method.startswith("morphsearch"):
-                        start = run_grow(task, seed, method == "morphsearch", root, name, data)
-                    else:
-                        start = run_scratch(task, seed, method.split()[-1][:6].lower(), root, name)
-                    wall = time.time() - start
-                    run = Run(method, dataset, seed, wall, collect(root / name, start, data))
+                    run = run_one(task, seed, method, repeat, Path(tmp), out, grow, meter)
                     runs.append(run)
-                    print(
-                        f"{dataset} seed {seed} {method}: {len(run.trials)} trials, "
-                        f"{run.total_flops / 1e9:.1f} GFLOPs, {wall:.0f} s, "
-                        f"best test {run.final:.4f}",
-                        flush=True,
-                    )
-    ray.shutdown()
-    if args.json:
-        raw = [r.__dict__ | {"trials": [t.__dict__ for t in r.trials]} for r in runs]
-        Path(args.json).write_text(json.dumps(raw))
-    for dataset in args.datasets:
-        print()
-        print(table(runs, dataset))
-    plot(runs, Path(args.out))
-    print(f"\ntotal {time.time() - began:.0f} s; plot: {args.out}")
+                    capped = " (time cap)" if run.wall_s >= task.time_s else ""
+                    print(f"{dataset} seed {seed}{' repeat' if repeat else ''} {method}: "
+                          f"{len(run.trials)} trials, {run.total_flops / 1e9:.0f} GFLOPs, "
+                          f"{run.wall_s:.0f} s{capped}, {run.cpu_s:.0f} CPU s, "
+                          f"best-by-val test {run.final:.4f}",
+                          flush=True)  # fmt: skip
+                    (out / "results.json").write_text(json.dumps([r.to_json() for r in runs]))
+    finally:
+        ray.shutdown()
+        meter.close()
+    report(runs, plot_path)
+    print(f"results: {out / 'results.json'}; total {time.time() - began:.0f} s, "
+          f"{meter.total():.0f} CPU s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ was killed; lineage writes are idempotent by trial id, so nothing is recorded tw
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +24,14 @@ from morphsearch.search.holdout import score_on_test
 from morphsearch.search.inputs import SearchInputs, absolute
 from morphsearch.search.preflight import check_config
 from morphsearch.search.progress import SearchProgress
-from morphsearch.search.protocol import EPOCH, EPOCH_METRICS
+from morphsearch.search.protocol import EPOCH, EPOCH_HISTORY, EPOCH_METRICS
 from morphsearch.search.quiet import quiet_libraries
 from morphsearch.search.searcher import make_searcher
 from morphsearch.search.space import MorphismSpace, ParentInfo, seed_arch_id
 from morphsearch.search.trainable import train_child
 from morphsearch.search.trial import TrialSetup, probe_batch
 
-__all__ = ["SearchResult", "TrainFlopsStopper", "asha_milestones", "run_search"]
+__all__ = ["SearchResult", "TrainFlopsStopper", "asha_milestones", "run_search", "spent_flops"]
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,12 @@ def asha_milestones(config: SearchConfig, max_t: int) -> tuple[int, ...]:
 class TrainFlopsStopper(Stopper):
     """Stops the whole experiment once its trials have spent ``limit`` training FLOPs.
 
-    Each trial reports ``train_flops`` cumulatively; the stopper keeps the latest value
+    Each trial reports ``train_flops`` cumulatively; the stopper keeps the largest value
     per trial and stops every trial when their sum reaches the limit, so the budget is
-    compute, not trial count (trials differ in size by orders of magnitude).
+    compute, not trial count (trials differ in size by orders of magnitude). The largest,
+    not the latest: a trial's last result carries its kept evaluation's metrics (an
+    earlier one when it stopped on patience), and the evaluations after it come in that
+    result's ``epoch_history``.
     """
 
     def __init__(self, limit: float) -> None:
@@ -140,11 +144,21 @@ class TrainFlopsStopper(Stopper):
         self.spent: dict[str, float] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.spent[trial_id] = float(result.get("train_flops", 0.0))
+        self.spent[trial_id] = max(self.spent.get(trial_id, 0.0), spent_flops(result))
         return self.stop_all()
 
     def stop_all(self) -> bool:
         return sum(self.spent.values()) >= self.limit
+
+
+def spent_flops(result: dict[str, Any]) -> float:
+    """The training FLOPs a trial had spent by this result: the largest ``train_flops``
+    of the result and of the evaluations in its ``epoch_history``."""
+    values = [float(result.get("train_flops") or 0.0)]
+    history = result.get(EPOCH_HISTORY)
+    if history:
+        values += [float(r.get("train_flops") or 0.0) for r in json.loads(history)]
+    return max(values)
 
 
 def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) -> Any:

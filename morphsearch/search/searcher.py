@@ -42,7 +42,7 @@ class ResumableOptunaSearch(OptunaSearch):
             # nothing new to grow yet: while trials run (each may add a parent), wait;
             # the Optuna trial asked for this suggestion is closed as failed (TPE skips it)
             asked = self._ot_trials.pop(trial_id, None)
-            if asked is not None:
+            if asked is not None and self._ot_study is not None:
                 self._ot_study.tell(asked, state=optuna.trial.TrialState.FAIL)
             if not set(self._ot_trials) - self._completed_trials:
                 raise

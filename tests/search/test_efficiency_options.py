@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError
 from morphsearch.search.config import SearchConfig, load_config
 from morphsearch.search.protocol import PlannedMorphism, TrialPlan
-from morphsearch.search.runner import TrainFlopsStopper
+from morphsearch.search.runner import TrainFlopsStopper, spent_flops
 from morphsearch.search.trial import TrialSetup, grow_child, make_optimizer, morphism_flops
 from tests.search.conftest import TINY, run_trial_here
 
@@ -107,6 +108,18 @@ def test_train_flops_stopper_sums_the_latest_value_per_trial() -> None:
     assert not stopper("b", {"train_flops": 30})
     assert stopper("b", {"train_flops": 40})
     assert stopper.stop_all()
+
+
+def test_train_flops_stopper_counts_evaluations_after_the_kept_one() -> None:
+    # a trial stopped on patience ends with its kept (earlier) evaluation's metrics; what
+    # it trained after that comes in epoch_history and is spent all the same
+    stopper = TrainFlopsStopper(100)
+    assert not stopper("a", {"train_flops": 50})
+    last = {"train_flops": 40, "epoch_history": json.dumps([{"train_flops": 70}])}
+    assert spent_flops(last) == 70
+    assert not stopper("a", last)
+    assert stopper.spent["a"] == 70
+    assert stopper("b", {"train_flops": 30})
 
 
 # ----------------------------------------------------------------- search efficiency defaults

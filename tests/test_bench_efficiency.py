@@ -1,0 +1,148 @@
+"""bench/search_efficiency.py's logic without Ray: the scratch CNN space, the curves,
+compute ratios and bootstrap intervals, and the morphsearch config it runs."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+from _efficiency_report import (  # noqa: E402
+    REFERENCE,
+    CpuMeter,
+    Run,
+    TrialRow,
+    bootstrap_median,
+    outcomes,
+    seed_table,
+    spread,
+    table,
+)
+from _efficiency_space import (  # noqa: E402
+    KERNELS,
+    POOLS,
+    ScratchSpace,
+    grid,
+    layers_of,
+    scratch_cnn,
+)
+
+
+@pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8)])
+def test_every_grid_point_builds_a_cnn_that_runs(shape: tuple[int, ...]) -> None:
+    points = grid(len(shape) - 1)
+    assert len(points) == 3 * 3 * len(KERNELS[len(shape) - 1]) * len(POOLS)
+    x = torch.randn(3, *shape)
+    for convs, pool in points:
+        arch = scratch_cnn(shape, convs, pool, 10, seed=1)
+        assert tuple(arch.input_shape) == shape
+        assert arch.to_module()(x).shape == (3, 10)
+    # pooling halves the resolution: 'each' after every conv, 'end' once
+    convs = [(8, 3)] * 3
+    size = {p: scratch_cnn(shape, convs, p, 10).num_params for p in POOLS}
+    assert size["none"] > size["end"] > size["each"]
+
+
+def test_sampled_configs_are_seeded_and_build() -> None:
+    def draw(seed: int, spatial: int) -> list[dict]:
+        space = ScratchSpace(spatial, (0.002, 0.02), seed=seed)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        out = []
+        for _ in range(12):
+            trial = study.ask()
+            out.append({**space(trial), **trial.params})
+            study.tell(trial, 0.5)
+        return out
+
+    for spatial, shape in ((1, (1, 40)), (2, (1, 8, 8))):
+        configs = draw(3, spatial)
+        assert configs == draw(3, spatial)  # a repeat samples the same networks
+        assert [c["trial_seed"] for c in configs] == [30_000 + i for i in range(12)]
+        for config in configs:
+            assert 0.002 <= config["lr"] <= 0.02 and config["lr_schedule"] == "cosine"
+            convs, pool = layers_of(config)
+            assert 1 <= len(convs) <= 3 and pool in POOLS
+            assert all(4 <= c <= 64 and k in KERNELS[spatial] for c, k in convs)
+            arch = scratch_cnn(shape, convs, pool, 10, seed=config["trial_seed"])
+            assert arch.to_module()(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def _run(method: str, points: list[tuple[float, float, float]], seed: int = 0,
+         repeat: int = 0) -> Run:  # fmt: skip
+    """A run whose trials end 1 s apart with (FLOPs, val, test) each."""
+    rows = [TrialRow(f"t{i}", float(i + 1), flops, val, 0.5, test)
+            for i, (flops, val, test) in enumerate(points)]  # fmt: skip
+    return Run(method, "digits", seed, float(len(points)), 100.0, repeat, trials=rows)
+
+
+def test_curve_reach_and_ratio() -> None:
+    ref = _run(REFERENCE, [(40, 0.90, 0.91), (40, 0.95, 0.93), (40, 0.94, 0.99)])
+    # the pick follows validation: the third trial's better test score is not seen
+    assert ref.curve() == [(40, 1, 0.91), (80, 2, 0.93), (120, 3, 0.93)]
+    assert ref.final == 0.93 and ref.reach(0.93) == (80, 2)
+    grow = _run("morphsearch", [(10, 0.91, 0.92), (20, 0.96, 0.94)])
+    never = _run("scratch random", [(50, 0.99, 0.90)])
+    cut = _run("scratch TPE", [(70, None, None), (10, 0.97, 0.95)])  # type: ignore[list-item]
+    got = {o.run.method: o for o in outcomes([ref, grow, never, cut])}
+    assert got["morphsearch"].target == 0.93
+    assert got["morphsearch"].reached == (30, 2)
+    assert got["morphsearch"].ratio == pytest.approx(30 / 80)
+    assert got["morphsearch"].wall_ratio == pytest.approx(2 / 2)
+    assert got["scratch random"].reached is None and math.isinf(got["scratch random"].ratio)
+    # a trial without weights (cut, ASHA) is not a pick, but its FLOPs count
+    assert got["scratch TPE"].reached == (80, 2) and got["scratch TPE"].ratio == 1.0
+    assert got[REFERENCE].ratio == 1.0
+    # ties on validation accuracy go to the lower validation loss
+    tie = _run("x", [(1, 0.9, 0.8), (1, 0.9, 0.7)])
+    tie.trials[1].val_loss = 0.1
+    assert tie.final == 0.7
+    assert Run.from_json(grow.to_json()) == grow
+
+
+def test_bootstrap_median_is_fixed_and_handles_never() -> None:
+    values = [0.2, 0.4, 0.3, 0.9, 0.25]
+    mid, lo, hi = bootstrap_median(values)
+    assert mid == 0.3 and lo <= mid <= hi
+    assert (mid, lo, hi) == bootstrap_median(values)  # fixed rng
+    assert lo >= 0.2 and hi <= 0.9
+    # unreached seeds are infinite ratios: they sort last and can make the median never
+    assert bootstrap_median([0.1, math.inf, 0.2])[0] == 0.2
+    assert math.isinf(bootstrap_median([0.1, math.inf, math.inf])[0])
+    assert bootstrap_median([0.1, 0.3])[0] == pytest.approx(0.2)
+    assert bootstrap_median([1.0, math.inf])[0] == math.inf
+    assert all(math.isnan(v) for v in bootstrap_median([math.nan]))
+
+
+def test_tables_count_seeds_reached_within_half() -> None:
+    runs = []
+    for seed, cost in enumerate((10, 30, 60, 20, 5)):  # ratios 0.125 .. 0.75 of 80
+        runs.append(_run(REFERENCE, [(40, 0.90, 0.91), (40, 0.95, 0.93)], seed))
+        runs.append(_run("morphsearch", [(cost, 0.96, 0.93)], seed))
+    runs.append(_run(REFERENCE, [(40, 0.95, 0.92)], 0, repeat=1))
+    runs.append(_run("morphsearch", [(90, 0.95, 0.90)], 0, repeat=1))
+    text = table(runs, "digits")
+    row = next(line for line in text.splitlines() if line.startswith("| morphsearch |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "5" and cells[8] == "5/5" and cells[9] == "4/5"
+    assert cells[10].startswith("0.25 [")  # median of 0.125, 0.375, 0.75, 0.25, 0.0625
+    assert "0 (repeat)" in seed_table(runs, "digits")
+    assert "| digits, 0, morphsearch | 0.9300 / 0.9000 | 0.0300 | 0.12 / never |" in spread(runs)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_cpu_meter_counts_this_process() -> None:
+    meter = CpuMeter(every=60)  # sampled on demand here
+    before = meter.total()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert 0.2 <= meter.total() - before <= 5
+    meter.close()
