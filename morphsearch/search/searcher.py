@@ -32,10 +32,13 @@ class ResumableOptunaSearch(OptunaSearch):
 
     wait_for_seed = False
     _seed_trial: str | None = None
+    _exhausted_at: int | None = None  # completed trials when the pool last had nothing new
 
     def suggest(self, trial_id: str) -> dict[Any, Any] | None:
         if self.wait_for_seed and self._seed_trial is not None:
             return None  # Tune asks again on its next loop
+        if self._exhausted_at == len(self._completed_trials) and self._running():
+            return None  # nothing new since the pool ran dry: only a finished trial adds parents
         try:
             config = super().suggest(trial_id)
         except PoolExhausted:
@@ -44,9 +47,11 @@ class ResumableOptunaSearch(OptunaSearch):
             asked = self._ot_trials.pop(trial_id, None)
             if asked is not None and self._ot_study is not None:
                 self._ot_study.tell(asked, state=optuna.trial.TrialState.FAIL)
-            if not set(self._ot_trials) - self._completed_trials:
+            if not self._running():
                 raise
+            self._exhausted_at = len(self._completed_trials)
             return None
+        self._exhausted_at = None
         if self.wait_for_seed and isinstance(config, dict) and config.get("morphism") is None:
             self._seed_trial = trial_id
         return config
@@ -57,6 +62,9 @@ class ResumableOptunaSearch(OptunaSearch):
         if trial_id == self._seed_trial:
             self._seed_trial = None  # trained (or failed: its children then train fully)
         super().on_trial_complete(trial_id, result, error)
+
+    def _running(self) -> bool:
+        return bool(set(self._ot_trials) - self._completed_trials)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import tempfile
 import time
@@ -27,7 +28,7 @@ import torch
 from morphsearch import artifacts, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
-from morphsearch.errors import SearchError
+from morphsearch.errors import SearchError, WeightsError
 from morphsearch.growth.trainer import GrowingTrainer, evaluate
 from morphsearch.losses import task_loss
 from morphsearch.morphisms import Batch
@@ -38,6 +39,8 @@ from morphsearch.search.growing import event_record, loop_config
 from morphsearch.search.protocol import EpochReport, TrialPlan, TrialReport
 
 __all__ = ["Session", "TrialSetup", "child_arch_id", "morphism_flops", "run_trial"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,6 @@ def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(setup.cpus)))  # oversubscribed cores: several times slower
     device = trial_device(setup)
-    data = _dataset(setup.dataset, setup.dataset_options, setup.data_seed)
-    probe = probe_batch(data, setup.batch_size)
     arch_id = child_arch_id(setup.search, session.trial_id)
     finished = _finished_result(plan, setup, arch_id)
     if finished is not None:
@@ -199,6 +200,8 @@ def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
         # its result is on storage, so it is reported again instead of retrained
         session.report(finished, None)
         return
+    data = _dataset(setup.dataset, setup.dataset_options, setup.data_seed)
+    probe = probe_batch(data, setup.batch_size)
     parent = artifacts.read_architecture(plan.parent_uri, plan.parent_sha256)
     folder = session.checkpoint_dir()
     if folder is not None:
@@ -367,7 +370,10 @@ def _save_finished(plan: TrialPlan, setup: TrialSetup, arch_id: str,
                    result: dict[str, Any]) -> None:  # fmt: skip
     """Write the trial's final result beside its weights, before it is reported."""
     record = {"identity": _trial_identity(plan, setup), "result": result}
-    artifacts.write_bytes(_finished_uri(setup, arch_id), json.dumps(record).encode())
+    try:
+        artifacts.write_bytes(_finished_uri(setup, arch_id), json.dumps(record).encode())
+    except WeightsError as exc:  # only a resume would miss it: the result still goes out
+        log.warning("trial %s: final result not kept for a resume (%s)", arch_id, exc)
 
 
 def _finished_result(plan: TrialPlan, setup: TrialSetup, arch_id: str) -> dict[str, Any] | None:

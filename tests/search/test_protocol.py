@@ -223,9 +223,10 @@ def test_the_searcher_waits_while_trials_run_when_nothing_new_can_grow() -> None
     from morphsearch.search.searcher import ResumableOptunaSearch
     from morphsearch.search.space import PoolExhausted
 
-    exhausted = {"now": False}
+    exhausted = {"now": False, "asked": 0}
 
     def space(trial: optuna.Trial) -> None:
+        exhausted["asked"] += 1
         trial.suggest_float("lr", 1e-3, 1e-2, log=True)
         if exhausted["now"]:
             raise PoolExhausted("nothing new to grow")
@@ -236,6 +237,9 @@ def test_the_searcher_waits_while_trials_run_when_nothing_new_can_grow() -> None
     assert searcher.suggest("t2") is None  # t1 may add a parent: wait
     states = [t.state for t in searcher._ot_study.get_trials()]
     assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
+    # Tune asks again every loop: no new parent until a trial ends, so no new question
+    assert [searcher.suggest(f"w{i}") for i in range(5)] == [None] * 5
+    assert exhausted["asked"] == 2 and len(searcher._ot_study.get_trials()) == 2
     searcher.on_trial_complete("t1", {"val_accuracy": 0.5, "training_iteration": 1})
     with pytest.raises(PoolExhausted):  # nothing running and nothing to grow: the end
         searcher.suggest("t3")
