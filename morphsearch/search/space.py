@@ -168,13 +168,14 @@ class MorphismSpace:
         fresh: list[ParentInfo] = []
         on_front: list[ParentInfo] = []
         used: list[ParentInfo] = []
-        for arch_id in front + [a for a in ranked if a not in front]:
+        on_front_ids = set(front)
+        for arch_id in front + [a for a in ranked if a not in on_front_ids]:
             info = self._parent(arch_id)
             if info is None:  # stopped early: nothing to inherit
                 continue
             if limit is not None and self.children(info.arch_id) >= limit:
                 used.append(info)
-            elif arch_id in front:
+            elif arch_id in on_front_ids:
                 on_front.append(info)
             else:
                 fresh.append(info)

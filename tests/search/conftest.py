@@ -48,6 +48,20 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
+def refuse_cluster(monkeypatch: pytest.MonkeyPatch, why: str) -> None:
+    """Starting Ray or making a Jobs API client fails the test with ``why``: for tests
+    that every check comes before the cluster is touched."""
+    import ray
+    import ray.job_submission
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError(why)
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", refuse)
+
+
 class FakeSession:
     """A trial's session without Ray: reports go to a list (checkpoints are dropped)."""
 

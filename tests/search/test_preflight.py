@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY
+from conftest import TINY, refuse_cluster
 
 from morphsearch.cli import main
 from morphsearch.lineage import open_store
@@ -17,13 +17,7 @@ from morphsearch.lineage import open_store
 @pytest.fixture(autouse=True)
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to start Ray fails the test: every check must come before it."""
-    import ray
-
-    def refuse(*_args: Any, **_kwargs: Any) -> None:
-        raise AssertionError("Ray was started before the inputs were checked")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    refuse_cluster(monkeypatch, "Ray was started before the inputs were checked")
 
 
 def _config(tmp_path: Path, **changes: Any) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY
+from conftest import TINY, refuse_cluster
 
 from morphsearch.cli import main
 from morphsearch.lineage import open_store
@@ -21,15 +21,7 @@ NOBODY = "http://127.0.0.1:1"  # no Jobs API listens here
 @pytest.fixture(autouse=True)
 def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     """Starting Ray or making a Jobs API client fails the test: checks come first."""
-    import ray
-    import ray.job_submission
-
-    def refuse(*_args: Any, **_kwargs: Any) -> None:
-        raise AssertionError("Ray or the cluster was contacted before the config was checked")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", refuse)
+    refuse_cluster(monkeypatch, "Ray or the cluster was contacted before the config was checked")
 
 
 def _config(tmp_path: Path, **changes: Any) -> Path:
