@@ -58,7 +58,9 @@ class WorkerKiller(threading.Thread):
         while not self.done.is_set() and self.killed is None:
             for pid in _descendants(os.getpid()):
                 if "ImplicitFunc.train" in _title(pid):  # Ray's title while it runs a trial
-                    time.sleep(1.0)  # well inside the trial, past its first report
+                    time.sleep(0.3)  # inside the trial, past its start
+                    if "ImplicitFunc.train" not in _title(pid):
+                        continue  # that trial ended meanwhile: wait for a running one
                     os.kill(pid, signal.SIGKILL)
                     self.killed = pid
                     return
@@ -72,7 +74,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_search_completes(tmp_path:
 
     if ray.is_initialized():
         ray.shutdown()
-    config = tiny_config(tmp_path, trials=3, epochs_per_trial=40, max_concurrent=1)
+    config = tiny_config(tmp_path, trials=3, epochs_per_trial=120, max_concurrent=1)
     config = config.model_copy(update={"retries": 1})
     killer = WorkerKiller()
     killer.start()
