@@ -51,6 +51,7 @@ __all__ = [
     "roots",
     "search",
     "summary",
+    "trial_statuses",
 ]
 
 Mode = Literal["max", "min"]
@@ -371,6 +372,19 @@ def summary(
         {str(s): int(n) for s, n in by_status.items()},
         top[0] if top else None,
     )
+
+
+def trial_statuses(session: Session, search: str) -> dict[str, str]:
+    """Every trial of ``search``: its Ray trial id and status.
+
+    Raises:
+        NotFound: no such search.
+    """
+    key = search_pk(session, search)
+    rows = session.execute(
+        select(TrialRow.trial_id, TrialRow.status).where(TrialRow.search_id == key)
+    ).all()
+    return {str(t): str(s) for t, s in rows}
 
 
 def metrics(session: Session, trial_id: str) -> list[MetricRecord]:

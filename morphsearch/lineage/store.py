@@ -404,6 +404,10 @@ class LineageStore:
         """Trial ``trial_id`` (e.g. to see on resume whether it was recorded). Raises NotFound."""
         return self._run(lambda s: _trial_record(s, writes.trial_row(s, trial_id)))
 
+    def trial_statuses(self, search: str) -> dict[str, str]:
+        """Every trial of ``search`` by Ray trial id: its status. Raises NotFound."""
+        return self._run(lambda s: queries.trial_statuses(s, search))
+
     def metrics(self, trial_id: str) -> list[MetricRecord]:
         """Every value trial ``trial_id`` reported, by evaluation then name. Raises NotFound."""
         return self._run(lambda s: queries.metrics(s, trial_id))

@@ -5,6 +5,11 @@ final result carries the weights URI, or the trial ends without one: stopped by 
 or failed), then written with it. Every write is idempotent by Ray trial id, and the
 buffer is part of the callback's state in Tune's experiment checkpoint, so a resumed
 search records each trial exactly once.
+
+Lineage is written at once while Tune snapshots its experiment from time to time, so a
+driver killed right after a trial finished can leave that trial in lineage and not in
+the snapshot. On resume the callback finds such trials (lineage's trials that Tune did
+not restore), closes their rows, and the searcher counts them against the budget.
 """
 
 from __future__ import annotations
@@ -47,11 +52,15 @@ class LineageCallback(Callback):
     Args:
         db_url: the lineage database URL.
         search: the search name (created by the runner).
+        progress: the console progress, told on resume how many finished trials Tune
+            lost, so that its counts agree with lineage.
     """
 
-    def __init__(self, db_url: str, search: str) -> None:
+    def __init__(self, db_url: str, search: str, progress: Any = None) -> None:
         self.db_url = db_url
         self.search = search
+        self.progress = progress
+        self._reconcile = False  # set on restore: lineage may hold trials Tune lost
         self._pending: dict[str, list[tuple[int, dict[str, float]]]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._recorded: set[str] = set()
@@ -88,6 +97,30 @@ class LineageCallback(Callback):
         self._recorded = set(state["recorded"])
         self._started = dict(state.get("started", {}))  # absent in older snapshots
         self._retried = dict(state.get("retried", {}))
+        self._reconcile = True
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._reconcile:  # the first step after a restore: Tune's trials are all back
+            self._reconcile = False
+            self._adopt_lost({str(t.trial_id) for t in trials})
+
+    def _adopt_lost(self, known: set[str]) -> None:
+        """Close lineage's trials that the restored Tune does not know. Each was recorded
+        on its final report, so it trained to the end; the kill came before Tune's
+        completion of it (left ``RUNNING``) or before its next snapshot."""
+        lost = {t: s for t, s in self.store.trial_statuses(self.search).items()
+                if t not in known}  # fmt: skip
+        if not lost:
+            return
+        log.warning(
+            "resume: %d trial(s) finished after Tune's last snapshot (%s); lineage keeps "
+            "them and they count against budget.trials", len(lost), ", ".join(sorted(lost)),
+        )  # fmt: skip
+        for trial_id, status in lost.items():
+            if status == "RUNNING":
+                self.store.update_trial(trial_id, "TERMINATED", ended=_now())
+        if self.progress is not None:
+            self.progress.carry(lost.values())
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # the first start counts: a trial resumed after a crash keeps its start time

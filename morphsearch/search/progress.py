@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from ray.tune import Callback
@@ -69,6 +69,7 @@ class ProgressState:
         self.running: set[str] = set()
         self.done = 0
         self.errored = 0
+        self.carried = (0, 0)  # (done, errored) trials Tune lost on a resume
         self.best: tuple[float, str] | None = None
 
     def started(self, trial_id: str) -> None:
@@ -109,8 +110,17 @@ class ProgressState:
         state from a snapshot taken before the kill, and Tune reports no completion for
         trials it restored as finished: without this the last line would undercount."""
         self.running.clear()
-        self.done = sum(1 for status in statuses if status == "TERMINATED")
-        self.errored = sum(1 for status in statuses if status == "ERROR")
+        self.done = self.carried[0] + sum(1 for status in statuses if status == "TERMINATED")
+        self.errored = self.carried[1] + sum(1 for status in statuses if status == "ERROR")
+
+    def carry(self, statuses: Iterable[str]) -> None:
+        """Count trials that finished before a resume and that Tune's snapshot missed
+        (lineage has them, Tune's trial list never will)."""
+        statuses = list(statuses)
+        errored = sum(1 for status in statuses if status == "ERROR")
+        self.carried = (self.carried[0] + len(statuses) - errored, self.carried[1] + errored)
+        self.done += len(statuses) - errored
+        self.errored += errored
 
     def elapsed(self) -> float:
         return self._clock() - self.start
@@ -219,6 +229,10 @@ class SearchProgress(Callback):
             self._live.refresh()
             return
         print(self.state.line(text), file=self.stream, flush=True)
+
+    def carry(self, statuses: Iterable[str]) -> None:
+        """See :meth:`ProgressState.carry`."""
+        self.state.carry(statuses)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.state.started(str(trial.trial_id))

@@ -189,18 +189,16 @@ def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) 
         time_budget_s=config.budget.time_s,
         reuse_actors=config.reuse_actors,
     )
+    # verbose=0 silences Tune's own table; this is the user's view of the search
+    progress = SearchProgress(
+        config.metric, config.mode, total=config.budget.trials, time_budget_s=config.budget.time_s
+    )
     run_config = tune.RunConfig(
         name=name,
         storage_path=storage,
         callbacks=[
-            LineageCallback(config.database, name),
-            # verbose=0 silences Tune's own table; this is the user's view of the search
-            SearchProgress(
-                config.metric,
-                config.mode,
-                total=config.budget.trials,
-                time_budget_s=config.budget.time_s,
-            ),
+            LineageCallback(config.database, name, progress=progress),
+            progress,
             # Tune's per-trial result.json / progress.csv, which its analysis tools read;
             # added by hand because the quiet default turns off its automatic loggers
             # (the TensorBoard one prints a hint on every run)
@@ -277,7 +275,10 @@ def run_search(
         errors = sum(1 for r in grid if r.error is not None)
         score_on_test(store, config, name)
         store.set_search_status(name, "finished" if errors == 0 else "finished_with_errors")
-        return _summary(store, config, name, len(grid), artifacts.join(storage, name))
+        # a resumed search's grid lacks the trials Tune's snapshot missed; lineage has them
+        in_grid = {str((r.metrics or {}).get("trial_id")) for r in grid}
+        trials = len(grid) + len(set(store.trial_statuses(name)) - in_grid)
+        return _summary(store, config, name, trials, artifacts.join(storage, name))
 
 
 def _start_ray(address: str | None, logging_level: int, verbose: bool) -> None:

@@ -5,6 +5,11 @@ search runs. That database is written at once, while Tune's snapshot of the sear
 is taken from time to time: after the driver is killed, the study can be ahead of the
 restored searcher (a trial Tune resumes may already be finished in the study). The
 searcher here accepts that instead of failing the resumed search.
+
+The other way round, lineage can be ahead of the snapshot: a trial suggested and
+finished after the last snapshot is in lineage but unknown to the restored Tune. The
+restored searcher counts such trials against ``budget.trials``, so a resumed search
+runs no replacement for them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from morphsearch.search.config import SearchConfig
@@ -31,10 +37,24 @@ class ResumableOptunaSearch(OptunaSearch):
     untrained weights."""
 
     wait_for_seed = False
+    budget: int | None = None  # budget.trials
     _seed_trial: str | None = None
     _exhausted_at: int | None = None  # completed trials when the pool last had nothing new
+    # lineage's trials this searcher never suggested (None: to be read after a restore)
+    _lost: frozenset[str] | None = frozenset()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._lost = None  # read from lineage on the first suggestion
 
     def suggest(self, trial_id: str) -> dict[Any, Any] | None:
+        if self._lost is None:
+            self._lost = self._lost_trials()
+        spent = len(self._ot_trials) + len(self._lost)
+        if self._lost and self.budget is not None and spent >= self.budget:
+            # the lost trials ran: they were part of the budget (Ray types suggest() as a
+            # dict or None, yet reads this string as the end of the search)
+            return Searcher.FINISHED  # type: ignore[return-value]
         if self.wait_for_seed and self._seed_trial is not None:
             return None  # Tune asks again on its next loop
         if self._exhausted_at == len(self._completed_trials) and self._running():
@@ -62,6 +82,17 @@ class ResumableOptunaSearch(OptunaSearch):
         if trial_id == self._seed_trial:
             self._seed_trial = None  # trained (or failed: its children then train fully)
         super().on_trial_complete(trial_id, result, error)
+
+    def _lost_trials(self) -> frozenset[str]:
+        """Trials lineage recorded after the snapshot this searcher was restored from."""
+        space = self._space
+        if not isinstance(space, MorphismSpace):
+            return frozenset()
+        lost = frozenset(space.store.trial_statuses(space.search)) - set(self._ot_trials)
+        if lost:
+            log.info("resume: %d trial(s) finished after Tune's last snapshot: %s",
+                     len(lost), ", ".join(sorted(lost)))  # fmt: skip
+        return lost
 
     def _running(self) -> bool:
         return bool(set(self._ot_trials) - self._completed_trials)
@@ -107,4 +138,5 @@ def make_searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Optu
         seed=config.seed,
     )
     searcher.wait_for_seed = config.selection.seed_first and config.selection.inherit_weights
+    searcher.budget = config.budget.trials
     return searcher

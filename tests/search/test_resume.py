@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,14 +21,15 @@ from tests.search.conftest import TINY
 pytestmark = pytest.mark.slow
 
 
-def _write_config(tmp_path: Path) -> Path:
+def _write_config(tmp_path: Path, trials: int = 4) -> Path:
     data = {
         **TINY,
         "name": "resumable",
         "database": f"sqlite:///{tmp_path}/lineage.db",
         "storage": str(tmp_path / "runs"),
         # every trial trains 2 epochs (children too), so each one's epochs can be counted
-        "budget": {**TINY["budget"], "trials": 4, "epochs_per_trial": 2, "child_epochs": 2},
+        "budget": {**TINY["budget"], "trials": trials, "epochs_per_trial": 2,
+                   "child_epochs": 2},
     }
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -95,3 +97,69 @@ def test_kill_and_resume(tmp_path: Path) -> None:
             "select count(*) from metrics where name = 'val_accuracy' group by trial_id"
         ).fetchall()
     assert sorted(c for (c,) in per_trial) == [2] * 4  # every epoch once, none twice
+
+
+SNAPSHOT = ("experiment_state", "searcher-state", "search_gen_state", "callback-states")
+
+
+def _snapshot(folder: Path) -> list[Path]:
+    """Tune's experiment snapshot in ``folder``: all four files, or nothing yet."""
+    files = [f for part in SNAPSHOT for f in folder.glob(f"{part}-*")]
+    return files if len(files) == len(SNAPSHOT) else []
+
+
+def test_resume_from_a_snapshot_that_missed_finished_trials(tmp_path: Path) -> None:
+    """Tune snapshots its experiment from time to time, lineage is written at once: a
+    driver killed between a trial's end and the next snapshot leaves that trial in
+    lineage only. Made certain here: Tune's first snapshot is kept and put back after the
+    kill. The resumed search keeps those trials, closes their rows, runs no replacement
+    for them and spends the budget exactly."""
+    config = _write_config(tmp_path, trials=6)
+    db = tmp_path / "lineage.db"
+    folder, kept = tmp_path / "runs" / "resumable", tmp_path / "first-snapshot"
+    first = _driver(config, "first.log")
+    try:
+        deadline = time.monotonic() + 180
+        while not _snapshot(folder) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        kept.mkdir()
+        for f in _snapshot(folder):
+            shutil.copy2(f, kept / f.name)
+        assert _recorded(db) == 0, "a trial ended before Tune's first snapshot was kept"
+        while _recorded(db) < 2 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        assert first.poll() is None, "the search finished before it could be killed"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        _stop_session(first)
+    lost = _recorded(db)
+    assert 2 <= lost < 6
+    for f in folder.glob("*-state*"):  # this session's snapshots: back to the first one
+        f.unlink()
+    for f in folder.glob("experiment_state-*"):
+        f.unlink()
+    for f in kept.iterdir():
+        shutil.copy2(f, folder / f.name)
+    time.sleep(2)
+
+    second = _driver(config, "second.log", "--resume")
+    try:
+        second.wait(timeout=240)
+    finally:
+        _stop_session(second)
+    log = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, log[-3000:]
+    assert "finished after Tune's last snapshot" in log
+    assert "6 trials" in log  # the summary counts lineage's trials, lost ones included
+    with LineageStore(f"sqlite:///{db}") as store:
+        summary = store.summary("resumable")
+        assert summary.n_trials == 6  # the budget: no replacement for the lost trials
+        assert summary.trials_by_status == {"TERMINATED": 6}
+        nodes = store.descendants("resumable/seed")
+        assert len(nodes) == 7 and len({n.arch_id for n in nodes}) == 7
+    with sqlite3.connect(db) as con:
+        per_trial = con.execute(
+            "select count(*) from metrics where name = 'val_accuracy' group by trial_id"
+        ).fetchall()
+    assert sorted(c for (c,) in per_trial) == [2] * 6
