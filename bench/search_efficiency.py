@@ -63,9 +63,8 @@ fix, so repeats differ. "CPU s" sums this process's and its Ray processes' CPU t
 
 Commands (from the repository root; tables to stdout, results.json and logs under --out):
 
-    # full: 2 datasets x 5 seeds x 5 methods, plot to bench/search_efficiency.png; about
-    # 3,000 CPU s (600 per seed measured), estimated 30-35 min alone on the 2-core machine
-    # (one seed took 11 min beside another search)
+    # full: 2 datasets x 5 seeds x 5 methods, plot to bench/search_efficiency.png;
+    # measured 2,048 s (34 min) and 3,986 CPU s alone on the 2-core machine
     PYTHONPATH=. python bench/search_efficiency.py --out /tmp/search-efficiency
     # the spread between two runs of seed 0 (about a fifth of the full run, twice)
     PYTHONPATH=. python bench/search_efficiency.py --seeds 0 --repeat \
