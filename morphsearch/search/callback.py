@@ -56,6 +56,11 @@ class LineageCallback(Callback):
             lost, so that its counts agree with lineage.
     """
 
+    # class defaults: a search started by an older version unpickles this callback from
+    # its tuner.pkl without running __init__
+    progress: Any = None
+    _reconcile = False  # set on restore: lineage may hold trials Tune lost
+
     def __init__(self, db_url: str, search: str, progress: Any = None) -> None:
         self.db_url = db_url
         self.search = search

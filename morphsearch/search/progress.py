@@ -53,6 +53,10 @@ class ProgressState:
         clock: seconds, monotonic (injectable for tests).
     """
 
+    # (done, errored) trials Tune lost on a resume; a class default, because a search
+    # started by an older version unpickles this state without running __init__
+    carried: tuple[int, int] = (0, 0)
+
     def __init__(
         self,
         metric: str,
@@ -69,7 +73,6 @@ class ProgressState:
         self.running: set[str] = set()
         self.done = 0
         self.errored = 0
-        self.carried = (0, 0)  # (done, errored) trials Tune lost on a resume
         self.best: tuple[float, str] | None = None
 
     def started(self, trial_id: str) -> None:

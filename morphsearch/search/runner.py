@@ -272,13 +272,14 @@ def run_search(
     )
     grid = tuner.fit()
     with LineageStore(config.database, write=True) as store:
-        errors = sum(1 for r in grid if r.error is not None)
-        score_on_test(store, config, name)
-        store.set_search_status(name, "finished" if errors == 0 else "finished_with_errors")
         # a resumed search's grid lacks the trials Tune's snapshot missed; lineage has them
         in_grid = {str((r.metrics or {}).get("trial_id")) for r in grid}
-        trials = len(grid) + len(set(store.trial_statuses(name)) - in_grid)
-        return _summary(store, config, name, trials, artifacts.join(storage, name))
+        lost = {t: s for t, s in store.trial_statuses(name).items() if t not in in_grid}
+        errors = sum(1 for r in grid if r.error is not None)
+        errors += sum(1 for status in lost.values() if status == "ERROR")
+        score_on_test(store, config, name)
+        store.set_search_status(name, "finished" if errors == 0 else "finished_with_errors")
+        return _summary(store, config, name, len(grid) + len(lost), artifacts.join(storage, name))
 
 
 def _start_ray(address: str | None, logging_level: int, verbose: bool) -> None:

@@ -50,8 +50,8 @@ class ResumableOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[Any, Any] | None:
         if self._lost is None:
             self._lost = self._lost_trials()
-        spent = len(self._ot_trials) + len(self._lost)
-        if self._lost and self.budget is not None and spent >= self.budget:
+        spent, budget = len(self._ot_trials) + len(self._lost), self._budget()
+        if self._lost and budget is not None and spent >= budget:
             # the lost trials ran: they were part of the budget (Ray types suggest() as a
             # dict or None, yet reads this string as the end of the search)
             return Searcher.FINISHED  # type: ignore[return-value]
@@ -82,6 +82,14 @@ class ResumableOptunaSearch(OptunaSearch):
         if trial_id == self._seed_trial:
             self._seed_trial = None  # trained (or failed: its children then train fully)
         super().on_trial_complete(trial_id, result, error)
+
+    def _budget(self) -> int | None:
+        """``budget.trials``; from the space's config for a searcher pickled by an older
+        version (no ``budget`` attribute was set then)."""
+        if self.budget is not None:
+            return self.budget
+        space = self._space
+        return space.config.budget.trials if isinstance(space, MorphismSpace) else None
 
     def _lost_trials(self) -> frozenset[str]:
         """Trials lineage recorded after the snapshot this searcher was restored from."""

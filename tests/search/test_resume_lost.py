@@ -65,6 +65,16 @@ def test_resume_closes_the_lineage_rows_of_trials_tune_lost(tmp_path: Path) -> N
     assert progress.state.done == 2  # agrees with lineage's two finished trials
     restored.on_experiment_end([])
 
+    # a callback pickled by an older version (no progress, no reconcile flag) still resumes
+    older = LineageCallback(url, "s")
+    del older.__dict__["progress"], older.__dict__["_reconcile"]
+    older.set_state(snapshot)
+    older.on_step_begin(0, tune_trials)
+    older.on_experiment_end([])
+    state = SearchProgress("val_accuracy", stream=io.StringIO()).state
+    state.reconcile(["TERMINATED", "ERROR"])  # no carry() ever called: the class default
+    assert (state.done, state.errored) == (1, 1)
+
 
 class _Lineage:
     """What the space reads from lineage: no trained parent yet, and one trial."""
@@ -100,6 +110,15 @@ def test_restored_searcher_counts_lost_trials_against_the_budget(tmp_path: Path)
     second = searcher.suggest("b")
     assert isinstance(first, dict) and isinstance(second, dict)
     assert searcher.suggest("c") == Searcher.FINISHED  # 2 suggested + 1 lost = budget
+
+    old = make_searcher(space.config, "s", space)  # pickled before searchers had a budget
+    del old.__dict__["budget"]
+    old.set_search_properties("val_accuracy", "max", {})
+    old.restore(str(state))
+    old._space._store = _Lineage({"lost": "TERMINATED"})
+    old.wait_for_seed = False
+    assert [isinstance(old.suggest(t), dict) for t in "ab"] == [True, True]
+    assert old.suggest("c") == Searcher.FINISHED  # the budget comes from the space's config
 
     fresh = make_searcher(space.config, "s", space)  # not restored: lineage is not read
     fresh.set_search_properties("val_accuracy", "max", {})
