@@ -61,6 +61,22 @@ def _stop_session(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _assert_budget_spent_once(db: Path, trials: int) -> None:
+    """Lineage holds exactly the budget's trials, all finished, one child each, and
+    every epoch of every trial once."""
+    with LineageStore(f"sqlite:///{db}") as store:
+        summary = store.summary("resumable")
+        assert summary.n_trials == trials
+        assert summary.trials_by_status == {"TERMINATED": trials}
+        nodes = store.descendants("resumable/seed")
+        assert len(nodes) == trials + 1 and len({n.arch_id for n in nodes}) == trials + 1
+    with sqlite3.connect(db) as con:
+        per_trial = con.execute(
+            "select count(*) from metrics where name = 'val_accuracy' group by trial_id"
+        ).fetchall()
+    assert sorted(c for (c,) in per_trial) == [2] * trials  # every epoch once, none twice
+
+
 def test_kill_and_resume(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
     db = tmp_path / "lineage.db"
@@ -85,18 +101,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     finally:
         _stop_session(second)
     assert second.returncode == 0, (tmp_path / "second.log").read_text()[-3000:]
-
-    with LineageStore(f"sqlite:///{db}") as store:
-        summary = store.summary("resumable")
-        assert summary.n_trials == 4
-        assert summary.trials_by_status == {"TERMINATED": 4}
-        nodes = store.descendants("resumable/seed")
-        assert len(nodes) == 5 and len({n.arch_id for n in nodes}) == 5
-    with sqlite3.connect(db) as con:
-        per_trial = con.execute(
-            "select count(*) from metrics where name = 'val_accuracy' group by trial_id"
-        ).fetchall()
-    assert sorted(c for (c,) in per_trial) == [2] * 4  # every epoch once, none twice
+    _assert_budget_spent_once(db, 4)
 
 
 SNAPSHOT = ("experiment_state", "searcher-state", "search_gen_state", "callback-states")
@@ -152,14 +157,4 @@ def test_resume_from_a_snapshot_that_missed_finished_trials(tmp_path: Path) -> N
     assert second.returncode == 0, log[-3000:]
     assert "finished after Tune's last snapshot" in log
     assert "6 trials" in log  # the summary counts lineage's trials, lost ones included
-    with LineageStore(f"sqlite:///{db}") as store:
-        summary = store.summary("resumable")
-        assert summary.n_trials == 6  # the budget: no replacement for the lost trials
-        assert summary.trials_by_status == {"TERMINATED": 6}
-        nodes = store.descendants("resumable/seed")
-        assert len(nodes) == 7 and len({n.arch_id for n in nodes}) == 7
-    with sqlite3.connect(db) as con:
-        per_trial = con.execute(
-            "select count(*) from metrics where name = 'val_accuracy' group by trial_id"
-        ).fetchall()
-    assert sorted(c for (c,) in per_trial) == [2] * 6
+    _assert_budget_spent_once(db, 6)  # no replacement for the lost trials
