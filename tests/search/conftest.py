@@ -26,6 +26,23 @@ TINY = {
 }
 
 
+def tiny_config_file(tmp_path: Path, **changes: Any) -> Path:
+    """``TINY`` as ``tmp_path/tiny.yaml``, with its lineage and runs under ``tmp_path``;
+    ``changes`` replace top-level fields."""
+    import yaml
+
+    data = {
+        **TINY,
+        "name": "tiny",
+        "database": f"sqlite:///{tmp_path}/lineage.db",
+        "storage": str(tmp_path / "runs"),
+        **changes,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def tiny_config(tmp_path: Path, name: str = "tiny", **budget: int) -> SearchConfig:
     data = {
         **TINY,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from conftest import TINY, refuse_cluster
+from conftest import refuse_cluster, tiny_config_file
 
 from morphsearch.cli import main
 from morphsearch.lineage import open_store
@@ -18,19 +16,6 @@ from morphsearch.lineage import open_store
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to start Ray fails the test: every check must come before it."""
     refuse_cluster(monkeypatch, "Ray was started before the inputs were checked")
-
-
-def _config(tmp_path: Path, **changes: Any) -> Path:
-    data = {
-        **TINY,
-        "name": "tiny",
-        "database": f"sqlite:///{tmp_path}/lineage.db",
-        "storage": str(tmp_path / "runs"),
-        **changes,
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
@@ -47,7 +32,7 @@ def _written(tmp_path: Path) -> set[str]:
 
 
 def test_missing_npz_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _config(tmp_path, dataset={"name": "npz", "path": str(tmp_path / "absent.npz")})
+    config = tiny_config_file(tmp_path, dataset={"name": "npz", "path": str(tmp_path / "absent.npz")})
     _fails(["search", str(config)], capsys, "dataset.path", "absent.npz")
     assert _written(tmp_path) == set()
 
@@ -57,7 +42,7 @@ def test_a_file_that_is_no_graph_names_seed_graph_path(
 ) -> None:
     graph = tmp_path / "graph.json"
     graph.write_text('{"nodes": "not a graph"}')
-    config = _config(tmp_path, seed_graph={"path": str(graph)})
+    config = tiny_config_file(tmp_path, seed_graph={"path": str(graph)})
     _fails(["search", str(config)], capsys, "seed_graph.path")
     assert _written(tmp_path) == set()
 
@@ -69,13 +54,13 @@ def test_seed_graph_for_another_input_shape(
 
     graph = tmp_path / "graph.json"
     graph.write_text(json.dumps(builders.mlp([20, 8, 10]).to_json()))  # digits: 64 features
-    config = _config(tmp_path, seed_graph={"path": str(graph)})
+    config = tiny_config_file(tmp_path, seed_graph={"path": str(graph)})
     _fails(["search", str(config)], capsys, "seed_graph", "input shape")
     assert _written(tmp_path) == set()
 
 
 def test_db_not_a_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(["search", str(_config(tmp_path)), "--db", "notaurl"], capsys, "malformed database URL")
+    _fails(["search", str(tiny_config_file(tmp_path)), "--db", "notaurl"], capsys, "malformed database URL")
     assert _written(tmp_path) == set()
 
 
@@ -84,7 +69,7 @@ def test_storage_that_cannot_be_a_folder(
 ) -> None:
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    argv = ["search", str(_config(tmp_path)), "--storage", str(blocker / "runs")]
+    argv = ["search", str(tiny_config_file(tmp_path)), "--storage", str(blocker / "runs")]
     _fails(argv, capsys, "storage", "is a file", "--storage")
     assert _written(tmp_path) == {"afile"}
 
@@ -92,7 +77,7 @@ def test_storage_that_cannot_be_a_folder(
 def test_read_only_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # /proc refuses new files even to root, for whom chmod 0500 would not
     _fails(
-        ["search", str(_config(tmp_path)), "--storage", "/proc/morphsearch-runs"],
+        ["search", str(tiny_config_file(tmp_path)), "--storage", "/proc/morphsearch-runs"],
         capsys,
         "storage",
         "cannot write",
@@ -103,7 +88,7 @@ def test_read_only_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_second_run_of_a_name_names_resume_and_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _config(tmp_path)
+    config = tiny_config_file(tmp_path)
     with open_store(f"sqlite:///{tmp_path}/lineage.db", write=True) as store:
         store.create_search("tiny", {})
         before = store.summary("tiny")
@@ -117,10 +102,10 @@ def test_runs_folder_of_the_name_already_there(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "runs" / "tiny").mkdir(parents=True)
-    _fails(["search", str(_config(tmp_path))], capsys, "already exists", "--resume", "--name")
+    _fails(["search", str(tiny_config_file(tmp_path))], capsys, "already exists", "--resume", "--name")
     assert not (tmp_path / "lineage.db").exists()
 
 
 def test_resume_with_nothing_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(["search", str(_config(tmp_path)), "--resume"], capsys, "nothing to resume")
+    _fails(["search", str(tiny_config_file(tmp_path)), "--resume"], capsys, "nothing to resume")
     assert _written(tmp_path) == set()

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import TINY, refuse_cluster
+from conftest import refuse_cluster, tiny_config_file
 
 from morphsearch.cli import main
 from morphsearch.lineage import open_store
@@ -22,19 +21,6 @@ NOBODY = "http://127.0.0.1:1"  # no Jobs API listens here
 def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     """Starting Ray or making a Jobs API client fails the test: checks come first."""
     refuse_cluster(monkeypatch, "Ray or the cluster was contacted before the config was checked")
-
-
-def _config(tmp_path: Path, **changes: Any) -> Path:
-    data = {
-        **TINY,
-        "name": "tiny",
-        "database": f"sqlite:///{tmp_path}/lineage.db",
-        "storage": str(tmp_path / "runs"),
-        **changes,
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _graph(tmp_path: Path, text: str) -> dict[str, Any]:
@@ -121,7 +107,7 @@ def test_submit_refuses_what_search_refuses_with_the_same_line(
     case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     setup, extra, needle = BAD[case]
-    config = _config(tmp_path, **setup(tmp_path))
+    config = tiny_config_file(tmp_path, **setup(tmp_path))
     extra = [arg.format(tmp=tmp_path) for arg in extra]
     before = sorted(p.name for p in tmp_path.iterdir())
     searched = _error(["search", str(config), *extra], capsys)
@@ -158,7 +144,7 @@ def test_a_good_config_is_staged_and_submitted(
     (tmp_path / "graphs").mkdir()
     digits_mlp = builders.mlp([64, 8, 10], input_shape=(1, 8, 8))
     (tmp_path / "graphs" / "seed.json").write_text(json.dumps(digits_mlp.to_json()))
-    config = _config(tmp_path, seed_graph={"path": "graphs/seed.json"})
+    config = tiny_config_file(tmp_path, seed_graph={"path": "graphs/seed.json"})
     argv = ["submit", str(config), "--address", "http://head:8265", "--name", "n2", "--seed", "3"]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == "raysubmit_1"
@@ -182,7 +168,7 @@ def test_a_relative_npz_travels_with_the_job(
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data" / "mine.npz", x_train=rng.normal(size=(60, 3)),
              y_train=np.arange(60) % 3, x_test=rng.normal(size=(9, 3)), y_test=np.arange(9) % 3)
-    config = _config(tmp_path, dataset={"name": "npz", "path": "data/mine.npz"})
+    config = tiny_config_file(tmp_path, dataset={"name": "npz", "path": "data/mine.npz"})
     assert main(["submit", str(config), "--address", "http://head:8265", "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err  # checked with the same flags
     assert main(["submit", str(config), "--address", "http://head:8265"]) == 0
