@@ -40,7 +40,6 @@ def test_objective_prefers_arguments_then_the_config() -> None:
 
 def test_every_scored_architecture_best_first(built: LineageStore) -> None:
     everyone = metric_values(built, "alpha", "val_acc", "max")
-    assert everyone == built.best("alpha", "val_acc", k=None)
     assert [r.arch_id for r in everyone[:3]] == ["E2", "C", "E"]
     assert len(everyone) == len({r.arch_id for r in everyone}) > 3
     assert [r.arch_id for r in metric_values(built, "alpha", "val_acc", "max", 1)][:2] == [

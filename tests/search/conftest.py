@@ -72,7 +72,9 @@ def refuse_cluster(monkeypatch: pytest.MonkeyPatch, why: str) -> None:
     import ray.job_submission
 
     def refuse(*_args: Any, **_kwargs: Any) -> None:
-        raise AssertionError(why)
+        # pytest.fail, not AssertionError: the code under test turns any Exception from
+        # ray.init or the Jobs client into its own exit-2 line, which would hide this
+        pytest.fail(why)
 
     monkeypatch.setattr(ray, "init", refuse)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

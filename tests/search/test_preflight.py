@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import refuse_cluster, tiny_config_file
 
 from morphsearch.cli import main
 from morphsearch.lineage import open_store
+from tests.search.conftest import refuse_cluster, tiny_config_file
 
 
 @pytest.fixture(autouse=True)

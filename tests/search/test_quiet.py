@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY
+
+from tests.search.conftest import TINY
 
 # progress lines "[00:03] trial ... | 1/2 done ...", then the two summary lines
 OWN_LINE = re.compile(r"^(\[\d\d:\d\d(:\d\d)?\] |search \S+: \d+ trials|lineage: )")

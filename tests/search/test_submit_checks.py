@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import refuse_cluster, tiny_config_file
 
 from morphsearch.cli import main
 from morphsearch.lineage import open_store
+from tests.search.conftest import refuse_cluster, tiny_config_file
 
 NOBODY = "http://127.0.0.1:1"  # no Jobs API listens here
 
