@@ -66,11 +66,15 @@ def test_resume_closes_the_lineage_rows_of_trials_tune_lost(tmp_path: Path) -> N
     restored.on_experiment_end([])
 
     # a callback pickled by an older version (no progress, no reconcile flag) still resumes
+    with open_store(url, write=True) as store:
+        store.update_trial("lost", "RUNNING")  # as before the first resume
     older = LineageCallback(url, "s")
     del older.__dict__["progress"], older.__dict__["_reconcile"]
     older.set_state(snapshot)
     older.on_step_begin(0, tune_trials)
     older.on_experiment_end([])
+    with open_store(url) as store:
+        assert store.trial_statuses("s")["lost"] == "TERMINATED"
     state = SearchProgress("val_accuracy", stream=io.StringIO()).state
     state.reconcile(["TERMINATED", "ERROR"])  # no carry() ever called: the class default
     assert (state.done, state.errored) == (1, 1)
