@@ -274,7 +274,8 @@ def run_search(
     with LineageStore(config.database, write=True) as store:
         # a resumed search's grid lacks the trials Tune's snapshot missed; lineage has them
         in_grid = {str((r.metrics or {}).get("trial_id")) for r in grid}
-        lost = {t: s for t, s in store.trial_statuses(name).items() if t not in in_grid}
+        lost = ({t: s for t, s in store.trial_statuses(name).items() if t not in in_grid}
+                if resume else {})  # fmt: skip
         errors = sum(1 for r in grid if r.error is not None)
         errors += sum(1 for status in lost.values() if status == "ERROR")
         score_on_test(store, config, name)

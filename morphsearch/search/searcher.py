@@ -37,7 +37,6 @@ class ResumableOptunaSearch(OptunaSearch):
     untrained weights."""
 
     wait_for_seed = False
-    budget: int | None = None  # budget.trials
     _seed_trial: str | None = None
     _exhausted_at: int | None = None  # completed trials when the pool last had nothing new
     # lineage's trials this searcher never suggested (None: to be read after a restore)
@@ -50,8 +49,7 @@ class ResumableOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[Any, Any] | None:
         if self._lost is None:
             self._lost = self._lost_trials()
-        spent, budget = len(self._ot_trials) + len(self._lost), self._budget()
-        if self._lost and budget is not None and spent >= budget:
+        if self._lost and len(self._ot_trials) + len(self._lost) >= self._budget():
             # the lost trials ran: they were part of the budget (Ray types suggest() as a
             # dict or None, yet reads this string as the end of the search)
             return Searcher.FINISHED  # type: ignore[return-value]
@@ -83,13 +81,10 @@ class ResumableOptunaSearch(OptunaSearch):
             self._seed_trial = None  # trained (or failed: its children then train fully)
         super().on_trial_complete(trial_id, result, error)
 
-    def _budget(self) -> int | None:
-        """``budget.trials``; from the space's config for a searcher pickled by an older
-        version (no ``budget`` attribute was set then)."""
-        if self.budget is not None:
-            return self.budget
-        space = self._space
-        return space.config.budget.trials if isinstance(space, MorphismSpace) else None
+    def _budget(self) -> int:
+        """``budget.trials``, from the space's config (``_lost`` is only ever non-empty
+        with a :class:`MorphismSpace`)."""
+        return int(self._space.config.budget.trials)  # type: ignore[union-attr]
 
     def _lost_trials(self) -> frozenset[str]:
         """Trials lineage recorded after the snapshot this searcher was restored from."""
@@ -146,5 +141,4 @@ def make_searcher(config: SearchConfig, name: str, space: MorphismSpace) -> Optu
         seed=config.seed,
     )
     searcher.wait_for_seed = config.selection.seed_first and config.selection.inherit_weights
-    searcher.budget = config.budget.trials
     return searcher
