@@ -1,8 +1,12 @@
 """Checks a search passes before Ray starts, so a bad start costs seconds and writes nothing.
 
-:func:`check_config` is every check, the one entry point: ``morphsearch search`` runs it
-before it starts Ray, ``morphsearch submit`` before it contacts the cluster, so submit
-refuses exactly what search refuses, with the same message.
+:func:`check_config` is the one entry point: ``morphsearch search`` runs every check
+before it starts Ray. ``morphsearch submit`` runs it with ``resources=False`` before it
+contacts the cluster: the config's own checks (fields, morphisms, data, seed graph, the
+database URL's syntax), with the same messages as search; the database, storage and
+name are the cluster's, which the submitting machine may not reach (a PostgreSQL
+server inside the cluster, a relative SQLite path that lives in the job's folder), so
+the job checks those itself, on the cluster, before its Ray work starts.
 
 Each check reads only: the lineage database is opened without creating its schema,
 the storage folder is probed with a temporary file that is removed at once, and a name
@@ -22,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from morphsearch.errors import SearchError
 from morphsearch.lineage import models
-from morphsearch.lineage.database import Database, sqlite_path
+from morphsearch.lineage.database import Database, parse_url, sqlite_path
 from morphsearch.lineage.schema import EMPTY, HEAD_REVISION, read_revision, refuse
 from morphsearch.search.inputs import absolute, check_morphisms, load_inputs
 
@@ -33,7 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["check_config", "check_database", "check_name", "check_storage", "preflight"]
 
 
-def check_config(config: SearchConfig, *, resume: bool = False) -> SearchInputs:
+def check_config(
+    config: SearchConfig, *, resume: bool = False, resources: bool = True
+) -> SearchInputs:
     """Everything ``search`` and ``submit`` refuse, checked before Ray or a cluster.
 
     In order: the morphisms, growth trigger and scorer the config names are registered;
@@ -43,6 +49,8 @@ def check_config(config: SearchConfig, *, resume: bool = False) -> SearchInputs:
     Args:
         config: the validated config, command-line overrides applied.
         resume: the user asked to resume the search ``config.name``.
+        resources: also check the database, storage and name (:func:`preflight`);
+            ``False`` checks only the database URL's syntax (``submit``).
 
     Returns:
         The loaded dataset and seed (the search starts from them; submit drops them).
@@ -54,8 +62,11 @@ def check_config(config: SearchConfig, *, resume: bool = False) -> SearchInputs:
         SearchError: storage not writable; the name taken, or nothing to resume.
     """
     check_morphisms(config)
-    preflight(config.database, absolute(config.storage), config.name or "search",
-              resume=resume)  # fmt: skip
+    if resources:
+        preflight(config.database, absolute(config.storage), config.name or "search",
+                  resume=resume)  # fmt: skip
+    else:
+        parse_url(config.database)
     return load_inputs(config)
 
 

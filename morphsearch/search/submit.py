@@ -60,15 +60,17 @@ def submit_search(
         resume: the job resumes the search ``name``.
 
     Raises:
-        ConfigError, DatabaseError, SearchError: whatever ``morphsearch search`` would
-            refuse, raised before the cluster is contacted.
+        ConfigError, DatabaseUnreachable: what ``morphsearch search`` would refuse in
+            the config itself (fields, morphisms, data, seed graph, a malformed database
+            URL), raised before the cluster is contacted; the database, storage and name
+            are checked by the job on the cluster.
         SearchError: the Jobs API cannot be reached.
     """
     config_path = Path(config_path)
     config = load_config(config_path).with_overrides(
         database=database, storage=storage, name=name, seed=seed
     )
-    check_config(config, resume=resume)
+    check_config(config, resume=resume, resources=False)  # the cluster checks its own
     client = _connect(address)
     command = entrypoint(config_path.name, database=database, storage=storage, name=name,
                          seed=seed, resume=resume)  # fmt: skip
