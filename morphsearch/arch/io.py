@@ -247,7 +247,10 @@ def architecture_from_bytes(graph: bytes, weights: bytes, *, where: str) -> Arch
         WeightsError: weights that are not safetensors or belong to another structure.
     """
     skeleton = load(graph_from_bytes(graph, where=f"graph of {where}"))
-    return skeleton.with_weights(weights_from_bytes(weights, skeleton, where=where))
+    try:
+        return skeleton.with_weights(weights_from_bytes(weights, skeleton, where=where))
+    except InvalidArchitecture as exc:  # tensors that do not fit the graph
+        raise WeightsError(f"{where}: {exc}") from None
 
 
 def weights_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -172,6 +172,12 @@ def test_bytes_round_trip_and_one_home_for_the_encoding() -> None:
     assert (back.structure_hash, back.weights_hash) == (arch.structure_hash, arch.weights_hash)
     with pytest.raises(WeightsError, match="mem: not a valid safetensors"):
         io.weights_from_bytes(b"garbage", arch, where="mem")
+    from safetensors.torch import save
+
+    wider = builders.mlp([4, 5, 2])  # a foreign file (no morphsearch metadata) of other shapes
+    flat = {f"{n}.{k}": t for n, p in wider.weights.items() for k, t in p.items()}
+    with pytest.raises(WeightsError, match=r"mem: node 'fc1' weight 'weight' has shape \[5, 4\]"):
+        io.architecture_from_bytes(io.graph_to_bytes(arch), save(flat), where="mem")
     root = Path(morphsearch.__file__).parent
     holders = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
                if io.WEIGHTS_FORMAT in p.read_text(encoding="utf-8")]  # fmt: skip
