@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from morphsearch import __version__
-from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore
-from morphsearch.lineage.objective import metric_values, objective
+from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore, MetricRecord
+from morphsearch.lineage.objective import metric_values, objective, test_scores
 from morphsearch.lineage.render import EVALUATION_MEANING
 
 __all__ = ["PathStep", "describe_morphisms", "lineage_path", "model_card", "timestamp"]
@@ -63,14 +63,8 @@ def describe_morphisms(morphisms: Sequence[dict[str, Any]]) -> str:
     return " + ".join(parts) or "-"
 
 
-def _value_text(result: BestResult | None) -> str:
+def _value_text(result: BestResult | MetricRecord | None) -> str:
     return "-" if result is None else f"{result.value:.4g} (evaluation {result.evaluation})"
-
-
-def _test_values(store: LineageStore, search: str) -> dict[str, dict[str, Any]]:
-    """The test-split scores of the search's top architectures, by metric and architecture."""
-    return {name: {r.arch_id: r for r in metric_values(store, search, name, mode)}
-            for name, mode in (("test_accuracy", "max"), ("test_loss", "min"))}  # fmt: skip
 
 
 def model_card(
@@ -106,8 +100,9 @@ def model_card(
         f"| input shape | {shapes.get('input')} |",
         f"| {metric} ({mode}) | {_value_text(values.get(record.arch_id))} |",
         *[f"| {name} (scored once at the search's end, never used to select) | "
-          f"{_value_text(scored[record.arch_id])} |" for name, scored in
-          _test_values(store, record.search).items() if record.arch_id in scored],
+          f"{_value_text(score)} |" for name, score in test_scores(
+              store, getattr(values.get(record.arch_id), "trial_id", None), record.arch_id
+          ).items()],
         "",
         f"## Lineage: {len(steps) - 1} steps from the seed",
         "",

@@ -80,6 +80,9 @@ def make_lineage(tmp_path: Path) -> dict[str, Any]:
                                    status="TERMINATED")  # fmt: skip
             for evaluation, value in values.items():
                 store.record_metrics(trial_id, evaluation, {"val_accuracy": value}, arch_id=child)
+        # scored on the test split at the search's end: the exported one and another
+        store.record_metrics("t3", 2, {"test_accuracy": 0.77}, arch_id="c")
+        store.record_metrics("t1", 2, {"test_accuracy": 0.66}, arch_id="a")
     return {"db": db, "archs": archs, "refs": refs}
 
 
@@ -151,6 +154,9 @@ def test_model_card_has_the_lineage_path(best_export: Path) -> None:
     assert path == ["seed", "a", "c"]
     assert "widen.split@fc1 (k=4" in card and "deepen.skip@relu1" in card
     assert "0.9 (evaluation 2)" in card and "0.8 (evaluation 2)" in card
+    tested = [line for line in card.splitlines() if line.startswith("| test_accuracy")]
+    assert tested == ["| test_accuracy (scored once at the search's end, never used to "
+                      "select) | 0.77 (evaluation 2) |"]  # its own score, not a's
     # the word is explained
     assert "evaluation: the index of the evaluation at which the trial measured" in card
     assert '"name": "digits"' in card and "test_size" in card

@@ -222,12 +222,15 @@ def _descendants(args: argparse.Namespace) -> int:
 
 def _best(args: argparse.Namespace) -> int:
     from morphsearch.lineage import render  # deferred: CLI start-up (sqlalchemy, rich)
+    from morphsearch.lineage.objective import test_scores  # deferred: CLI start-up (sqlalchemy)
 
     with _open(args) as store:
         search = store.resolve_search(args.search)
         metric, mode = _metric(store, search, args)
         results = store.best(search, metric, mode, args.evaluation, args.top)
-        tests = {r.arch_id: _test_scores(store, r.trial_id, r.arch_id) for r in results}
+        tests = {r.arch_id: {n: m.value for n, m in
+                             test_scores(store, r.trial_id, r.arch_id).items()}
+                 for r in results}  # fmt: skip
     at = f" at evaluation {args.evaluation}" if args.evaluation is not None else ""
     rows = [
         (i + 1, r.arch_id, r.value, r.evaluation, r.trial_id, r.params, r.flops)
@@ -245,12 +248,6 @@ def _best(args: argparse.Namespace) -> int:
             f"best of {search} by {metric} ({mode}){at}", columns, rows, render.EVALUATION_MEANING
         ),
     )
-
-
-def _test_scores(store: Any, trial_id: str, arch_id: str) -> dict[str, float]:
-    """The test metrics recorded for ``arch_id`` by its trial (empty when not scored)."""
-    return {m.name: m.value for m in store.metrics(trial_id)
-            if m.arch_id == arch_id and m.name in ("test_accuracy", "test_loss")}  # fmt: skip
 
 
 def _pareto(args: argparse.Namespace) -> int:

@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from morphsearch.lineage.records import BestResult
     from morphsearch.lineage.store import LineageStore
 
-__all__ = ["best_arch_id", "config_metric", "metric_values", "objective", "search_objective"]
+__all__ = [
+    "best_arch_id",
+    "config_metric",
+    "metric_values",
+    "objective",
+    "search_objective",
+    "test_scores",
+]
 
 
 def config_metric(config: Mapping[str, Any] | None) -> str | None:
@@ -91,6 +98,22 @@ def metric_values(
         NotFound: no such search.
     """
     return store.best(search, metric, mode, evaluation, k=None)  # type: ignore[arg-type]
+
+
+TEST_METRICS = ("test_accuracy", "test_loss")
+
+
+def test_scores(store: LineageStore, trial_id: str | None, arch_id: str) -> dict[str, Any]:
+    """The test-split scores recorded for ``arch_id`` by its trial, by metric name (its
+    ``MetricRecord``s; empty when it was not scored). One read of that trial's metrics.
+
+    Raises:
+        NotFound: no such trial.
+    """
+    if trial_id is None:
+        return {}
+    return {m.name: m for m in store.metrics(trial_id)
+            if m.arch_id == arch_id and m.name in TEST_METRICS}  # fmt: skip
 
 
 def best_arch_id(
