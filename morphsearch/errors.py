@@ -87,3 +87,11 @@ class ExportError(MorphSearchError):
 class ModuleImportError(MorphSearchError, ValueError):
     """A PyTorch module cannot be imported into the IR (names the node, the call, the
     code location and the supported calls)."""
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """(Internal, not in ``__all__``: the error classes are the public part.) The first
+    non-empty line of ``exc``'s message, for one-line errors; ``default``
+    (else the exception's type name) when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else (type(exc).__name__ if default is None else default)

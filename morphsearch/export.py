@@ -31,7 +31,7 @@ import torch
 from morphsearch.arch import load as load_graph
 from morphsearch.arch.io import graph_to_bytes, save_weights, weights_metadata
 from morphsearch.artifacts import read_architecture
-from morphsearch.errors import ExportError, NotFound, WeightsError
+from morphsearch.errors import ExportError, NotFound, WeightsError, first_line
 
 if TYPE_CHECKING:
     from morphsearch.arch import Architecture
@@ -219,8 +219,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(exc).__name__}: {first_line(exc, '')}"[:300]
 
 
 def _torch_export(module: torch.nn.Module, probe: torch.Tensor) -> Any:

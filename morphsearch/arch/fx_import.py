@@ -34,7 +34,7 @@ from torch import fx, nn
 from morphsearch.arch import _fx_rules as rules
 from morphsearch.arch.ir import Architecture
 from morphsearch.arch.spec import NodeSpec
-from morphsearch.errors import InvalidArchitecture, ModuleImportError
+from morphsearch.errors import InvalidArchitecture, ModuleImportError, first_line
 
 __all__ = ["from_module", "module_from_factory"]
 
@@ -102,7 +102,7 @@ def module_from_factory(spec: str, **kwargs: Any) -> nn.Module:
     try:
         made = factory(**kwargs)
     except Exception as exc:  # the user's factory: its failure, in one line
-        raise ModuleImportError(f"{spec!r} raised {type(exc).__name__}: {_first_line(exc)}"
+        raise ModuleImportError(f"{spec!r} raised {type(exc).__name__}: {first_line(exc)}"
                                 ) from None
     if not isinstance(made, nn.Module):
         raise ModuleImportError(f"{spec!r} returned {type(made).__name__}, not a "
@@ -140,7 +140,7 @@ def _traced(module: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(module, concrete_args=concrete or None)
     except Exception as exc:  # any failure of user code under tracing is a refusal
-        raise ModuleImportError(f"cannot trace {name}{_where_raised(exc)}: {_first_line(exc)}; "
+        raise ModuleImportError(f"cannot trace {name}{_where_raised(exc)}: {first_line(exc)}; "
                                 "morphsearch imports what torch.fx can trace (no "
                                 "data-dependent control flow)") from None
     return fx.GraphModule(tracer.root, graph, name)
@@ -173,11 +173,6 @@ def _where_raised(exc: BaseException) -> str:
     frame = frames[-1]
     code = f" `{frame.line.strip()}`" if frame.line else ""
     return f" at {Path(frame.filename).name}:{frame.lineno}{code}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -218,7 +213,7 @@ def _propagate(gm: fx.GraphModule, example_input: torch.Tensor) -> torch.Tensor:
         at = "" if node is None else f" at node {node.name!r}{_where(node)}"
         raise ModuleImportError(
             f"{gm.__class__.__name__} fails on an example input of shape "
-            f"{list(example_input.shape)}{at}: {_first_line(exc.__cause__ or exc)}; check "
+            f"{list(example_input.shape)}{at}: {first_line(exc.__cause__ or exc)}; check "
             "the input shape (--input-shape, or the dataset's)") from None
     if not isinstance(out, torch.Tensor):
         raise ModuleImportError(f"{gm.__class__.__name__} returns {type(out).__name__}; "

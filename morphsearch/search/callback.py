@@ -23,7 +23,7 @@ from typing import Any
 from ray.tune import Callback
 
 from morphsearch import artifacts
-from morphsearch.errors import MorphSearchError
+from morphsearch.errors import MorphSearchError, first_line
 from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.search.protocol import (
     EPOCH_HISTORY,
@@ -263,7 +263,7 @@ def trial_error_line(trial: Any) -> str:
     cause = getattr(error, "cause", error)
     if isinstance(cause, MorphSearchError):
         return str(cause).splitlines()[0]
-    first = str(cause).strip().splitlines()[0][:200] if cause is not None and str(cause).strip() else ""
+    first = "" if cause is None else first_line(cause, "")[:200]
     what = f"trial failed ({first})" if first else "trial failed"
     where = getattr(trial, "error_file", None)
     return f"{what}; see {where}" if where else what

@@ -16,7 +16,7 @@ import torch
 from ray.tune import Stopper
 
 from morphsearch import artifacts
-from morphsearch.errors import NotFound, SearchError
+from morphsearch.errors import NotFound, SearchError, first_line
 from morphsearch.lineage import ArchitectureIn, LineageStore
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.config import SearchConfig
@@ -302,7 +302,7 @@ def _start_ray(address: str | None, logging_level: int, verbose: bool) -> None:
     except Exception as exc:
         # Ray raises bare Exceptions for start-up timeouts; the user needs one line.
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SearchError(
             f"could not start or reach {where}: {first}; check `ray status`"
             + (" and the address" if address else ", free memory and CPU load")
