@@ -12,7 +12,7 @@ Each check reads only: the lineage database is opened without creating its schem
 the storage folder is probed with a temporary file that is removed at once, and a name
 already used by a search is refused unless the user asked to resume it. The morphisms,
 the data and the seed graph are checked by loading them
-(:mod:`morphsearch.search.inputs`, which needs torch; imported only when asked).
+(:mod:`morphsearch.search.inputs`, which imports torch).
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from morphsearch.errors import SearchError
 from morphsearch.lineage import models
 from morphsearch.lineage.database import Database, parse_url, sqlite_path
 from morphsearch.lineage.schema import EMPTY, HEAD_REVISION, read_revision, refuse
-from morphsearch.search.inputs import absolute, check_morphisms, load_inputs
+from morphsearch.search.inputs import SearchInputs, absolute, check_morphisms, load_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from morphsearch.search.config import SearchConfig
-    from morphsearch.search.inputs import SearchInputs
 
 __all__ = ["check_config", "check_database", "check_name", "check_storage", "preflight"]
 
