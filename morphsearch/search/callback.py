@@ -65,7 +65,6 @@ class LineageCallback(Callback):
         self.db_url = db_url
         self.search = search
         self.progress = progress
-        self._reconcile = False  # set on restore: lineage may hold trials Tune lost
         self._pending: dict[str, list[tuple[int, dict[str, float]]]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._recorded: set[str] = set()
