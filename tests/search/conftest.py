@@ -106,3 +106,30 @@ def run_trial_here(plan: Any, setup: Any) -> list[dict[str, Any]]:
     session = FakeSession()
     run_trial(plan, setup, session)
     return session.reports
+
+def digits_space(tmp_path: Path, **morphisms_: Any) -> Any:
+    """A MorphismSpace over TINY (``morphisms_`` replace its morphisms) with a digits
+    probe batch and an MLP seed; returns ``(space, seed)``."""
+    from morphsearch import builders
+    from morphsearch.data import load_dataset
+    from morphsearch.search.space import MorphismSpace, ParentInfo
+
+    data = {**TINY, "morphisms": morphisms_ or TINY["morphisms"]}
+    config = SearchConfig.model_validate(data)
+    digits = load_dataset("digits", seed=0, image=False)
+    seed = builders.mlp([64, 16, 10], activation="tanh", seed=0)
+    info = ParentInfo("s/seed", "unused", None, seed.to_json())
+    probe = (digits.x_train[:32], digits.y_train[:32])
+    return MorphismSpace(config, "s", f"sqlite:///{tmp_path}/x.db", probe, info), seed
+
+
+def load_config_text(tmp_path: Path, extra: str) -> SearchConfig:
+    """TINY without its selection, plus the YAML ``extra``, loaded as a user's file."""
+    import yaml
+
+    from morphsearch.search.config import load_config
+
+    base = yaml.safe_dump({k: v for k, v in TINY.items() if k != "selection"})
+    path = tmp_path / "c.yaml"
+    path.write_text(base + extra + "\n")
+    return load_config(path)

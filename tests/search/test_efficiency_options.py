@@ -18,7 +18,7 @@ from morphsearch.search.config import SearchConfig, load_config
 from morphsearch.search.protocol import PlannedMorphism, TrialPlan
 from morphsearch.search.runner import TrainFlopsStopper, spent_flops
 from morphsearch.search.trial import TrialSetup, grow_child, make_optimizer, morphism_flops
-from tests.search.conftest import TINY, run_trial_here
+from tests.search.conftest import TINY, digits_space, load_config_text, run_trial_here
 
 
 def test_defaults_inherit_and_no_flops_budget() -> None:
@@ -188,20 +188,8 @@ def test_patience_stops_a_stalled_trial_with_its_weights(tmp_path: Path) -> None
     assert reports[-1]["kept_epoch"] == 1 and reports[-1]["val_loss"] == reports[0]["val_loss"]
 
 
-def _space(tmp_path: Path, **morphisms_: Any) -> Any:
-    from morphsearch.search.space import MorphismSpace, ParentInfo
-
-    data = {**TINY, "morphisms": morphisms_ or TINY["morphisms"]}
-    config = SearchConfig.model_validate(data)
-    digits = load_dataset("digits", seed=0, image=False)
-    seed = builders.mlp([64, 16, 10], activation="tanh", seed=0)
-    info = ParentInfo("s/seed", "unused", None, seed.to_json())
-    probe = (digits.x_train[:32], digits.y_train[:32])
-    return MorphismSpace(config, "s", f"sqlite:///{tmp_path}/x.db", probe, info), seed
-
-
 def test_k_fraction_is_relative_to_the_site_width(tmp_path: Path) -> None:
-    space, seed = _space(tmp_path, **{"widen.split": {"k_fraction": [0.25, 1.0]}})
+    space, seed = digits_space(tmp_path, **{"widen.split": {"k_fraction": [0.25, 1.0]}})
     first = next(space._candidates(seed, "widen.split", 0.0, 0.5))
     assert first == ("widen.split", "fc1", {"k": 8})  # half of 16 units
     amounts = [p["k"] for _, _, p in space._candidates(seed, "widen.split", 0.0, 1.0)]
@@ -209,14 +197,14 @@ def test_k_fraction_is_relative_to_the_site_width(tmp_path: Path) -> None:
     wide = builders.mlp([64, 200, 10], activation="tanh", seed=0)
     assert next(space._candidates(wide, "widen.split", 0.0, 0.25))[2] == {"k": 50}
     # absolute k as before when k_fraction is not given
-    plain, _ = _space(tmp_path, **{"widen.split": {"k": [2, 4]}})
+    plain, _ = digits_space(tmp_path, **{"widen.split": {"k": [2, 4]}})
     assert [p["k"] for *_, p in plain._candidates(seed, "widen.split", 0.0, 3)] == [3, 2, 4]
 
 
 def test_pool_skips_parents_with_max_children(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    space, seed = _space(tmp_path)
+    space, seed = digits_space(tmp_path)
     graph = seed.to_json()
 
     class Store:
@@ -342,7 +330,7 @@ def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> Non
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space, _ = _space(tmp_path, **{"widen.split": {"k": [2, 4]}})
+    space, _ = digits_space(tmp_path, **{"widen.split": {"k": [2, 4]}})
     budget = space.config.budget.model_copy(update={"lr_schedule": "constant"})
     space.config = space.config.model_copy(update={"budget": budget})
 
@@ -375,7 +363,7 @@ def test_space_passes_the_training_options_to_every_trial(tmp_path: Path) -> Non
 def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    space, seed = _space(tmp_path)
+    space, seed = digits_space(tmp_path)
     graph = seed.to_json()
     values = {"val_accuracy": {"a": 0.91, "b": 0.90, "c": 0.89},
               "val_loss": {"a": 0.40, "b": 0.20, "c": 0.30}}
@@ -402,10 +390,3 @@ def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
         load_config_text(tmp_path, "selection: {rank_by: {metric: val_loss}}")
 
 
-def load_config_text(tmp_path: Path, extra: str) -> SearchConfig:
-    import yaml
-
-    base = yaml.safe_dump({k: v for k, v in TINY.items() if k != "selection"})
-    path = tmp_path / "c.yaml"
-    path.write_text(base + extra + "\n")
-    return load_config(path)

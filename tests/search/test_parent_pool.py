@@ -11,14 +11,13 @@ import pytest
 from morphsearch import builders
 from morphsearch.errors import ConfigError
 from morphsearch.search.config import SearchConfig
-from tests.search.conftest import TINY
-from tests.search.test_efficiency_options import _space, load_config_text
+from tests.search.conftest import TINY, digits_space, load_config_text
 
 
 def test_front_pool_spreads_over_the_accuracy_vs_size_front(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    space, seed = _space(tmp_path)
+    space, seed = digits_space(tmp_path)
     graph = seed.to_json()
     # (params, val_accuracy): a..e on the front, x and y dominated
     points = {"a": (100, 0.70), "b": (200, 0.80), "c": (400, 0.85), "d": (800, 0.90),
@@ -57,7 +56,7 @@ def test_front_pool_spreads_over_the_accuracy_vs_size_front(tmp_path: Path) -> N
 def test_sites_spatial_keeps_a_morphism_on_the_convolutions(tmp_path: Path) -> None:
     from morphsearch import morphisms as registry
 
-    space, _ = _space(tmp_path, **{"widen.split": {"k": [2, 2], "sites": "spatial"},
+    space, _ = digits_space(tmp_path, **{"widen.split": {"k": [2, 2], "sites": "spatial"},
                                    "deepen.identity": {"sites": "flat"}})
     seed = builders.mlp([40, 32, 10], input_shape=(1, 40))
     grown = registry.apply("conv.input", seed, registry.sites("conv.input", seed)[0]).child

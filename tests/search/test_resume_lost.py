@@ -21,7 +21,7 @@ from morphsearch.lineage import ArchitectureIn, open_store
 from morphsearch.search.callback import LineageCallback
 from morphsearch.search.progress import SearchProgress
 from morphsearch.search.searcher import make_searcher
-from tests.search.test_efficiency_options import _space
+from tests.search.conftest import digits_space
 
 
 def _final_result(tmp_path: Path, trial_id: str) -> dict[str, Any]:
@@ -65,11 +65,11 @@ def test_resume_closes_the_lineage_rows_of_trials_tune_lost(tmp_path: Path) -> N
     assert progress.state.done == 2  # agrees with lineage's two finished trials
     restored.on_experiment_end([])
 
-    # a callback pickled by an older version (no progress, no reconcile flag) still resumes
+    # a callback pickled by an older version (no progress attribute) still resumes
     with open_store(url, write=True) as store:
         store.update_trial("lost", "RUNNING")  # as before the first resume
     older = LineageCallback(url, "s")
-    del older.__dict__["progress"], older.__dict__["_reconcile"]
+    del older.__dict__["progress"]  # the reconcile flag is a class attribute already
     older.set_state(snapshot)
     older.on_step_begin(0, tune_trials)
     older.on_experiment_end([])
@@ -97,7 +97,7 @@ class _Lineage:
 
 
 def test_restored_searcher_counts_lost_trials_against_the_budget(tmp_path: Path) -> None:
-    space, _ = _space(tmp_path)
+    space, _ = digits_space(tmp_path)
     space.config = space.config.model_copy(
         update={"budget": space.config.budget.model_copy(update={"trials": 3})}
     )
