@@ -15,7 +15,7 @@ from morphsearch.arch.ops import OPS
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms import splitting
-from morphsearch.morphisms._split_linalg import extreme_eigenpairs
+from morphsearch.morphisms._split_linalg import Curvature, extreme_eigenpairs
 from morphsearch.morphisms._surgery import batch_loss
 from tests.morphisms.strategies import architectures, batch_for, outputs
 
@@ -200,6 +200,43 @@ def test_fast_method_matches_exact_on_a_wide_layer() -> None:
         v = torch.randn(6, 201, generator=g, dtype=F64)
         torch.testing.assert_close(curv.matvec(v), torch.einsum("mij,mj->mi",
                                                                 curv.matrices(), v))
+
+
+@pytest.mark.parametrize("bn", [False, True], ids=["plain", "bn_train"])
+def test_a_batch_with_fewer_rows_than_inputs_is_solved_in_its_span(bn: bool) -> None:
+    # 50 rows into 200 inputs: "auto" and "fast" work on 50-dim matrices, and give the
+    # 201-dim matrices' eigenpairs (the span holds every vector of S_m, bias included).
+    arch = builders.mlp([200, 6, 3], activation="relu", batchnorm=bn, dtype=F64, seed=0)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(50, 200, generator=g, dtype=F64),
+             torch.randint(0, 3, (50,), generator=g))
+    curv = splitting.splitting_curvature(arch, "fc1", batch)
+    exact = extreme_eigenpairs(curv, method="exact")
+    assert bool((exact.min_values < 0).all()) and bool((exact.max_values > 0).all())
+    for method in ("auto", "fast"):
+        found = extreme_eigenpairs(curv, method=method, iters=60)
+        torch.testing.assert_close(found.min_values, exact.min_values, rtol=1e-10, atol=0)
+        torch.testing.assert_close(found.max_values, exact.max_values, rtol=1e-10, atol=0)
+        cos = (found.min_vectors * exact.min_vectors).sum(1).abs()
+        torch.testing.assert_close(cos, torch.ones(6, dtype=F64), rtol=0, atol=1e-8)
+
+
+def test_in_the_rows_span_zero_is_an_eigenvalue_off_it() -> None:
+    # S_m = sum_r c x_r x_r^T with c >= 0 (c <= 0) is semidefinite of rank 10 < 30: its
+    # smallest (largest) eigenvalue is 0, with an eigenvector orthogonal to the rows.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 30, generator=g, dtype=F64)
+    c = torch.rand(10, 2, generator=g, dtype=F64) * torch.tensor([1.0, -1.0], dtype=F64)
+    curv = Curvature(x, c)
+    pairs = extreme_eigenpairs(curv, method="fast", iters=40)
+    exact = extreme_eigenpairs(curv, method="exact")
+    assert pairs.min_values[0] == 0 and pairs.max_values[1] == 0
+    torch.testing.assert_close(pairs.max_values[0], exact.max_values[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(pairs.min_values[1], exact.min_values[1], rtol=1e-10, atol=0)
+    for m, vector in ((0, pairs.min_vectors[0]), (1, pairs.max_vectors[1])):
+        assert float(vector.norm()) == pytest.approx(1.0)
+        assert float((curv.matrices()[m] @ vector).norm()) < 1e-12
+        assert float((x @ vector).abs().max()) < 1e-12
 
 
 def test_few_lanczos_steps_give_upper_bounds() -> None:
