@@ -140,8 +140,8 @@ def extreme_eigenpairs(
 ) -> Eigenpairs:
     """``"exact"``: ``eigh`` of every matrix; ``"fast"``: batched Lanczos with full
     reorthogonalisation on :meth:`Curvature.matvec`, at most ``iters`` steps, stopping
-    early once every neuron's extreme Ritz values move by less than ``tol`` (relative)
-    in a step; ``"auto"``: exact for small matrices (:data:`EXACT_MAX_ENTRIES`), else fast.
+    early once every neuron's extreme Ritz values are within about ``tol`` (relative; see
+    :func:`_lanczos_extremes`); ``"auto"``: exact for small matrices (:data:`EXACT_MAX_ENTRIES`), else fast.
 
     With fewer rows than inputs (a batch of 128 into a 1,024-input layer), ``"auto"`` and
     ``"fast"`` solve in the rows' span (:func:`_in_row_space`): the same eigenpairs, from
