@@ -31,7 +31,7 @@ import torch
 from morphsearch.arch import load as load_graph
 from morphsearch.arch.io import graph_to_bytes, save_weights, weights_metadata
 from morphsearch.artifacts import read_architecture
-from morphsearch.errors import ExportError, NotFound, WeightsError, first_line
+from morphsearch.errors import ConfigError, ExportError, NotFound, WeightsError, first_line
 
 if TYPE_CHECKING:
     from morphsearch.arch import Architecture
@@ -305,6 +305,8 @@ def export_from_store(
     metric: str | None = None,
     mode: str | None = None,
     formats: Sequence[str] = FORMATS,
+    refit: bool = False,
+    refit_steps: int | None = None,
 ) -> ExportResult:
     """Export ``arch_id``, or the best architecture of ``search``, from the lineage store.
 
@@ -315,9 +317,14 @@ def export_from_store(
         arch_id: the architecture; ``None`` exports the best one by ``metric``/``mode``
             (default: the search config's first objective).
         formats: see :func:`export_architecture`.
+        refit: export the architecture trained again from a fresh initialisation on
+            the training and validation splits (:func:`morphsearch.refit.refit`, at
+            its trial's learning rate) instead of the search's weights.
+        refit_steps: the refit's optimizer steps (default: the search's trial budget).
 
     Raises:
         NotFound: no such search or architecture, or no metric recorded yet.
+        ConfigError: refit without a validation split or a recorded learning rate.
         WeightsError: the weights file is missing, corrupted or not this architecture's.
         ExportError: see :func:`export_architecture`.
     """
@@ -339,9 +346,34 @@ def export_from_store(
                 f"{search!r}; drop --search or pass an architecture of {search!r}"
             )
         arch = _stored_architecture(record)
-        card = model_card(store, record, metric=metric, mode=mode)
+        done = None
+        if refit or refit_steps is not None:
+            from morphsearch.refit import refit as refit_architecture  # deferred: training
+
+            config = store.search(record.search).config
+            done = refit_architecture(arch, config, lr=_trial_lr(store, record, config),
+                                      steps=refit_steps, seed=int(config.get("seed") or 0))
+            arch = done.arch
+        card = model_card(store, record, metric=metric, mode=mode,
+                          refit=done.card_lines() if done else None)
     meta = {"search": record.search, "arch_id": record.arch_id}
+    if done is not None:
+        meta["refit"] = f"train+val, {done.steps} steps"
     return export_architecture(arch, out, formats=formats, metadata=meta, card=card)
+
+
+def _trial_lr(store: Any, record: Any, config: dict[str, Any]) -> float:
+    """The learning rate of the trial that trained ``record`` (its best-scored one)."""
+    from morphsearch.lineage.objective import metric_values, objective  # deferred: sqlalchemy
+
+    metric, mode = objective(config, search=record.search)
+    for result in metric_values(store, record.search, metric, mode):
+        if result.arch_id == record.arch_id and result.trial_id is not None:
+            lr = store.trial(result.trial_id).config.get("lr")
+            if isinstance(lr, (int, float)) and lr > 0:
+                return float(lr)
+    raise ConfigError(f"architecture {record.arch_id} has no trial with a recorded learning "
+                      "rate to refit at; export it without --refit")
 
 
 def _stored_architecture(record: Any) -> Architecture:

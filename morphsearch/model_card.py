@@ -73,8 +73,11 @@ def model_card(
     *,
     metric: str | None = None,
     mode: str | None = None,
+    refit: list[str] | None = None,
 ) -> str:
-    """``MODEL_CARD.md`` of an exported architecture: lineage, size, data, config.
+    """``MODEL_CARD.md`` of an exported architecture: lineage, size, data, config
+    (``refit``: the Markdown of :meth:`morphsearch.refit.RefitResult.card_lines`, when the
+    exported weights are a refit's).
 
     Raises:
         ConfigError: the search config names no metric and none is given.
@@ -120,6 +123,7 @@ def model_card(
         "",
         f"Values are the best each architecture reached; {EVALUATION_MEANING}.",
         "",
+        *(refit or []),
         "## Dataset",
         "",
         f"`{dataset.get('name', 'unknown')}`, options: `{json.dumps(dataset.get('options') or {})}`",

@@ -256,6 +256,8 @@ def test_cli_export_and_errors(
         ("--arch", "b", "--format", "onnx,tflite"): "tflite",
         ("--best", "--metric", "val_loss"): "no val_loss values",
         ("--arch", "b", "--search", "other"): "belongs to search",
+        ("--arch", "b", "--refit"): "no trial with a recorded learning rate",
+        ("--arch", "b", "--refit-steps", "0"): "--refit-steps 0 must be at least 1",
     }
     for extra, named in cases.items():
         code, out, err = _cli(capsys, "export", "--db", db, "--out", str(tmp_path / "x"), *extra)

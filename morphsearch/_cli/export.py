@@ -31,6 +31,15 @@ def register(subparsers: Any) -> None:
         metavar="LIST",
         help="comma-separated: onnx,pt2,safetensors (default: all three)",
     )
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="export the architecture trained again from a fresh initialisation on the "
+        "training and validation splits together (the search's recipe at its trial's lr; "
+        "the usual last step on small data) instead of the search's weights",
+    )
+    parser.add_argument("--refit-steps", type=int, default=None, metavar="N",
+                        help="the refit's optimizer steps (default: the search's trial budget)")
     parser.set_defaults(func=_export)
 
 
@@ -43,6 +52,8 @@ def _export(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)  # before anything slow
     if args.arch and (args.metric or args.mode):
         raise ExportError("--metric/--mode choose the --best architecture; drop them with --arch")
+    if args.refit_steps is not None and args.refit_steps < 1:
+        raise ExportError(f"--refit-steps {args.refit_steps} must be at least 1")
     result = export_from_store(
         args.out,
         db=args.db,
@@ -51,6 +62,8 @@ def _export(args: argparse.Namespace) -> int:
         metric=args.metric,
         mode=args.mode,
         formats=formats,
+        refit=args.refit,
+        refit_steps=args.refit_steps,
     )
     parity = ", ".join(f"{k} max |diff| {v:.2g}" for k, v in sorted(result.parity.items()))
     print(f"wrote {result.out}: {', '.join(result.files)}" + (f" ({parity})" if parity else ""))

@@ -137,6 +137,15 @@ def test_growth_with_asha_keeps_the_best_weights_and_scores_the_top_on_test(
 
         _, val_acc = evaluate(load_module(out), data, "val", device=torch.device("cpu"))
         assert val_acc == pytest.approx(best.value, abs=1e-12)
+        # refit: the same graph trained again on train + val; the card gives its own
+        # test score, which the exported weights reproduce
+        refit = export_from_store(tmp_path / "refit", db=config.database, search="ashagrow",
+                                  formats=("safetensors",), refit_steps=30).out
+        card = (refit / "MODEL_CARD.md").read_text()
+        _, test_acc = evaluate(load_module(refit), data, "test", device=torch.device("cpu"))
+        assert "## Refit" in card and "(1,438 samples): 30 Adam steps" in card
+        assert f"accuracy {test_acc:.4f}" in card
+        assert load_module(refit).state_dict().keys() == load_module(out).state_dict().keys()
         # the top 2 by validation were scored once on the test split, and the members of
         # the validation-vs-parameters front; no other architecture
         front = {r.arch_id for r in _front(ranked, "max")}
