@@ -294,6 +294,11 @@ class SelectionConfig(_Frozen):
     # fine-tune a trained seed); false starts children at once from its initial weights
     # (more parallel at the start of a search on many workers, each child trains fully)
     seed_first: bool = True
+    # [shrink, perturb]: an inheriting child starts from shrink * w + perturb * w0 (w0 a
+    # fresh initialisation; Ash & Adams 2020, morphsearch.growth.warm_start) instead of
+    # its parent's weights as they are, which train on worse than fresh ones (warm-start
+    # gap); null: off
+    shrink_perturb: tuple[float, float] | None = None
     # at the search's end, score this many best architectures (by the first objective)
     # once on the test split: lineage metrics test_accuracy / test_loss, never used to
     # select (0: none)
@@ -303,6 +308,10 @@ class SelectionConfig(_Frozen):
     def _lr_ordered(self) -> SelectionConfig:
         if not 0 < self.lr[0] <= self.lr[1]:
             raise ValueError("'lr' must be [low, high] with 0 < low <= high")
+        if self.shrink_perturb is not None and not (
+                0 < self.shrink_perturb[0] <= 1 and self.shrink_perturb[1] >= 0):
+            raise ValueError("'shrink_perturb' must be [shrink, perturb] with 0 < shrink <= 1 "
+                             "and perturb >= 0")
         return self
 
 

@@ -97,6 +97,7 @@ def _prepare(
         report_every_s=config.budget.report_every_s,
         report_epochs=asha_milestones(config, config.budget.evaluations(train_size)),
         inherit_weights=config.selection.inherit_weights,
+        shrink_perturb=config.selection.shrink_perturb,
         patience=config.budget.patience,
         monitor=monitor,
         monitor_mode=monitor_mode,

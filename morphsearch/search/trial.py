@@ -29,6 +29,7 @@ from morphsearch import artifacts, morphisms
 from morphsearch.arch import Architecture
 from morphsearch.data import Dataset, load_dataset
 from morphsearch.errors import SearchError, WeightsError
+from morphsearch.growth import warm_start
 from morphsearch.growth.trainer import GrowingTrainer, evaluate
 from morphsearch.losses import task_loss
 from morphsearch.morphisms import Batch
@@ -64,6 +65,7 @@ class TrialSetup:
     report_every_s: float = 0.0  # report to Tune at most this often (0: every evaluation)
     report_epochs: tuple[int, ...] = ()  # evaluations always reported (ASHA's rungs)
     inherit_weights: bool = True
+    shrink_perturb: tuple[float, float] | None = None  # an inheriting child's start
     patience: int | None = None  # evaluations without a gain before stopping (None: never)
     monitor: str = "val_loss"  # what "best" means: kept weights and patience
     monitor_mode: str = "min"
@@ -133,9 +135,11 @@ def morphism_flops(name: str, parent: Architecture, child: Architecture, batch: 
 
 
 def grow_child(
-    plan: TrialPlan, probe: Batch, parent: Architecture, inherit: bool = True
+    plan: TrialPlan, probe: Batch, parent: Architecture, inherit: bool = True,
+    shrink_perturb: tuple[float, float] | None = None,
 ) -> tuple[Architecture, list[dict[str, Any]], int]:
-    """The trial's child, its morphism records and the FLOPs spent growing it.
+    """The trial's child, its morphism records and the FLOPs spent growing it (an
+    inheriting child shrunk and perturbed when ``shrink_perturb`` is given).
 
     Raises:
         SearchError: the child's structure is not the one the driver planned.
@@ -156,6 +160,8 @@ def grow_child(
     spent = morphism_flops(planned.name, parent, child, len(probe[0]))
     if not inherit:  # the same graph from a fresh initialisation: the control for inheritance
         child = Architecture(child.editable_graph(), seed=plan.trial_seed, dtype=child.dtype)
+    elif shrink_perturb is not None:
+        child = warm_start.shrink_perturb(child, *shrink_perturb, seed=plan.trial_seed)
     return child, [result.record.to_json()], spent
 
 
@@ -207,7 +213,8 @@ def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
     if folder is not None:
         current, kept, state, optim_state = _restore(folder)
     else:
-        child, records, grow_flops = grow_child(plan, probe, parent, setup.inherit_weights)
+        child, records, grow_flops = grow_child(plan, probe, parent, setup.inherit_weights,
+                                                setup.shrink_perturb)
         summary = {"structure_hash": child.structure_hash, "params": child.num_params,
                    "flops": child.flops}  # fmt: skip
         current, kept, optim_state = child, None, None
