@@ -28,7 +28,8 @@ def shrink_perturb(arch: Architecture, shrink: float, perturb: float, *, seed: i
         ValueError: ``shrink`` outside (0, 1] or a negative ``perturb``.
     """
     if not 0 < shrink <= 1 or perturb < 0:
-        raise ValueError(f"shrink {shrink} must be in (0, 1] and perturb {perturb} >= 0")
+        raise ValueError(f"shrink and perturb need 0 < shrink <= 1 and perturb >= 0, not "
+                         f"{shrink} and {perturb}")
     fresh = Architecture(arch.editable_graph(), seed=seed, dtype=arch.dtype).weights
     weights = {}
     for node, params in arch.weights.items():
