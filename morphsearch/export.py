@@ -320,11 +320,13 @@ def export_from_store(
         refit: export the architecture trained again from a fresh initialisation on
             the training and validation splits (:func:`morphsearch.refit.refit`, at
             its trial's learning rate) instead of the search's weights.
-        refit_steps: the refit's optimizer steps (default: the search's trial budget).
+        refit_steps: the refit's optimizer steps (default: the search's trial budget;
+            only with ``refit``).
 
     Raises:
         NotFound: no such search or architecture, or no metric recorded yet.
         ConfigError: refit without a validation split or a recorded learning rate.
+        ExportError: ``refit_steps`` without ``refit``.
         WeightsError: the weights file is missing, corrupted or not this architecture's.
         ExportError: see :func:`export_architecture`.
     """
@@ -346,8 +348,10 @@ def export_from_store(
                 f"{search!r}; drop --search or pass an architecture of {search!r}"
             )
         arch = _stored_architecture(record)
+        if refit_steps is not None and not refit:
+            raise ExportError("--refit-steps sets the refit's length: add --refit")
         done = None
-        if refit or refit_steps is not None:
+        if refit:
             from morphsearch.refit import refit as refit_architecture  # deferred: training
 
             config = store.search(record.search).config
@@ -355,7 +359,8 @@ def export_from_store(
                                       steps=refit_steps, seed=int(config.get("seed") or 0))
             arch = done.arch
         card = model_card(store, record, metric=metric, mode=mode,
-                          refit=done.card_lines() if done else None)
+                          refit=done.card_lines() if done else None,
+                          weights_hash=arch.weights_hash if done else None)
     meta = {"search": record.search, "arch_id": record.arch_id}
     if done is not None:
         meta["refit"] = f"train+val, {done.steps} steps"
@@ -373,7 +378,7 @@ def _trial_lr(store: Any, record: Any, config: dict[str, Any]) -> float:
             if isinstance(lr, (int, float)) and lr > 0:
                 return float(lr)
     raise ConfigError(f"architecture {record.arch_id} has no trial with a recorded learning "
-                      "rate to refit at; export it without --refit")
+                      f"rate and a {metric} value to refit at; export it without --refit")
 
 
 def _stored_architecture(record: Any) -> Architecture:

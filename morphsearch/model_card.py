@@ -74,10 +74,11 @@ def model_card(
     metric: str | None = None,
     mode: str | None = None,
     refit: list[str] | None = None,
+    weights_hash: str | None = None,
 ) -> str:
     """``MODEL_CARD.md`` of an exported architecture: lineage, size, data, config
-    (``refit``: the Markdown of :meth:`morphsearch.refit.RefitResult.card_lines`, when the
-    exported weights are a refit's).
+    (``refit``: the Markdown of :meth:`morphsearch.refit.RefitResult.card_lines`, and
+    ``weights_hash`` the refit weights' hash, when the exported weights are a refit's).
 
     Raises:
         ConfigError: the search config names no metric and none is given.
@@ -93,11 +94,16 @@ def model_card(
         f"Exported by morphsearch {__version__} on {timestamp()} from search `{record.search}` "
         f"(lineage database `{store.url}`).",
         "",
+        *(["**The exported weights are a refit** (see \"Refit\" below): the search's "
+           "values in this card are those of the weights by which the architecture was "
+           "chosen, not of these.", ""] if refit else []),
         "| field | value |",
         "|---|---|",
         f"| architecture | `{record.arch_id}` |",
         f"| structure hash | `{record.structure_hash}` |",
-        f"| weights sha256 | `{record.weights_sha256 or '-'}` |",
+        f"| weights sha256{' (the search' + chr(39) + 's)' if refit else ''} | "
+        f"`{record.weights_sha256 or '-'}` |",
+        *([f"| exported weights hash (refit) | `{weights_hash}` |"] if weights_hash else []),
         f"| parameters | {record.params:,} |",
         f"| FLOPs per sample | {record.flops:,} |",
         f"| input shape | {shapes.get('input')} |",

@@ -103,7 +103,7 @@ def refit(
         config = SearchConfig.model_validate(dict(search_config))
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(str(p) for p in first["loc"]) or "config"
         raise ConfigError(f"the search's stored config does not validate ({where}: "
                           f"{first['msg']}); refit needs its dataset and budget") from None
     data = load_dataset(config.dataset.name, seed=config.seed,

@@ -212,9 +212,11 @@ def _lanczos_extremes(
 
     Stops once every extreme Ritz pair's residual ``|S y - theta y| = beta_j |s_j|``
     (``s_j`` the last entry of the tridiagonal's eigenvector) is at most ``sqrt(tol)``
-    times the matrix's scale, which bounds the Ritz value's relative error by about
-    ``tol`` (it is quadratic in the residual); tested after steps 8, 12, 16, ... with
-    one batched ``eigh`` of the tridiagonals, whose vectors are then the answer's."""
+    times the matrix's scale (``max |alpha|``). The Ritz value's error is at most the
+    residual, and about its square over the gap to the next eigenvalue: ~``tol`` where
+    the extreme eigenvalue stands apart, up to ~``sqrt(tol)`` where the spectrum's end is
+    crowded. Tested after steps 8, 12, 16, ... with one batched ``eigh`` of the
+    tridiagonals, whose vectors are then the answer's."""
     steps = min(iters, dim)
     tol = max(tol, 100 * torch.finfo(dtype).eps)  # float32 cannot settle below its rounding
     basis = torch.zeros(batch, steps, dim, dtype=dtype)  # batch-major: products on a prefix

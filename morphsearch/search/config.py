@@ -294,7 +294,8 @@ class SelectionConfig(_Frozen):
     # fine-tune a trained seed); false starts children at once from its initial weights
     # (more parallel at the start of a search on many workers, each child trains fully)
     seed_first: bool = True
-    # [shrink, perturb]: an inheriting child starts from shrink * w + perturb * w0 (w0 a
+    # [shrink, perturb]: an inheriting child of a trained parent starts from shrink * w +
+    # perturb * w0 (w0 a
     # fresh initialisation; Ash & Adams 2020, morphsearch.growth.warm_start) instead of
     # its parent's weights as they are, which train on worse than fresh ones (warm-start
     # gap); null: off
@@ -312,6 +313,10 @@ class SelectionConfig(_Frozen):
                 0 < self.shrink_perturb[0] <= 1 and self.shrink_perturb[1] >= 0):
             raise ValueError("'shrink_perturb' must be [shrink, perturb] with 0 < shrink <= 1 "
                              "and perturb >= 0")
+        if self.shrink_perturb is not None and self.inherit_optimizer:
+            raise ValueError("'shrink_perturb' rescales a child's weights, so its parent's "
+                             "Adam moments no longer fit them: drop 'inherit_optimizer' or "
+                             "'shrink_perturb'")
         return self
 
 

@@ -8,7 +8,8 @@ ASHA's rungs always) and checkpoints (every ``checkpoint_every_s``); it keeps th
 of its best evaluation by the search's first objective (what lineage ranks it by) and
 saves those. Workers never touch lineage; Ray stays in :mod:`.trainable` (a
 :class:`Session` stands between). Inheritance is measured: a child's ``first_batch_loss``
-(probe batch, before any update) equals its parent's kept ``final_loss``.
+(probe batch, before any update) equals its parent's kept ``final_loss`` (unless
+``selection.shrink_perturb`` rescales the child before it trains).
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def grow_child(
     shrink_perturb: tuple[float, float] | None = None,
 ) -> tuple[Architecture, list[dict[str, Any]], int]:
     """The trial's child, its morphism records and the FLOPs spent growing it (an
-    inheriting child shrunk and perturbed when ``shrink_perturb`` is given).
+    inheriting child of a trained parent shrunk and perturbed when ``shrink_perturb`` is
+    given).
 
     Raises:
         SearchError: the child's structure is not the one the driver planned.
@@ -160,7 +162,7 @@ def grow_child(
     spent = morphism_flops(planned.name, parent, child, len(probe[0]))
     if not inherit:  # the same graph from a fresh initialisation: the control for inheritance
         child = Architecture(child.editable_graph(), seed=plan.trial_seed, dtype=child.dtype)
-    elif shrink_perturb is not None:
+    elif shrink_perturb is not None and plan.fine_tune:  # a trained parent's weights
         child = warm_start.shrink_perturb(child, *shrink_perturb, seed=plan.trial_seed)
     return child, [result.record.to_json()], spent
 

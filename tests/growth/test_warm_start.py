@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,11 @@ from morphsearch.arch import Architecture
 from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError
 from morphsearch.growth.warm_start import shrink_perturb
+from morphsearch.morphisms._surgery import batch_loss
 from morphsearch.search.config import load_config
 from morphsearch.search.protocol import PlannedMorphism, TrialPlan
-from morphsearch.search.trial import grow_child
+from morphsearch.search.trial import TrialSetup, grow_child, probe_batch
+from tests.search.conftest import run_trial_here
 
 
 def test_trainable_weights_mix_the_scaled_weights_with_a_fresh_init() -> None:
@@ -34,7 +38,8 @@ def test_trainable_weights_mix_the_scaled_weights_with_a_fresh_init() -> None:
                 torch.testing.assert_close(got, 0.4 * t + 0.1 * fresh[node][name])
     # shrink 1, perturb 0: the same network
     assert shrink_perturb(arch, 1.0, 0.0, seed=9).weights_hash == arch.weights_hash
-    with pytest.raises(ValueError, match="need 0 < shrink <= 1 and perturb >= 0, not 0.0 and 0.1"):
+    with pytest.raises(ValueError, match=re.escape("need 0 < shrink <= 1 and perturb >= 0, "
+                                                   "not 0.0 and 0.1")):
         shrink_perturb(arch, 0.0, 0.1, seed=0)
 
 
@@ -54,6 +59,44 @@ def test_only_an_inheriting_child_is_shrunk_and_perturbed(tmp_path: Path) -> Non
     assert fresh.weights_hash == Architecture(exact.editable_graph(), seed=7).weights_hash
     seed_plan = TrialPlan(parent_id="p", parent_uri=ref.uri, parent_sha256=ref.sha256)
     assert grow_child(seed_plan, probe, parent, True, (0.5, 0.1))[0] is parent  # the seed
+    # a child of an untrained parent (seed_first: false) trains its full budget from the
+    # parent's initial weights, which need no remedy
+    untrained = replace(plan, fine_tune=False)
+    assert grow_child(untrained, probe, parent, True, (0.5, 0.1))[0].weights_hash == (
+        exact.weights_hash)
+
+
+def test_a_trial_with_the_option_starts_from_the_shrunk_child(tmp_path: Path) -> None:
+    # through run_trial: the reported first_batch_loss is the shrunk child's probe loss,
+    # no longer the exact child's
+    parent = builders.mlp([64, 8, 10], seed=3, input_shape=(1, 8, 8))
+    ref = artifacts.write_architecture(parent, str(tmp_path), "parent")
+    plan = TrialPlan(parent_id="p", parent_uri=ref.uri, parent_sha256=ref.sha256,
+                     morphism=PlannedMorphism("widen.split", "fc1", {"k": 4}, 7),
+                     trial_seed=7, lr=0.01, lr_schedule="constant")  # fmt: skip
+    data = load_dataset("digits", seed=0)
+    probe = probe_batch(data, 64)
+    first = {}
+    for option in (None, (0.5, 0.1)):
+        setup = TrialSetup(search="s", artifacts_uri=str(tmp_path / "art"), dataset="digits",
+                           dataset_options=(), data_seed=0, batch_size=64, steps=19,
+                           eval_every=19, checkpoint_every_s=1e9, shrink_perturb=option)
+        first[option] = run_trial_here(plan, setup)[0]["first_batch_loss"]
+    exact = grow_child(plan, probe, parent)[0]
+    with torch.no_grad():
+        for option, child in ((None, exact), ((0.5, 0.1), shrink_perturb(exact, 0.5, 0.1,
+                                                                          seed=7))):
+            want = float(batch_loss(child.to_module().eval()(probe[0]), probe[1]))
+            assert first[option] == pytest.approx(want, rel=1e-5)
+    assert abs(first[None] - first[(0.5, 0.1)]) > 0.01
+
+
+def test_shrink_perturb_and_inherit_optimizer_are_refused_together(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("seed_graph: {builder: mlp}\ndataset: {name: digits}\nselection: "
+                    "{shrink_perturb: [0.5, 0.1], inherit_optimizer: true}\n")
+    with pytest.raises(ConfigError, match="drop 'inherit_optimizer' or 'shrink_perturb'"):
+        load_config(path)
 
 
 @pytest.mark.parametrize("value", ["[0.0, 0.1]", "[1.5, 0.1]", "[0.5, -1]"])

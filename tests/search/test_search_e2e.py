@@ -140,10 +140,15 @@ def test_growth_with_asha_keeps_the_best_weights_and_scores_the_top_on_test(
         # refit: the same graph trained again on train + val; the card gives its own
         # test score, which the exported weights reproduce
         refit = export_from_store(tmp_path / "refit", db=config.database, search="ashagrow",
-                                  formats=("safetensors",), refit_steps=30).out
+                                  formats=("safetensors",), refit=True, refit_steps=30).out
         card = (refit / "MODEL_CARD.md").read_text()
         _, test_acc = evaluate(load_module(refit), data, "test", device=torch.device("cpu"))
         assert "## Refit" in card and "(1,438 samples): 30 Adam steps" in card
+        assert "**The exported weights are a refit**" in card
+        from morphsearch.export import load_architecture
+
+        exported = load_architecture(refit)
+        assert f"| exported weights hash (refit) | `{exported.weights_hash}` |" in card
         assert f"accuracy {test_acc:.4f}" in card
         assert load_module(refit).state_dict().keys() == load_module(out).state_dict().keys()
         # the top 2 by validation were scored once on the test split, and the members of
