@@ -140,8 +140,7 @@ def grow_child(
     shrink_perturb: tuple[float, float] | None = None,
 ) -> tuple[Architecture, list[dict[str, Any]], int]:
     """The trial's child, its morphism records and the FLOPs spent growing it (an
-    inheriting child of a trained parent shrunk and perturbed when ``shrink_perturb`` is
-    given).
+    inheriting child shrunk and perturbed when ``shrink_perturb`` is given).
 
     Raises:
         SearchError: the child's structure is not the one the driver planned.
@@ -162,7 +161,7 @@ def grow_child(
     spent = morphism_flops(planned.name, parent, child, len(probe[0]))
     if not inherit:  # the same graph from a fresh initialisation: the control for inheritance
         child = Architecture(child.editable_graph(), seed=plan.trial_seed, dtype=child.dtype)
-    elif shrink_perturb is not None and plan.fine_tune:  # a trained parent's weights
+    elif shrink_perturb is not None:  # every inheriting child (see SelectionConfig)
         child = warm_start.shrink_perturb(child, *shrink_perturb, seed=plan.trial_seed)
     return child, [result.record.to_json()], spent
 

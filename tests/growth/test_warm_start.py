@@ -59,11 +59,11 @@ def test_only_an_inheriting_child_is_shrunk_and_perturbed(tmp_path: Path) -> Non
     assert fresh.weights_hash == Architecture(exact.editable_graph(), seed=7).weights_hash
     seed_plan = TrialPlan(parent_id="p", parent_uri=ref.uri, parent_sha256=ref.sha256)
     assert grow_child(seed_plan, probe, parent, True, (0.5, 0.1))[0] is parent  # the seed
-    # a child of an untrained parent (seed_first: false) trains its full budget from the
-    # parent's initial weights, which need no remedy
+    # a child of an untrained parent (seed_first: false) too: a smaller initialisation
+    # (measured better on validation than the parent's initial weights as they are)
     untrained = replace(plan, fine_tune=False)
     assert grow_child(untrained, probe, parent, True, (0.5, 0.1))[0].weights_hash == (
-        exact.weights_hash)
+        started.weights_hash)
 
 
 def test_a_trial_with_the_option_starts_from_the_shrunk_child(tmp_path: Path) -> None:
