@@ -43,12 +43,18 @@ def test_trainable_weights_mix_the_scaled_weights_with_a_fresh_init() -> None:
         shrink_perturb(arch, 0.0, 0.1, seed=0)
 
 
-def test_only_an_inheriting_child_is_shrunk_and_perturbed(tmp_path: Path) -> None:
+def _parent_and_plan(tmp_path: Path) -> tuple[Architecture, TrialPlan]:
+    """A digits MLP on storage and the plan of its Net2Wider child (trial seed 7)."""
     parent = builders.mlp([64, 8, 10], seed=3, input_shape=(1, 8, 8))
     ref = artifacts.write_architecture(parent, str(tmp_path), "parent")
     plan = TrialPlan(parent_id="p", parent_uri=ref.uri, parent_sha256=ref.sha256,
                      morphism=PlannedMorphism("widen.split", "fc1", {"k": 4}, 7),
                      trial_seed=7, lr=0.01, lr_schedule="constant")  # fmt: skip
+    return parent, plan
+
+
+def test_only_an_inheriting_child_is_shrunk_and_perturbed(tmp_path: Path) -> None:
+    parent, plan = _parent_and_plan(tmp_path)
     data = load_dataset("digits", seed=0)
     probe = data.x_train[:32], data.y_train[:32]
     exact, records, spent = grow_child(plan, probe, parent)
@@ -57,7 +63,7 @@ def test_only_an_inheriting_child_is_shrunk_and_perturbed(tmp_path: Path) -> Non
     assert started.weights_hash == shrink_perturb(exact, 0.5, 0.1, seed=7).weights_hash
     fresh, _, _ = grow_child(plan, probe, parent, False, (0.5, 0.1))  # the control: fresh
     assert fresh.weights_hash == Architecture(exact.editable_graph(), seed=7).weights_hash
-    seed_plan = TrialPlan(parent_id="p", parent_uri=ref.uri, parent_sha256=ref.sha256)
+    seed_plan = replace(plan, morphism=None)
     assert grow_child(seed_plan, probe, parent, True, (0.5, 0.1))[0] is parent  # the seed
     # a child of an untrained parent (seed_first: false) too: a smaller initialisation
     # (measured better on validation than the parent's initial weights as they are)
@@ -69,11 +75,7 @@ def test_only_an_inheriting_child_is_shrunk_and_perturbed(tmp_path: Path) -> Non
 def test_a_trial_with_the_option_starts_from_the_shrunk_child(tmp_path: Path) -> None:
     # through run_trial: the reported first_batch_loss is the shrunk child's probe loss,
     # no longer the exact child's
-    parent = builders.mlp([64, 8, 10], seed=3, input_shape=(1, 8, 8))
-    ref = artifacts.write_architecture(parent, str(tmp_path), "parent")
-    plan = TrialPlan(parent_id="p", parent_uri=ref.uri, parent_sha256=ref.sha256,
-                     morphism=PlannedMorphism("widen.split", "fc1", {"k": 4}, 7),
-                     trial_seed=7, lr=0.01, lr_schedule="constant")  # fmt: skip
+    parent, plan = _parent_and_plan(tmp_path)
     data = load_dataset("digits", seed=0)
     probe = probe_batch(data, 64)
     first = {}
