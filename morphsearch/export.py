@@ -326,7 +326,7 @@ def export_from_store(
     Raises:
         NotFound: no such search or architecture, or no metric recorded yet.
         ConfigError: refit without a validation split or a recorded learning rate.
-        ExportError: ``refit_steps`` without ``refit``.
+        ExportError: ``refit_steps`` without ``refit``, or below 1.
         WeightsError: the weights file is missing, corrupted or not this architecture's.
         ExportError: see :func:`export_architecture`.
     """
@@ -336,6 +336,10 @@ def export_from_store(
     from morphsearch.model_card import model_card  # deferred: sqlalchemy
 
     formats = parse_formats(list(formats))
+    if refit_steps is not None and not refit:
+        raise ExportError("--refit-steps sets the refit's length: add --refit")
+    if refit_steps is not None and refit_steps < 1:
+        raise ExportError(f"--refit-steps {refit_steps} must be at least 1")
     with open_store(db) as store:
         if arch_id is None:
             arch_id = best_arch_id(store, search, metric, mode)
@@ -348,8 +352,6 @@ def export_from_store(
                 f"{search!r}; drop --search or pass an architecture of {search!r}"
             )
         arch = _stored_architecture(record)
-        if refit_steps is not None and not refit:
-            raise ExportError("--refit-steps sets the refit's length: add --refit")
         done = None
         if refit:
             from morphsearch.refit import refit as refit_architecture  # deferred: training
@@ -358,9 +360,7 @@ def export_from_store(
             done = refit_architecture(arch, config, lr=_trial_lr(store, record, config),
                                       steps=refit_steps, seed=int(config.get("seed") or 0))
             arch = done.arch
-        card = model_card(store, record, metric=metric, mode=mode,
-                          refit=done.card_lines() if done else None,
-                          weights_hash=arch.weights_hash if done else None)
+        card = model_card(store, record, metric=metric, mode=mode, refit=done)
     meta = {"search": record.search, "arch_id": record.arch_id}
     if done is not None:
         meta["refit"] = f"train+val, {done.steps} steps"

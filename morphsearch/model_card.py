@@ -11,12 +11,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from morphsearch import __version__
 from morphsearch.lineage import ArchitectureRecord, BestResult, LineageStore, MetricRecord
 from morphsearch.lineage.objective import metric_values, objective, test_scores
 from morphsearch.lineage.render import EVALUATION_MEANING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from morphsearch.refit import RefitResult
 
 __all__ = ["PathStep", "describe_morphisms", "lineage_path", "model_card", "timestamp"]
 
@@ -73,12 +76,10 @@ def model_card(
     *,
     metric: str | None = None,
     mode: str | None = None,
-    refit: list[str] | None = None,
-    weights_hash: str | None = None,
+    refit: RefitResult | None = None,
 ) -> str:
     """``MODEL_CARD.md`` of an exported architecture: lineage, size, data, config
-    (``refit``: the Markdown of :meth:`morphsearch.refit.RefitResult.card_lines`, and
-    ``weights_hash`` the refit weights' hash, when the exported weights are a refit's).
+    (``refit``: when the exported weights are a refit's, its section and hash).
 
     Raises:
         ConfigError: the search config names no metric and none is given.
@@ -88,6 +89,7 @@ def model_card(
     values = {r.arch_id: r for r in metric_values(store, record.search, metric, mode)}
     steps = lineage_path(store, record.arch_id, values)
     shapes = {n.get("op"): n.get("shape") for n in record.graph.get("nodes", [])}
+    searchs = " (the search's)" if refit else ""
     lines = [
         f"# Model card: {record.arch_id}",
         "",
@@ -101,9 +103,8 @@ def model_card(
         "|---|---|",
         f"| architecture | `{record.arch_id}` |",
         f"| structure hash | `{record.structure_hash}` |",
-        f"| weights sha256{' (the search' + chr(39) + 's)' if refit else ''} | "
-        f"`{record.weights_sha256 or '-'}` |",
-        *([f"| exported weights hash (refit) | `{weights_hash}` |"] if weights_hash else []),
+        f"| weights sha256{searchs} | `{record.weights_sha256 or '-'}` |",
+        *([f"| exported weights hash (refit) | `{refit.arch.weights_hash}` |"] if refit else []),
         f"| parameters | {record.params:,} |",
         f"| FLOPs per sample | {record.flops:,} |",
         f"| input shape | {shapes.get('input')} |",
@@ -129,7 +130,7 @@ def model_card(
         "",
         f"Values are the best each architecture reached; {EVALUATION_MEANING}.",
         "",
-        *(refit or []),
+        *(refit.card_lines() if refit else []),
         "## Dataset",
         "",
         f"`{dataset.get('name', 'unknown')}`, options: `{json.dumps(dataset.get('options') or {})}`",

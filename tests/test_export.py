@@ -257,7 +257,7 @@ def test_cli_export_and_errors(
         ("--best", "--metric", "val_loss"): "no val_loss values",
         ("--arch", "b", "--search", "other"): "belongs to search",
         ("--arch", "b", "--refit"): "no trial with a recorded learning rate",
-        ("--arch", "b", "--refit-steps", "0"): "--refit-steps 0 must be at least 1",
+        ("--arch", "b", "--refit", "--refit-steps", "0"): "--refit-steps 0 must be at least 1",
         ("--arch", "b", "--refit-steps", "5"): "--refit-steps sets the refit's length: add --refit",
     }
     for extra, named in cases.items():

@@ -52,8 +52,6 @@ def _export(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)  # before anything slow
     if args.arch and (args.metric or args.mode):
         raise ExportError("--metric/--mode choose the --best architecture; drop them with --arch")
-    if args.refit_steps is not None and args.refit_steps < 1:
-        raise ExportError(f"--refit-steps {args.refit_steps} must be at least 1")
     result = export_from_store(
         args.out,
         db=args.db,
