@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data.dataloader import default_collate
 
+from morphsearch.data.augment import SeededAugment
 from morphsearch.errors import ConfigError
 from morphsearch.registry import Registry
 
@@ -34,6 +35,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # DataLoader (in its worker processes when num_workers > 0), so it must be picklable.
 Augment = Callable[[torch.Tensor, torch.Tensor], Batch]
 Loader = Callable[..., "Dataset"]
+_AUGMENT_SEED = 0x5EED_A06  # keeps the augmentation's draws apart from the shuffle's
 
 DATASETS: Registry[Loader] = Registry("dataset")
 
@@ -131,16 +133,32 @@ def _batch_as_is(batch: Batch) -> Batch:
     return batch
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Augmented:
-    """Collate, then augment (a class, not a closure, so worker processes can pickle it)."""
+    """Collate, then augment (a class, not a closure, so worker processes can pickle it).
+
+    A :class:`~morphsearch.data.augment.SeededAugment` draws from a generator seeded
+    with the loader's ``seed``, or in a worker process with that worker's seed (which
+    torch derives from the loader's generator), so augmented batches repeat with it.
+    """
 
     collate: Callable[[Any], Batch]
     augment: Augment
+    seed: int = 0
+    _generator: torch.Generator | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_generator": None}  # each process seeds its own
 
     def __call__(self, samples: Any) -> Batch:
         x, y = self.collate(samples)
-        return self.augment(x, y)
+        if not isinstance(self.augment, SeededAugment):
+            return self.augment(x, y)
+        if self._generator is None:
+            worker = torch.utils.data.get_worker_info()
+            seed = worker.seed if worker is not None else self.seed
+            self._generator = torch.Generator().manual_seed(_AUGMENT_SEED ^ seed)
+        return self.augment.apply(x, y, self._generator)
 
 
 @dataclass(frozen=True)
@@ -204,12 +222,14 @@ class Dataset:
             sampler = _TensorBatches(len(part), batch_size, shuffle, drop_last, generator)
             collate: Callable[[Any], Batch] = _batch_as_is
             # tensor index batches: torch's fetcher passes them to __getitems__ as they are
+            # the loader's own generator seeds its worker processes (their augment draws)
+            workers_seed = torch.Generator().manual_seed(_AUGMENT_SEED ^ seed)
             return _InMemoryLoader(part, batch_sampler=sampler,  # type: ignore[arg-type]
-                              num_workers=num_workers,
-                              pin_memory=pin, collate_fn=_with(collate, augment))
+                              num_workers=num_workers, generator=workers_seed,
+                              pin_memory=pin, collate_fn=_with(collate, augment, seed))
         return DataLoader(part, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                           generator=generator, num_workers=num_workers, pin_memory=pin,
-                          collate_fn=_with(default_collate, augment))
+                          collate_fn=_with(default_collate, augment, seed))
 
     def with_augment(self, augment: Augment | None) -> Dataset:
         """A copy whose training batches pass through ``augment``."""
@@ -247,8 +267,10 @@ class Dataset:
         return self.split("test")[1]
 
 
-def _with(collate: Callable[[Any], Batch], augment: Augment | None) -> Callable[[Any], Batch]:
-    return collate if augment is None else _Augmented(collate, augment)
+def _with(
+    collate: Callable[[Any], Batch], augment: Augment | None, seed: int
+) -> Callable[[Any], Batch]:
+    return collate if augment is None else _Augmented(collate, augment, seed)
 
 
 def _materialised(part: TorchDataset[Batch]) -> Batch:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from morphsearch.errors import ConfigError
 
 __all__ = [
+    "AugmentConfig",
     "BudgetConfig",
     "DatasetConfig",
     "MorphismRange",
@@ -59,19 +60,37 @@ class SeedGraph(_Frozen):
         return self
 
 
+class AugmentConfig(_Frozen):
+    """Training-batch augmentation (:class:`morphsearch.data.augment.RandomShift`):
+    translate each sample by up to ``shift`` positions along every spatial axis (zero
+    fill) and, with ``hflip``, mirror half of them. Validation, test and growth scores
+    see the data as it is."""
+
+    shift: int = Field(0, ge=0)
+    hflip: bool = False
+
+    def build(self) -> Any:
+        """The augmentation (a picklable ``RandomShift``), or None when it does nothing."""
+        from morphsearch.data.augment import RandomShift  # deferred: torch
+
+        return RandomShift(self.shift, self.hflip) if self.shift or self.hflip else None
+
+
 class DatasetConfig(_Frozen):
     """A dataset of :func:`morphsearch.data.load_dataset`; ``options`` are its keywords.
 
     ``name`` is a registered dataset (``morphsearch.data.list_datasets()``), or give
     ``factory: "package.module:function"`` for a user function that returns the data
     (``name`` is then ``factory``). ``path`` is the ``npz`` file (same as
-    ``options: {path: ...}``).
+    ``options: {path: ...}``). ``augment`` transforms training batches
+    (:class:`AugmentConfig`).
     """
 
     name: str = "factory"
     factory: str | None = None
     path: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    augment: AugmentConfig | None = None
 
     @model_validator(mode="after")
     def _known(self) -> DatasetConfig:

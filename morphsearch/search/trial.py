@@ -28,7 +28,7 @@ import torch
 
 from morphsearch import artifacts, morphisms
 from morphsearch.arch import Architecture
-from morphsearch.data import Dataset, load_dataset
+from morphsearch.data import Augment, Dataset, load_dataset
 from morphsearch.errors import SearchError, WeightsError
 from morphsearch.growth import warm_start
 from morphsearch.growth.trainer import GrowingTrainer, evaluate
@@ -67,6 +67,7 @@ class TrialSetup:
     report_epochs: tuple[int, ...] = ()  # evaluations always reported (ASHA's rungs)
     inherit_weights: bool = True
     shrink_perturb: tuple[float, float] | None = None  # an inheriting child's start
+    augment: Augment | None = None  # training batches only (dataset.augment)
     patience: int | None = None  # evaluations without a gain before stopping (None: never)
     monitor: str = "val_loss"  # what "best" means: kept weights and patience
     monitor_mode: str = "min"
@@ -208,7 +209,8 @@ def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
         session.report(finished, None)
         return
     data = _dataset(setup.dataset, setup.dataset_options, setup.data_seed)
-    probe = probe_batch(data, setup.batch_size)
+    probe = probe_batch(data, setup.batch_size)  # unaugmented: the fixed probe
+    data = data.with_augment(setup.augment)
     parent = artifacts.read_architecture(plan.parent_uri, plan.parent_sha256)
     folder = session.checkpoint_dir()
     if folder is not None:
