@@ -15,7 +15,7 @@ from morphsearch.arch.ops import OPS
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms import splitting
-from morphsearch.morphisms._split_linalg import Curvature, extreme_eigenpairs
+from morphsearch.morphisms._split_linalg import Curvature, extreme_eigenpairs, tridiagonal_ends
 from morphsearch.morphisms._surgery import batch_loss
 from tests.morphisms.strategies import architectures, batch_for, outputs
 
@@ -388,3 +388,34 @@ def test_plan_gives_the_childs_structure_without_a_batch() -> None:
         assert planned.num_params == child.num_params
     with pytest.raises(MorphismNotApplicable, match="k=9 must be an int in"):
         morphisms.plan("split.steepest", arch, site, k=9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 24])
+def test_tridiagonal_ends_are_eighs_extreme_pairs(n: int) -> None:
+    # Lanczos's small problems, against eigh: random tridiagonals, some split into blocks
+    # (zero off-diagonals), one all zero, one with a repeated smallest eigenvalue
+    g = torch.Generator().manual_seed(n)
+    alpha = torch.randn(64, n, generator=g, dtype=F64)
+    beta = torch.randn(64, n - 1, generator=g, dtype=F64)
+    beta[torch.rand(64, n - 1, generator=g) < 0.2] = 0.0
+    alpha[0], beta[0] = 0.0, 0.0
+    alpha[1], beta[1] = 1.0, 0.0  # the identity: every vector is an eigenvector
+    t = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
+    values, vectors = torch.linalg.eigh(t)
+    ends = tridiagonal_ends(alpha, beta)
+    assert ends.shape == (64, n, 2) and ends.dtype == F64
+    torch.testing.assert_close(ends.norm(dim=1), torch.ones(64, 2, dtype=F64))
+    scale = t.abs().amax(dim=(1, 2)).clamp_min(1e-12)
+    for end, column in ((0, 0), (1, -1)):
+        v = ends[:, :, end]
+        rayleigh = torch.einsum("bi,bij,bj->b", v, t, v)
+        torch.testing.assert_close(rayleigh, values[:, column], rtol=0, atol=1e-12 * 8)
+        residual = (torch.einsum("bij,bj->bi", t, v) - rayleigh[:, None] * v).norm(dim=1)
+        assert bool((residual <= 1e-10 * scale).all())
+        if n > 1:
+            gap = values[:, 1] - values[:, 0] if end == 0 else values[:, -1] - values[:, -2]
+            apart = gap > 1e-6 * scale
+        else:
+            apart = torch.ones(64, dtype=torch.bool)
+        cos = (v * vectors[:, :, column]).sum(1).abs()
+        torch.testing.assert_close(cos[apart], torch.ones_like(cos[apart]), rtol=0, atol=1e-9)
