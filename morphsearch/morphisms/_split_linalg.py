@@ -15,7 +15,7 @@ applies them to one vector per neuron without forming them (for wide layers);
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,12 +120,49 @@ def _sym(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Eigenpairs:
-    """Smallest and largest eigenpair of each neuron's splitting matrix (unit vectors)."""
+    """Smallest and largest eigenpair of each neuron's splitting matrix (unit vectors).
+
+    Solved in the rows' span (:func:`_in_row_space`), the vectors are kept as
+    coordinates in ``basis`` and lifted to the ``d`` inputs where read: all of them by
+    :attr:`min_vectors` / :attr:`max_vectors`, a few by :meth:`vectors` (a split needs
+    ``k`` of ``M``, and lifting all of both ends costs about a training step of a
+    1,024-unit layer). Where 0 is the extreme eigenvalue (``min_null`` / ``max_null``),
+    the vector is ``null``, a unit vector orthogonal to the rows.
+    """
 
     min_values: torch.Tensor  # [M]
-    min_vectors: torch.Tensor  # [M, d]
+    min_coords: torch.Tensor  # [M, r]: the vectors themselves when basis is None
     max_values: torch.Tensor
-    max_vectors: torch.Tensor
+    max_coords: torch.Tensor
+    basis: torch.Tensor | None = None  # [d, r], orthonormal columns
+    null: torch.Tensor | None = None  # [d]
+    min_null: torch.Tensor | None = None  # [M] bool
+    max_null: torch.Tensor | None = None
+
+    @property
+    def min_vectors(self) -> torch.Tensor:
+        """``[M, d]``: the unit eigenvector of each neuron's smallest eigenvalue."""
+        return self.vectors("min")
+
+    @property
+    def max_vectors(self) -> torch.Tensor:
+        """``[M, d]``: the unit eigenvector of each neuron's largest eigenvalue."""
+        return self.vectors("max")
+
+    def vectors(self, end: str, neurons: Sequence[int] | None = None) -> torch.Tensor:
+        """The ``end`` (``"min"`` or ``"max"``) eigenvectors of ``neurons`` (all: None)."""
+        coords, null_rows = ((self.min_coords, self.min_null) if end == "min"
+                             else (self.max_coords, self.max_null))
+        rows = list(range(len(coords))) if neurons is None else list(neurons)
+        picked = coords[rows]
+        if self.basis is None:
+            return picked
+        lifted = picked @ self.basis.T
+        if null_rows is not None and self.null is not None:
+            at = null_rows[rows]
+            if bool(at.any()):
+                lifted[at] = self.null
+        return lifted
 
 
 EXACT_MAX_DIM = 128
@@ -171,7 +208,8 @@ def extreme_eigenpairs(
 def _in_row_space(curv: Curvature, *, method: str, iters: int, seed: int, tol: float,
                   ) -> Eigenpairs:
     """Eigenpairs of ``S_m = Q T_m Q^T`` from those of ``T_m`` (:meth:`Curvature.projected`,
-    ``Q`` an orthonormal basis of the rows, from a QR factorisation of ``x^T``).
+    ``Q`` an orthonormal basis of the rows, from a QR factorisation of ``x^T``); the
+    vectors stay in ``Q``'s coordinates until read (:class:`Eigenpairs`).
 
     ``S_m`` is zero on the ``d - rows`` directions orthogonal to the rows, so its smallest
     eigenvalue is ``min(lambda_min(T_m), 0)`` (and its largest ``max(lambda_max(T_m), 0)``);
@@ -184,17 +222,10 @@ def _in_row_space(curv: Curvature, *, method: str, iters: int, seed: int, tol: f
     null = null - basis @ (basis.T @ null)
     null = null / null.norm().clamp_min(1e-300)
 
-    def lift(values: torch.Tensor, vectors: torch.Tensor, zero_wins: torch.Tensor,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        lifted = vectors @ basis.T
-        if bool(zero_wins.any()):
-            lifted[zero_wins] = null
-            values = values.masked_fill(zero_wins, 0.0)
-        return values, lifted
-
-    lo, lo_vec = lift(pairs.min_values, pairs.min_vectors, pairs.min_values > 0)
-    hi, hi_vec = lift(pairs.max_values, pairs.max_vectors, pairs.max_values < 0)
-    return Eigenpairs(lo, lo_vec, hi, hi_vec)
+    lo_null, hi_null = pairs.min_values > 0, pairs.max_values < 0
+    return Eigenpairs(pairs.min_values.masked_fill(lo_null, 0.0), pairs.min_coords,
+                      pairs.max_values.masked_fill(hi_null, 0.0), pairs.max_coords,
+                      basis, null, lo_null, hi_null)
 
 
 def _rayleigh(curv: Curvature, v: torch.Tensor) -> torch.Tensor:

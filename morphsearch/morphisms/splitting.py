@@ -383,10 +383,10 @@ class SteepestSplit(Morphism):
         c = signed_weight
         for i in chosen:
             if use_signed[i]:
-                v = eps * pairs.max_vectors[i]
+                v = eps * pairs.vectors("max", [i])[0]  # only the chosen neurons' vectors
                 plans.append((v, c / (1 + c) * v, -c, 1 + c))
             else:
-                v = eps * pairs.min_vectors[i]
+                v = eps * pairs.vectors("min", [i])[0]
                 plans.append((v, -v, 0.5, 0.5))
         return _split(parent, wp, chosen, plans)
 

@@ -240,6 +240,10 @@ def test_in_the_rows_span_zero_is_an_eigenvalue_off_it() -> None:
         assert float(vector.norm()) == pytest.approx(1.0)
         assert float((curv.matrices()[m] @ vector).norm()) < 1e-12
         assert float((x @ vector).abs().max()) < 1e-12
+    # a few neurons' vectors, lifted alone (what a split reads), are the same rows
+    for end, whole in (("min", pairs.min_vectors), ("max", pairs.max_vectors)):
+        assert pairs.basis is not None
+        torch.testing.assert_close(pairs.vectors(end, [1, 0]), whole[[1, 0]], rtol=0, atol=0)
 
 
 def test_few_lanczos_steps_give_upper_bounds() -> None:
