@@ -7,7 +7,8 @@ the same test split (bench/_paper_models.py).
 
 Searches (``--part search``): ``morphsearch search CONFIG`` for each seed (the search
 seed moves the validation split and Optuna's draws; the data generation is fixed), then
-from lineage: the best architecture by validation and its test accuracy (scored once by
+from lineage: the best architecture by the search's first objective (its validation
+metric, as ``lineage best`` ranks it) and its test accuracy (scored once by
 the search at its end, never used to choose), and the smallest architecture on the
 validation-vs-parameters front that is at least as good on test as a given reference.
 
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from morphsearch.search.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -91,21 +94,25 @@ def run_search(config: Path, seed: int, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    return {"config": str(config), "seed": seed, "wall_s": wall, **_read(db, name)}
+    first = load_config(config).objectives[0]  # the search's own validation metric
+    return {"config": str(config), "seed": seed, "wall_s": wall,
+            "picked_by": first.metric, **_read(db, name, first.metric, first.mode)}
 
 
-def _read(db: str, name: str) -> dict[str, Any]:
+def _read(db: str, name: str, metric: str, mode: str) -> dict[str, Any]:
+    """The best architecture by the search's first objective (as ``lineage best`` ranks
+    it), its validation and test accuracy, and every test-scored architecture."""
     from morphsearch.lineage import LineageStore
 
     with LineageStore(db) as store:
         summary = store.summary(name)
         tested = {r.arch_id: r.value for r in store.best(name, "test_accuracy", "max", k=1000)}
-        ranked = store.best(name, "val_accuracy", "max", k=1000)
-        best = ranked[0]
+        val = {r.arch_id: r for r in store.best(name, "val_accuracy", "max", k=1000)}
+        best = store.best(name, metric, mode, k=1)[0]  # type: ignore[arg-type]
         front = [{"arch_id": r.arch_id, "params": r.params, "val": r.value,
-                  "test": tested.get(r.arch_id)} for r in ranked if r.arch_id in tested]
+                  "test": tested.get(r.arch_id)} for r in val.values() if r.arch_id in tested]
     return {"trials": summary.n_trials, "best_arch": best.arch_id, "best_params": best.params,
-            "best_val": best.value, "best_test": tested.get(best.arch_id),
+            "best_val": val[best.arch_id].value, "best_test": tested.get(best.arch_id),
             "scored": sorted(front, key=lambda r: r["params"])}
 
 
