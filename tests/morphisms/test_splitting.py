@@ -423,3 +423,22 @@ def test_tridiagonal_ends_are_eighs_extreme_pairs(n: int) -> None:
             apart = torch.ones(64, dtype=torch.bool)
         cos = (v * vectors[:, :, column]).sum(1).abs()
         torch.testing.assert_close(cos[apart], torch.ones_like(cos[apart]), rtol=0, atol=1e-9)
+
+
+def test_lanczos_in_float32_on_a_wide_layer_matches_float64_eigh() -> None:
+    # The default path of a real network: float32, 1,024 neurons of 65 weights on the
+    # digits training split. Loss of orthogonality in the Krylov basis shows here first
+    # (a cheaper, periodic reorthogonalisation put lambda_min off by up to 2.6x).
+    from morphsearch.data import load_dataset
+
+    torch.manual_seed(0)
+    data = load_dataset("digits", seed=0, image=False)
+    arch = builders.mlp([64, 1024, 1024, 10], seed=0)
+    batch = (data.x_train, data.y_train)
+    found = splitting.splitting_eigenpairs(arch, "fc1", batch, method="fast")
+    curv = splitting.splitting_curvature(arch.to(F64), "fc1", (batch[0].double(), batch[1]))
+    exact = extreme_eigenpairs(curv, method="exact")
+    torch.testing.assert_close(found.min_values.double(), exact.min_values, rtol=1e-4,
+                               atol=1e-6 * float(exact.min_values.abs().max()))
+    torch.testing.assert_close(found.max_values.double(), exact.max_values, rtol=1e-4,
+                               atol=1e-6 * float(exact.max_values.abs().max()))
