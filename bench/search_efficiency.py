@@ -5,10 +5,13 @@ Five methods, one Ray Tune harness; per dataset and seed the same data, trial re
 and budget:
 
 - ``morphsearch``: ``run_search`` of the shipped conv config (``configs/mnist1d.yaml``:
-  the MNIST-1D paper CNN at 8 channels; ``configs/digits.yaml``: conv(4)-pool-linear)
-  and its morphisms; children inherit their parent's weights and fine-tune for
-  ``child_steps``. Overrides: the recipe and budget below, objective validation accuracy
-  alone (digits' config also minimises parameters), ``selection.test_top: 0`` (scored
+  the MNIST-1D paper CNN at 8 channels; ``configs/digits.yaml``:
+  conv(4)-batchnorm-pool-linear) and its morphisms; children inherit their parent's
+  weights and fine-tune for ``child_steps``. Overrides: the recipe and budget below, one
+  objective, validation accuracy on MNIST-1D and validation loss on digits (its 269
+  validation images tie on accuracy: with the loss the picks' validation loss over 5
+  seeds was 0.022 against 0.035, their validation accuracy equal at 0.993, chosen before
+  the test figures were read), ``selection.test_top: 0`` (scored
   here), ``selection.pool: best`` (MNIST-1D's config spreads its parents over the
   accuracy-vs-size front for its small-network target; with accuracy the only objective
   the best parents are the better use of the budget: MNIST-1D seed 0, best validation
@@ -134,6 +137,7 @@ class Task:
     max_train_flops: float
     trials: int  # every method's trial cap: a safety net, the FLOP budget should bind
     time_s: float  # a safety cap per run (the FLOP budget should end it first)
+    grow_metric: str = "val_accuracy"  # morphsearch's objective (the module docstring)
 
     def base(self) -> SearchConfig:
         return load_config(ROOT / self.config)
@@ -141,7 +145,8 @@ class Task:
 
 TASKS = {
     "mnist1d": Task("mnist1d", "configs/mnist1d.yaml", 1200, 600, 120, 3, 1.0e12, 160, 240),
-    "digits": Task("digits", "configs/digits.yaml", 800, 400, 100, 3, 0.3e12, 64, 150),
+    "digits": Task("digits", "configs/digits.yaml", 800, 400, 100, 3, 0.3e12, 64, 150,
+                   grow_metric="val_loss"),
 }
 
 
@@ -166,7 +171,8 @@ def grow_config(task: Task, seed: int, inherit: bool, root: Path, name: str,
     """The shipped config with the bench's recipe, budget, seed and storage."""
     raw = task.base().model_dump(mode="json", exclude_unset=True)
     raw.update(name=name, seed=seed, storage=str(root), database=f"sqlite:///{root}/{name}.db",
-               objectives=[{"metric": "val_accuracy", "mode": "max"}],
+               objectives=[{"metric": task.grow_metric,
+                            "mode": "min" if task.grow_metric == "val_loss" else "max"}],
                source=str(ROOT / task.config))  # fmt: skip
     raw["budget"] = {
         **raw.get("budget", {}), "trials": task.trials, "time_s": task.time_s,
