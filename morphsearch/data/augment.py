@@ -78,8 +78,8 @@ class RandomShift(SeededAugment):
         if len(input_shape) < 2:
             raise ConfigError(
                 f"augment needs inputs laid out as (channels, *spatial), but the dataset's "
-                f"inputs are {tuple(input_shape)}; drop 'augment' or load the data in its "
-                "natural layout (image: true for digits)"
+                f"inputs are {tuple(input_shape)} (flat features); drop 'augment' or load "
+                "the data in its natural layout (for digits: options: {image: true})"
             )
         smallest = min(input_shape[1:])
         if self.shift >= smallest:

@@ -125,8 +125,8 @@ class Eigenpairs:
     Solved in the rows' span (:func:`_in_row_space`), the vectors are kept as
     coordinates in ``basis`` and lifted to the ``d`` inputs where read: all of them by
     :attr:`min_vectors` / :attr:`max_vectors`, a few by :meth:`vectors` (a split needs
-    ``k`` of ``M``, and lifting all of both ends costs about a training step of a
-    1,024-unit layer). Where 0 is the extreme eigenvalue (``min_null`` / ``max_null``),
+    ``k`` of ``M``, and lifting all of both ends costs about half a training step of a
+    1,024-unit layer at batch 128). Where 0 is the extreme eigenvalue (``min_null`` / ``max_null``),
     the vector is ``null``, a unit vector orthogonal to the rows.
     """
 
@@ -149,11 +149,22 @@ class Eigenpairs:
         """``[M, d]``: the unit eigenvector of each neuron's largest eigenvalue."""
         return self.vectors("max")
 
-    def vectors(self, end: str, neurons: Sequence[int] | None = None) -> torch.Tensor:
-        """The ``end`` (``"min"`` or ``"max"``) eigenvectors of ``neurons`` (all: None)."""
+    def vectors(self, end: str, neurons: Sequence[int] | torch.Tensor | None = None,
+                ) -> torch.Tensor:
+        """The ``end`` (``"min"`` or ``"max"``) eigenvectors of ``neurons`` (all: None),
+        ``[len(neurons), d]``.
+
+        Raises:
+            ValueError: ``end`` is neither ``"min"`` nor ``"max"``.
+        """
+        if end not in ("min", "max"):
+            raise ValueError(f"end={end!r} must be 'min' or 'max'")
         coords, null_rows = ((self.min_coords, self.min_null) if end == "min"
                              else (self.max_coords, self.max_null))
-        rows = list(range(len(coords))) if neurons is None else list(neurons)
+        if neurons is None:
+            rows = torch.arange(len(coords))
+        else:
+            rows = torch.as_tensor([int(i) for i in neurons], dtype=torch.long)
         picked = coords[rows]
         if self.basis is None:
             return picked
@@ -284,9 +295,10 @@ def tridiagonal_ends(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """Unit eigenvectors ``[b, n, 2]`` of the smallest and the largest eigenvalue of ``b``
     symmetric tridiagonals (diagonals ``alpha [b, n]``, off-diagonals ``beta [b, n - 1]``).
 
-    A batched ``eigh`` of small matrices pays LAPACK's per-matrix overhead (10 ms for
-    1,024 tridiagonals of 12, more than a training step of a 1,024-unit layer at batch
-    128); this is vectorised over the batch in float64 instead, about 8x faster there:
+    A batched ``eigh`` of small matrices pays LAPACK's per-matrix overhead (about 10 ms
+    for 1,024 tridiagonals of 12, more than a training step of a 1,024-unit layer at
+    batch 128); this is vectorised over the batch in float64 instead (bench/BENCHMARKS.md
+    has the timing):
     Laguerre's iteration on the characteristic polynomial from below every eigenvalue
     (monotone and cubically convergent where all roots are real, as here; evaluated by
     the pivots of ``T - x I``), then two steps of inverse iteration just below the
@@ -297,10 +309,10 @@ def tridiagonal_ends(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     if b.shape[1]:
         scale = np.maximum(scale, np.abs(b).max(axis=1))
     scale = np.where(scale > 0, scale, 1.0)[:, None]  # an all-zero matrix: any unit vector
-    a, b = a / scale, b / scale  # entries at most 1: the tolerances below are absolute
-    both_a = np.concatenate([a, -a])
-    both_b = np.concatenate([b, -b])  # -T's off-diagonal: the sign flips its vectors' signs
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a, b = a / scale, b / scale  # entries at most 1: the tolerances below are absolute
+        both_a = np.concatenate([a, -a])
+        both_b = np.concatenate([b, -b])  # -T's off-diagonal: flips its vectors' signs
         lowest = _laguerre_smallest(both_a, both_b)
         vectors = _inverse_iteration(both_a, both_b, lowest - 1e-12)
     half = len(a)
@@ -309,7 +321,10 @@ def tridiagonal_ends(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
 
 
 def _laguerre_smallest(a: np.ndarray, b: np.ndarray, iters: int = 20) -> np.ndarray:
-    """The smallest eigenvalue of each tridiagonal (entries at most 1), to about 1e-15."""
+    """The smallest eigenvalue of each tridiagonal (entries at most 1): to about 1e-15
+    where it is simple; a repeated one converges linearly, and may stop up to ~1e-5
+    below it (12 repeated 2x2 blocks). Only the shift of the inverse iteration uses it,
+    whose vectors then still have residuals of ~1e-8 (tested)."""
     rows, n = a.shape
     b2 = b * b
     radius = np.zeros_like(a)
@@ -342,8 +357,8 @@ def _laguerre_smallest(a: np.ndarray, b: np.ndarray, iters: int = 20) -> np.ndar
 
 
 def _inverse_iteration(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Unit solutions of ``(T - shift I) v = v_prev``, twice from ones: with ``shift``
-    just below the smallest eigenvalue, its eigenvector. ``T - shift I`` is positive
+    """Unit solutions of ``(T - shift I) v = v_prev``, twice from a fixed start: with
+    ``shift`` just below the smallest eigenvalue, its eigenvector. ``T - shift I`` is positive
     definite there, so its ``L D L^T`` needs no pivoting."""
     n = a.shape[1]
     d = np.empty_like(a)
@@ -352,7 +367,10 @@ def _inverse_iteration(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> np.nd
     for k in range(1, n):
         low[:, k] = b[:, k - 1] / d[:, k - 1]
         d[:, k] = a[:, k] - shift - low[:, k] * b[:, k - 1]
-    v = np.ones_like(a)
+    # a fixed start with no symmetry: from the ones vector, the wanted eigenvector of a
+    # mirror-symmetric tridiagonal can be orthogonal to the start (LAPACK's stein also
+    # starts from pseudo-random entries)
+    v = np.broadcast_to(np.random.default_rng(0).uniform(0.5, 1.5, n), a.shape).copy()
     for _ in range(2):
         y = v.copy()
         for k in range(1, n):

@@ -66,8 +66,8 @@ class AugmentConfig(_Frozen):
     fill) and, with ``hflip``, mirror half of them. Validation, test and growth scores
     see the data as it is."""
 
-    shift: int = Field(0, ge=0)
-    hflip: bool = False
+    shift: int = Field(0, ge=0, strict=True)
+    hflip: bool = Field(False, strict=True)
 
     def build(self) -> Any:
         """The augmentation (a picklable ``RandomShift``), or None when it does nothing."""

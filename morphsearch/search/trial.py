@@ -20,7 +20,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -209,7 +209,7 @@ def run_trial(plan: TrialPlan, setup: TrialSetup, session: Session) -> None:
         session.report(finished, None)
         return
     data = _dataset(setup.dataset, setup.dataset_options, setup.data_seed)
-    probe = probe_batch(data, setup.batch_size)  # unaugmented: the fixed probe
+    probe = probe_batch(data, setup.batch_size)  # data.split: never augmented
     data = data.with_augment(setup.augment)
     parent = artifacts.read_architecture(plan.parent_uri, plan.parent_sha256)
     folder = session.checkpoint_dir()
@@ -371,8 +371,18 @@ def _finished_uri(setup: TrialSetup, arch_id: str) -> str:
 
 
 def _trial_identity(plan: TrialPlan, setup: TrialSetup) -> str:
-    """What makes a rerun the same trial: its plan and the search's shared settings."""
-    text = json.dumps([plan.to_config(), repr(setup)], sort_keys=True, default=str)
+    """What makes a rerun the same trial: its plan and the search's shared settings.
+
+    Settings at their default are left out, so a later version that adds a setting
+    (with a default that keeps the old behaviour) still recognises a finished trial."""
+    shared = {}
+    for f in fields(setup):
+        value = getattr(setup, f.name)
+        default = (f.default if f.default is not MISSING else
+                   f.default_factory() if f.default_factory is not MISSING else MISSING)
+        if default is MISSING or value != default:
+            shared[f.name] = repr(value)
+    text = json.dumps([plan.to_config(), shared], sort_keys=True, default=str)
     return artifacts.sha256_of(text.encode())
 
 

@@ -243,7 +243,12 @@ def test_in_the_rows_span_zero_is_an_eigenvalue_off_it() -> None:
     # a few neurons' vectors, lifted alone (what a split reads), are the same rows
     for end, whole in (("min", pairs.min_vectors), ("max", pairs.max_vectors)):
         assert pairs.basis is not None
-        torch.testing.assert_close(pairs.vectors(end, [1, 0]), whole[[1, 0]], rtol=0, atol=0)
+        torch.testing.assert_close(pairs.vectors(end, [1, 0]), whole[[1, 0]], rtol=0,
+                                   atol=1e-14)
+        torch.testing.assert_close(pairs.vectors(end, torch.tensor([1])), whole[[1]],
+                                   rtol=0, atol=1e-14)  # an argsort's indices too
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        pairs.vectors("minimum")
 
 
 def test_few_lanczos_steps_give_upper_bounds() -> None:
@@ -397,13 +402,16 @@ def test_plan_gives_the_childs_structure_without_a_batch() -> None:
 @pytest.mark.parametrize("n", [1, 2, 7, 24])
 def test_tridiagonal_ends_are_eighs_extreme_pairs(n: int) -> None:
     # Lanczos's small problems, against eigh: random tridiagonals, some split into blocks
-    # (zero off-diagonals), one all zero, one with a repeated smallest eigenvalue
+    # (zero off-diagonals), one all zero, the identity (every vector an eigenvector), and
+    # mirror-symmetric ones whose end vectors are orthogonal to the ones vector
     g = torch.Generator().manual_seed(n)
     alpha = torch.randn(64, n, generator=g, dtype=F64)
     beta = torch.randn(64, n - 1, generator=g, dtype=F64)
     beta[torch.rand(64, n - 1, generator=g) < 0.2] = 0.0
     alpha[0], beta[0] = 0.0, 0.0
-    alpha[1], beta[1] = 1.0, 0.0  # the identity: every vector is an eigenvector
+    alpha[1], beta[1] = 1.0, 0.0
+    alpha[2], beta[2] = 0.0, 1.0  # [[0, 1], [1, 0]] at n = 2: lambda_min's vector (1, -1)
+    alpha[3], beta[3] = 2.0, -1.0  # the second difference: lambda_max's vector alternates
     t = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
     values, vectors = torch.linalg.eigh(t)
     ends = tridiagonal_ends(alpha, beta)
@@ -423,6 +431,21 @@ def test_tridiagonal_ends_are_eighs_extreme_pairs(n: int) -> None:
             apart = torch.ones(64, dtype=torch.bool)
         cos = (v * vectors[:, :, column]).sum(1).abs()
         torch.testing.assert_close(cos[apart], torch.ones_like(cos[apart]), rtol=0, atol=1e-9)
+
+
+def test_tridiagonal_ends_with_a_many_times_repeated_smallest_eigenvalue() -> None:
+    # 12 copies of one 2x2 block (what Lanczos builds after restarts on a stalled
+    # neuron): each end is 12-fold; Laguerre converges only linearly there, and the
+    # vectors must still be eigenvectors to well inside Lanczos's tolerance
+    alpha = torch.tensor([[1.0, 3.0] * 12], dtype=F64)
+    beta = torch.tensor([[0.5, 0.0] * 11 + [0.5]], dtype=F64)
+    t = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
+    values = torch.linalg.eigvalsh(t)
+    ends = tridiagonal_ends(alpha, beta)
+    for end, value in ((0, values[0, 0]), (1, values[0, -1])):
+        v = ends[0, :, end]
+        assert float(v.norm()) == pytest.approx(1.0)
+        assert float((t[0] @ v - value * v).norm()) < 1e-7
 
 
 def test_lanczos_in_float32_on_a_wide_layer_matches_float64_eigh() -> None:

@@ -215,6 +215,26 @@ def test_a_finished_trial_started_again_reports_its_result_without_training(
     assert len(other.reports) == 2 and other.reports[-1] != first.reports[-1]
 
 
+def test_a_setting_added_later_at_its_default_keeps_a_finished_trials_identity(
+    tmp_path: Path,
+) -> None:
+    # a search resumed by a newer version, whose TrialSetup has one more field at a
+    # default that keeps the old behaviour: its finished trials are still its own; a
+    # setting that differs makes another trial
+    from dataclasses import make_dataclass
+
+    from morphsearch.search.trial import TrialSetup, _trial_identity
+
+    plan = _plan(tmp_path)
+    setup = _setup(tmp_path, steps=8, eval_every=4)
+    newer_type = make_dataclass("NewerSetup", [("later", int, 0)], bases=(TrialSetup,),
+                                frozen=True)
+    newer = newer_type(**{f: getattr(setup, f) for f in setup.__dataclass_fields__})
+    assert _trial_identity(plan, newer) == _trial_identity(plan, setup)
+    assert _trial_identity(plan, replace(newer, later=1)) != _trial_identity(plan, setup)
+    assert _trial_identity(plan, replace(setup, steps=9)) != _trial_identity(plan, setup)
+
+
 def test_the_searcher_waits_while_trials_run_when_nothing_new_can_grow() -> None:
     # an MLP seed whose only morphism is conv.input: the second suggestion has nothing
     # new to grow until the first child is trained; that is a wait, not the search's end
