@@ -295,10 +295,10 @@ def tridiagonal_ends(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """Unit eigenvectors ``[b, n, 2]`` of the smallest and the largest eigenvalue of ``b``
     symmetric tridiagonals (diagonals ``alpha [b, n]``, off-diagonals ``beta [b, n - 1]``).
 
-    A batched ``eigh`` of small matrices pays LAPACK's per-matrix overhead (about 10 ms
-    for 1,024 tridiagonals of 12, more than a training step of a 1,024-unit layer at
-    batch 128); this is vectorised over the batch in float64 instead (bench/BENCHMARKS.md
-    has the timing):
+    A batched ``eigh`` of small matrices pays LAPACK's per-matrix overhead (about 7 ms
+    for 1,024 tridiagonals of 12, a training step of a 1,024-unit layer at batch 128);
+    this is vectorised over the batch in float64 instead, 2-3.5x faster for sizes 12-24
+    (bench/BENCHMARKS.md):
     Laguerre's iteration on the characteristic polynomial from below every eigenvalue
     (monotone and cubically convergent where all roots are real, as here; evaluated by
     the pivots of ``T - x I``), then two steps of inverse iteration just below the
@@ -326,32 +326,36 @@ def _laguerre_smallest(a: np.ndarray, b: np.ndarray, iters: int = 20) -> np.ndar
     below it (12 repeated 2x2 blocks). Only the shift of the inverse iteration uses it,
     whose vectors then still have residuals of ~1e-8 (tested)."""
     rows, n = a.shape
-    b2 = b * b
     radius = np.zeros_like(a)
     radius[:, :-1] += np.abs(b)
     radius[:, 1:] += np.abs(b)
     x = (a - radius).min(axis=1) - 1e-3  # Gershgorin: below every eigenvalue
-    active = np.ones(rows, dtype=bool)
+    cols, cols_b2 = np.ascontiguousarray(a.T), np.ascontiguousarray((b * b).T)
+    todo = np.arange(rows)  # rows still moving: the rest are left out of the sweep
     for _ in range(iters):
+        at, b2, xt = cols[:, todo], cols_b2[:, todo], x[todo]
         # pivots q_k of T - x I and their x-derivatives: log det = sum log q_k
-        q, dq, ddq = a[:, 0] - x, -np.ones(rows), np.zeros(rows)
+        q = at[0] - xt
+        dq, ddq = -np.ones_like(xt), np.zeros_like(xt)
         below = q > 0  # x below every eigenvalue: every pivot positive
-        g = dq / q
-        grad, curv = g.copy(), g * g - ddq / q  # d/dx log det, -d2/dx2 log det
+        inv = 1.0 / q
+        g = dq * inv
+        grad, curv = g.copy(), g * g - ddq * inv  # d/dx log det, -d2/dx2 log det
         for k in range(1, n):
-            r = b2[:, k - 1] / q
-            ddq = r * (ddq / q - 2 * dq * dq / (q * q))
-            dq = -1.0 + r * dq / q
-            q = a[:, k] - x - r
+            r = b2[k - 1] * inv
+            ddq = r * inv * (ddq - 2 * dq * dq * inv)
+            dq = r * dq * inv - 1.0
+            q = at[k] - xt - r
             below &= q > 0
-            g = dq / q
+            inv = 1.0 / q
+            g = dq * inv
             grad += g
-            curv += g * g - ddq / q
+            curv += g * g - ddq * inv
         root = np.sqrt(np.maximum((n - 1) * (n * curv - grad * grad), 0.0))
-        step = np.where(active & below, n / (root - grad), 0.0)
-        x = x + step
-        active &= below & (step > 1e-15)
-        if not active.any():
+        step = np.where(below, n / (root - grad), 0.0)
+        x[todo] = xt + step
+        todo = todo[below & (step > 1e-14)]  # the shift below needs no more
+        if not len(todo):
             break
     return x
 
