@@ -112,8 +112,8 @@ def refit(
         raise ConfigError(f"dataset {config.dataset.name!r} has no validation split here: "
                           "refit would only repeat the search's training; export without "
                           "--refit")
-    augment = config.dataset.augment.build() if config.dataset.augment else None
-    merged = with_val_in_train(data).with_augment(augment)  # the search's training batches
+    # the search's training batches: augmented as its trials' were
+    merged = with_val_in_train(data).with_augment(config.dataset.augmentation())
     samples = len(merged.train)  # type: ignore[arg-type]
     if steps is None:
         steps = config.budget.in_steps(len(data.train))[0]  # type: ignore[arg-type]

@@ -379,14 +379,16 @@ class SteepestSplit(Morphism):
         value, use_signed = predicted_decrease(pairs, signed=signed,
                                                signed_weight=signed_weight)
         chosen = [int(i) for i in torch.argsort(value, stable=True)[:k]]
+        # only the chosen neurons' vectors are lifted to the layer's inputs
+        lo, hi = pairs.vectors("min", chosen), pairs.vectors("max", chosen)
         plans = []
         c = signed_weight
-        for i in chosen:
+        for row, i in enumerate(chosen):
             if use_signed[i]:
-                v = eps * pairs.vectors("max", [i])[0]  # only the chosen neurons' vectors
+                v = eps * hi[row]
                 plans.append((v, c / (1 + c) * v, -c, 1 + c))
             else:
-                v = eps * pairs.vectors("min", [i])[0]
+                v = eps * lo[row]
                 plans.append((v, -v, 0.5, 0.5))
         return _split(parent, wp, chosen, plans)
 

@@ -69,12 +69,6 @@ class AugmentConfig(_Frozen):
     shift: int = Field(0, ge=0, strict=True)
     hflip: bool = Field(False, strict=True)
 
-    def build(self) -> Any:
-        """The augmentation (a picklable ``RandomShift``), or None when it does nothing."""
-        from morphsearch.data.augment import RandomShift  # deferred: torch
-
-        return RandomShift(self.shift, self.hflip) if self.shift or self.hflip else None
-
 
 class DatasetConfig(_Frozen):
     """A dataset of :func:`morphsearch.data.load_dataset`; ``options`` are its keywords.
@@ -91,6 +85,14 @@ class DatasetConfig(_Frozen):
     path: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentConfig | None = None
+
+    def augmentation(self) -> Any:
+        """The training-batch augmentation ``augment`` asks for (a picklable
+        :class:`~morphsearch.data.augment.RandomShift`), or None when it does nothing."""
+        from morphsearch.data.augment import RandomShift  # deferred: torch
+
+        a = self.augment
+        return RandomShift(a.shift, a.hflip) if a is not None and (a.shift or a.hflip) else None
 
     @model_validator(mode="after")
     def _known(self) -> DatasetConfig:

@@ -132,7 +132,7 @@ def load_inputs(config: SearchConfig) -> SearchInputs:
         data = load_dataset(config.dataset.name, seed=config.seed, **options)
     except MorphSearchError as exc:
         raise _field_error(config, field, exc) from None
-    augment = config.dataset.augment.build() if config.dataset.augment else None
+    augment = config.dataset.augmentation()
     if augment is not None:
         try:
             augment.check(data.input_shape)

@@ -98,7 +98,7 @@ def _prepare(
         report_epochs=asha_milestones(config, config.budget.evaluations(train_size)),
         inherit_weights=config.selection.inherit_weights,
         shrink_perturb=config.selection.shrink_perturb,
-        augment=config.dataset.augment.build() if config.dataset.augment else None,
+        augment=config.dataset.augmentation(),
         patience=config.budget.patience,
         monitor=monitor,
         monitor_mode=monitor_mode,
