@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -145,7 +145,7 @@ class _Augmented:
     collate: Callable[[Any], Batch]
     augment: Augment
     seed: int = 0
-    _generator: torch.Generator | None = None
+    _generator: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_generator": None}  # each process seeds its own
