@@ -15,6 +15,7 @@ applies them to one vector per neuron without forming them (for wide layers);
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ class Curvature:
 
     ``x [R, d]``, ``c [R, M]``; with train-mode batchnorm also ``zhat [R, M]``,
     ``b [M, d]``, ``a [M]``, ``bb [M, d]`` (the module doc's ``A``, ``B``) and
-    ``cov [d, d]`` (``C``).
+    ``cov [d, d]`` (``C``), and, where ``bb = e^T x``, ``e [R, M]`` (as
+    :func:`train_bn_curvature` builds it: then :meth:`row_operator` applies).
     """
 
     x: torch.Tensor
@@ -41,6 +43,7 @@ class Curvature:
     a: torch.Tensor | None = None
     bb: torch.Tensor | None = None
     cov: torch.Tensor | None = None
+    e: torch.Tensor | None = None
 
     @property
     def units(self) -> int:
@@ -80,6 +83,44 @@ class Curvature:
         out = out + self.a[:, None] * (3 * b * bv[:, None] - cv)
         return out - self.bb * bv[:, None] - b * (self.bb * v).sum(1)[:, None]
 
+    @property
+    def row_form(self) -> bool:
+        """Whether every vector in ``S_m`` is known as a combination of the rows, which
+        :meth:`row_operator` needs: without train-mode batchnorm, or with it as
+        :func:`train_bn_curvature` builds it (``b = zhat^T x / R``, ``bb = e^T x``,
+        ``cov = x^T x / R``)."""
+        return self.zhat is None or self.e is not None
+
+    def row_operator(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The map ``u -> w`` with ``S_m x^T z_m = x^T w_m`` for every neuron, where
+        ``u = z x x^T`` (``u_m`` holds ``x_r . y_m`` for ``y_m = x^T z_m``); ``[M, R]``
+        both. Its constant tensors are laid out once, neuron-major.
+
+        Without batchnorm ``w = c^T * u``; through train-mode batchnorm every term of the
+        module doc's ``S_m y`` is a combination of the rows too (``b_m = x^T zhat_m / R``,
+        ``B_m = x^T e_m``, ``C y = x^T u / R``).
+
+        Raises:
+            ValueError: the curvature is not in the rows' form (:attr:`row_form`).
+        """
+        c = self.c.T.contiguous()
+        if self.zhat is None:
+            return lambda u: c * u
+        if self.e is None or self.a is None:
+            raise ValueError("row_operator: batchnorm terms without the rows' weights e")
+        rows = len(self.x)
+        zhat, e = self.zhat.T.contiguous(), self.e.T.contiguous()
+        b, a = zhat / rows, self.a[:, None]
+
+        def apply(u: torch.Tensor) -> torch.Tensor:
+            t = _dot(b, u)[:, None]  # b_m . y
+            s = _dot(e, u)[:, None]  # B_m . y
+            p = c * (u - zhat * t)  # c[r,m] (q_rm . y_m)
+            out = p - b * _dot(p, zhat)[:, None] - e * t - b * s
+            return out + a * (3 * b * t - u / rows)
+
+        return apply
+
     def projected(self, basis: torch.Tensor) -> Curvature:
         """The matrices ``basis^T S_m basis`` for orthonormal columns ``basis [d, k]``.
 
@@ -109,7 +150,7 @@ def train_bn_curvature(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor,
     b = zhat.T @ xt / rows
     e = g * first * gamma / (s * s)
     return Curvature(xt, g * second * (gamma / s) ** 2, zhat=zhat, b=b, a=(e * zhat).sum(0),
-                     bb=e.T @ xt, cov=xt.T @ xt / rows)
+                     bb=e.T @ xt, cov=xt.T @ xt / rows, e=e)
 
 
 def _sym(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -122,22 +163,23 @@ def _sym(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 class Eigenpairs:
     """Smallest and largest eigenpair of each neuron's splitting matrix (unit vectors).
 
-    Solved in the rows' span (:func:`_in_row_space`), the vectors are kept as
-    coordinates in ``basis`` and lifted to the ``d`` inputs where read: all of them by
-    :attr:`min_vectors` / :attr:`max_vectors`, a few by :meth:`vectors` (a split needs
-    ``k`` of ``M``, and lifting all of both ends costs about half a training step of a
-    1,024-unit layer at batch 128). Where 0 is the extreme eigenvalue (``min_null`` / ``max_null``),
-    the vector is ``null``, a unit vector orthogonal to the rows.
+    Solved in the rows' span (:func:`_in_row_space`), each vector is kept as coefficients
+    of the columns of ``basis`` (the rows, or an orthonormal basis of them) and lifted to
+    the ``d`` inputs where read: all of them by :attr:`min_vectors` /
+    :attr:`max_vectors`, a few by :meth:`vectors` (a split needs ``k`` of ``M``, and
+    lifting all of both ends costs about 2/5 of a training step of a 1,024-unit layer at
+    batch 128). Where 0 is the extreme eigenvalue (``min_null`` / ``max_null``), the
+    vector is :attr:`null`, a unit vector orthogonal to the rows.
     """
 
     min_values: torch.Tensor  # [M]
     min_coords: torch.Tensor  # [M, r]: the vectors themselves when basis is None
-    max_values: torch.Tensor
-    max_coords: torch.Tensor
-    basis: torch.Tensor | None = None  # [d, r], orthonormal columns
-    null: torch.Tensor | None = None  # [d]
+    max_values: torch.Tensor | None  # None: solved for the smallest end only
+    max_coords: torch.Tensor | None
+    basis: torch.Tensor | None = None  # [d, r]: a vector is basis @ its coords
     min_null: torch.Tensor | None = None  # [M] bool
     max_null: torch.Tensor | None = None
+    seed: int = 0  # draws the null vector
 
     @property
     def min_vectors(self) -> torch.Tensor:
@@ -149,18 +191,33 @@ class Eigenpairs:
         """``[M, d]``: the unit eigenvector of each neuron's largest eigenvalue."""
         return self.vectors("max")
 
+    @functools.cached_property
+    def null(self) -> torch.Tensor:
+        """``[d]``: a unit vector orthogonal to the columns of ``basis``, drawn from
+        ``seed``: the eigenvector where an extreme eigenvalue is the 0 off the rows."""
+        assert self.basis is not None
+        span, _ = torch.linalg.qr(self.basis)
+        generator = torch.Generator().manual_seed(self.seed)
+        v = torch.randn(len(self.basis), generator=generator, dtype=self.basis.dtype)
+        for _ in range(2):  # twice: little is left where the rows nearly fill R^d
+            v = v - span @ (span.T @ v)
+        return v / _floor(v.norm())
+
     def vectors(self, end: str, neurons: Sequence[int] | torch.Tensor | None = None,
                 ) -> torch.Tensor:
         """The ``end`` (``"min"`` or ``"max"``) eigenvectors of ``neurons`` (all: None),
         ``[len(neurons), d]``.
 
         Raises:
-            ValueError: ``end`` is neither ``"min"`` nor ``"max"``.
+            ValueError: ``end`` is neither ``"min"`` nor ``"max"``, or ``"max"`` was not
+                solved for (``ends="min"``).
         """
         if end not in ("min", "max"):
             raise ValueError(f"end={end!r} must be 'min' or 'max'")
         coords, null_rows = ((self.min_coords, self.min_null) if end == "min"
                              else (self.max_coords, self.max_null))
+        if coords is None:
+            raise ValueError("the largest eigenpairs were not solved for: pass ends='both'")
         if neurons is None:
             rows = torch.arange(len(coords))
         else:
@@ -168,8 +225,8 @@ class Eigenpairs:
         picked = coords[rows]
         if self.basis is None:
             return picked
-        lifted = picked @ self.basis.T
-        if null_rows is not None and self.null is not None:
+        lifted = picked @ self.basis.T  # unit: the coordinates are, in the basis' metric
+        if null_rows is not None:
             at = null_rows[rows]
             if bool(at.any()):
                 lifted[at] = self.null
@@ -181,119 +238,312 @@ EXACT_MAX_ENTRIES = 1_000_000
 """``method="auto"`` materialises the matrices (``eigh``) up to ``EXACT_MAX_DIM`` incoming
 weights per neuron (plus bias) and ``EXACT_MAX_ENTRIES`` matrix entries in all, and uses
 Lanczos on matrix-free products beyond (measured: for 1,024 neurons of 65 weights,
-Lanczos reaches ``lambda_min`` to 1e-6 in 20 steps at 2/5 of the cost of ``eigh``)."""
+Lanczos reaches ``lambda_min`` to 1e-5 in 20 steps at about 2/5 of the cost of ``eigh``)."""
 
 
 def extreme_eigenpairs(
     curv: Curvature, *, method: str = "auto", iters: int = 24, seed: int = 0,
-    tol: float = 1e-9,
+    tol: float = 1e-9, ends: str = "both",
 ) -> Eigenpairs:
-    """``"exact"``: ``eigh`` of every matrix; ``"fast"``: batched Lanczos with full
-    reorthogonalisation on :meth:`Curvature.matvec`, at most ``iters`` steps, stopping
-    early once every neuron's extreme Ritz values are within about ``tol`` (relative; see
-    :func:`_lanczos_extremes`); ``"auto"``: exact for small matrices (:data:`EXACT_MAX_ENTRIES`), else fast.
+    """``"exact"``: ``eigh`` of every matrix; ``"fast"``: batched Lanczos on matrix-free
+    products (:func:`_lanczos_extremes`), at most ``iters`` steps, stopping early once
+    every neuron's extreme Ritz values are within about ``tol`` (relative), then one
+    Rayleigh-Ritz refinement of each end (:func:`_refined`); ``"auto"``: exact for small
+    matrices (:data:`EXACT_MAX_ENTRIES`), else fast.
 
     With fewer rows than inputs (a batch of 128 into a 1,024-input layer), ``"auto"`` and
     ``"fast"`` solve in the rows' span (:func:`_in_row_space`): the same eigenpairs, from
-    ``rows``-dimensional matrices.
+    ``rows``-dimensional problems.
+
+    ``ends="min"`` leaves the largest end out of the fast method (``max_values`` is None):
+    a plain split reads only the smallest, and the largest costs 10-30 % more.
 
     Raises:
-        ValueError: an unknown method (the morphism turns it into its own error).
+        ValueError: an unknown method or ``ends``, or ``iters`` below 1 (the morphism
+            turns it into its own error).
     """
+    if ends not in ("min", "both"):
+        raise ValueError(f"ends={ends!r} must be 'min' or 'both'")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters={iters!r} must be an int >= 1")
     if method in ("auto", "fast") and curv.x.shape[0] < curv.dim:
-        return _in_row_space(curv, method=method, iters=iters, seed=seed, tol=tol)
+        return _in_row_space(curv, method=method, iters=iters, seed=seed, tol=tol,
+                             ends=ends)
     if method == "auto":
-        small = curv.dim <= EXACT_MAX_DIM + 1 and curv.units * curv.dim**2 <= EXACT_MAX_ENTRIES
-        method = "exact" if small else "fast"
+        method = "exact" if _small(curv.units, curv.dim) else "fast"
     if method == "exact":
-        vals, vecs = torch.linalg.eigh(curv.matrices())
+        vals, vecs = torch.linalg.eigh(curv.matrices())  # both ends come with it
         return Eigenpairs(vals[:, 0], vecs[:, :, 0], vals[:, -1], vecs[:, :, -1])
     if method == "fast":
-        generator = torch.Generator().manual_seed(seed)
-        lo, hi = _lanczos_extremes(curv.matvec, curv.units, curv.dim, iters, tol, generator,
-                                   curv.x.dtype)
-        return Eigenpairs(_rayleigh(curv, lo), lo, _rayleigh(curv, hi), hi)
+        def draw(generator: torch.Generator) -> torch.Tensor:
+            return torch.randn(curv.units, curv.dim, generator=generator, dtype=curv.x.dtype)
+
+        (lo_value, lo), (hi_value, hi) = _extreme_pairs(
+            _Space(curv.matvec, draw, curv.dim), iters, tol, seed, ends == "both")
+        return Eigenpairs(lo_value, lo, hi_value, hi)
     raise ValueError(f"method={method!r} must be 'auto', 'exact' or 'fast'")
 
 
+def _small(units: int, dim: int) -> bool:
+    return dim <= EXACT_MAX_DIM + 1 and units * dim**2 <= EXACT_MAX_ENTRIES
+
+
 def _in_row_space(curv: Curvature, *, method: str, iters: int, seed: int, tol: float,
-                  ) -> Eigenpairs:
-    """Eigenpairs of ``S_m = Q T_m Q^T`` from those of ``T_m`` (:meth:`Curvature.projected`,
-    ``Q`` an orthonormal basis of the rows, from a QR factorisation of ``x^T``); the
-    vectors stay in ``Q``'s coordinates until read (:class:`Eigenpairs`).
+                  ends: str) -> Eigenpairs:
+    """The eigenpairs of ``S_m`` from a problem the size of the rows' span.
 
     ``S_m`` is zero on the ``d - rows`` directions orthogonal to the rows, so its smallest
-    eigenvalue is ``min(lambda_min(T_m), 0)`` (and its largest ``max(lambda_max(T_m), 0)``);
-    where 0 wins, the eigenvector is a unit vector orthogonal to the rows."""
-    basis, _ = torch.linalg.qr(curv.x.T)  # [d, rows]
-    pairs = extreme_eigenpairs(curv.projected(basis), method=method, iters=iters, seed=seed,
-                               tol=tol)
+    eigenvalue is ``min(lambda_min, 0)`` over the span (and its largest ``max(lambda_max,
+    0)``); where 0 wins, the eigenvector is a unit vector orthogonal to the rows.
+
+    In the span, ``y_m = x^T z_m``, and ``S_m y_m = x^T w_m`` with ``w`` a function of
+    ``u = z x x^T`` alone (:meth:`Curvature.row_operator`); ``y . y' = z . u'``. Lanczos
+    runs on the row coefficients ``z`` with the rows' Gram matrix ``x x^T``: one
+    ``[R, R]`` product a step, against two products with the rows and a QR
+    factorisation on an orthonormal basis of them, and the vectors stay as ``z`` until
+    read (:class:`Eigenpairs`). That needs rows that are numerically independent
+    (:func:`_independent_rows`). Small problems (``"auto"``, as in
+    :func:`extreme_eigenpairs`), curvatures without the rows' form and dependent rows take
+    that basis ``Q`` (QR of ``x^T``, exact whatever the rows' rank) and the matrices
+    ``Q^T S_m Q`` (:meth:`Curvature.projected`)."""
+    problem = None
+    if curv.row_form and not (method == "auto" and _small(curv.units, len(curv.x))):
+        problem = _independent_rows(curv)
+    if problem is not None:
+        rows, apply, gram = problem
+
+        def draw(generator: torch.Generator) -> torch.Tensor:
+            return torch.randn(curv.units, len(rows), generator=generator, dtype=rows.dtype)
+
+        space = _Space(apply, draw, len(rows), image=lambda z: z @ gram)
+        (lo_value, lo_coords), (hi_value, hi_coords) = _extreme_pairs(
+            space, iters, tol, seed, ends == "both")
+        basis = rows.T
+    else:
+        basis, _ = torch.linalg.qr(curv.x.T)  # [d, rows]
+        pairs = extreme_eigenpairs(curv.projected(basis), method=method, iters=iters,
+                                   seed=seed, tol=tol, ends=ends)
+        lo_value, lo_coords = pairs.min_values, pairs.min_coords
+        hi_value, hi_coords = pairs.max_values, pairs.max_coords
+    lo_null = lo_value > 0
+    hi_null = None
+    if hi_value is not None:
+        hi_null = hi_value < 0
+        hi_value = hi_value.masked_fill(hi_null, 0.0)
+    return Eigenpairs(lo_value.masked_fill(lo_null, 0.0), lo_coords, hi_value, hi_coords,
+                      basis, lo_null, hi_null, seed)
+
+
+def _independent_rows(curv: Curvature,
+                      ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor],
+                                 torch.Tensor] | None:
+    """The rows to carry coefficients of, the coefficient map on them and their Gram
+    matrix; None where the rows are (numerically) dependent.
+
+    Train-mode batchnorm centres the rows, so the last is minus the sum of the others:
+    the others span the same space, ``u`` of the last is ``-sum(u)``, and its
+    coefficient in ``w`` moves onto the others. Then the Gram matrix's Cholesky pivots
+    must stay above ``sqrt(eps)`` of its largest diagonal: the metric's rounding (about
+    ``eps`` times the condition number) then stays below the residual Lanczos stops at,
+    and a Krylov space cannot run out before ``rows`` steps (duplicate rows, a batch
+    smaller than the steps through batchnorm) and divide rounding noise by its norm."""
+    rows, apply = curv.x, curv.row_operator()
+    eps = torch.finfo(rows.dtype).eps
+    if curv.zhat is not None and len(rows) > 1:
+        total = rows.sum(dim=0).norm()
+        if float(total) <= eps**0.5 * float(rows.norm()):
+            full = apply
+            rows = rows[:-1]
+
+            def apply(u: torch.Tensor) -> torch.Tensor:
+                w = full(torch.cat([u, -u.sum(dim=1, keepdim=True)], dim=1))
+                return w[:, :-1] - w[:, -1:]
+
+    gram = rows @ rows.T
+    factor, info = torch.linalg.cholesky_ex(gram)
+    pivots = torch.diagonal(factor) ** 2
+    if int(info) or not float(pivots.min()) > eps**0.5 * float(gram.diagonal().max()):
+        return None
+    return rows, apply, gram
+
+
+@dataclass(frozen=True)
+class _Space:
+    """Where the Lanczos vectors live, one per neuron (``[M, n]``): each vector ``y`` is
+    held as coefficients ``z``, with ``u = image(z)`` where needed. ``apply`` maps ``u``
+    to the coefficients of ``S y``, and ``y . y' = z . u'``.
+
+    Plain (``image`` None): ``z = u = y``, ``apply`` the matrix-free product. In the rows'
+    span (:func:`_in_row_space`): ``y = x^T z``, ``u = z x x^T``. ``draw`` gives random
+    coefficients; ``dim`` bounds the space's dimension."""
+
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    draw: Callable[[torch.Generator], torch.Tensor]
+    dim: int
+    image: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def of(self, z: torch.Tensor) -> torch.Tensor:
+        return z if self.image is None else self.image(z)
+
+    def unit(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` scaled to a unit vector, and its image."""
+        u = self.of(z)
+        size = _floor(_dot(z, u).clamp_min(0.0).sqrt())[:, None]
+        return z / size, (u / size if u is not z else z / size)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(dim=-1)
+
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def _extreme_pairs(space: _Space, iters: int, tol: float, seed: int, both: bool,
+                   ) -> tuple[Pair, Pair | tuple[None, None]]:
+    """(value, vector) of the smallest end, and of the largest (``both``) or Nones."""
     generator = torch.Generator().manual_seed(seed)
-    null = torch.randn(curv.dim, generator=generator, dtype=basis.dtype)
-    null = null - basis @ (basis.T @ null)
-    null = null / null.norm().clamp_min(1e-300)
-
-    lo_null, hi_null = pairs.min_values > 0, pairs.max_values < 0
-    return Eigenpairs(pairs.min_values.masked_fill(lo_null, 0.0), pairs.min_coords,
-                      pairs.max_values.masked_fill(hi_null, 0.0), pairs.max_coords,
-                      basis, null, lo_null, hi_null)
+    lo, hi = _lanczos_extremes(space, min(iters, space.dim), tol, generator, both)
+    return _refined(space, lo, "min"), (_refined(space, hi, "max") if hi is not None
+                                        else (None, None))
 
 
-def _rayleigh(curv: Curvature, v: torch.Tensor) -> torch.Tensor:
-    return (v * curv.matvec(v)).sum(dim=1)
+def _refined(space: _Space, y: torch.Tensor, end: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``end`` eigenpair of each neuron's matrix restricted to ``span{y, S y}``:
+    Rayleigh-Ritz on two vectors. The value is at or beyond ``y``'s Rayleigh quotient
+    (below it for ``"min"``), so a Lanczos vector that lost a little to rounding gets it
+    back; a converged ``y`` stays as it is. Returns the value and the vector's ``z``."""
+    sign = 1.0 if end == "min" else -1.0
+    y, y_image = space.unit(y)
+    sy = space.apply(y_image)
+    theta = _dot(sy, y_image)
+    r = sy - theta[:, None] * y  # the residual
+    r = r - _dot(r, y_image)[:, None] * y  # orthogonal to y to rounding, even when tiny
+    r_image = space.of(r)
+    rho = _dot(r, r_image).clamp_min(0.0).sqrt()
+    moved = rho > 0  # a zero residual (or one below rounding): y stays
+    step = torch.where(moved[:, None], r / _floor(rho)[:, None], 0.0)
+    step_image = torch.where(moved[:, None], r_image / _floor(rho)[:, None], 0.0)
+    gamma = torch.where(moved, _dot(space.apply(step_image), step_image), theta)
+    # the 2x2 matrix [[theta, rho], [rho, gamma]]: its end value is theta + sign * shift,
+    # shift <= 0, in the form without cancellation when the residual is tiny; its vector
+    # (rho, sign * shift) in the orthonormal pair (y, step)
+    delta = sign * (gamma - theta) / 2
+    root = torch.sqrt(delta * delta + rho * rho)
+    shift = torch.where(delta >= 0, -rho * rho / _floor(delta + root), delta - root)
+    size = _floor(torch.sqrt(rho * rho + shift * shift))[:, None]
+    vector = (rho[:, None] * y + sign * shift[:, None] * step) / size
+    return theta + sign * shift, torch.where(moved[:, None], vector, y)
 
 
-def _lanczos_extremes(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    batch: int,
-    dim: int,
-    iters: int,
-    tol: float,
-    generator: torch.Generator,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched Lanczos: the Ritz vectors of the smallest and the largest Ritz value.
+def _lanczos_extremes(space: _Space, steps: int, tol: float, generator: torch.Generator,
+                      both: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batched Lanczos: the Ritz vectors (as ``z``) of the smallest and (``both``) the
+    largest Ritz value.
+
+    The three-term recurrence keeps each new vector orthogonal to the current one (a
+    second pass) and, up to rounding, to the one before: no reorthogonalisation against
+    the older ones. Orthogonality to those drifts once a Ritz pair converges (Paige), which
+    adds copies of converged values but leaves the extreme ones right; the Ritz vectors
+    then lose a little, which :func:`_refined` mostly recovers. Full reorthogonalisation,
+    a pass over the basis every step, cost a third of the eigenpairs of a 1,024-unit
+    layer at batch 128; without it ``lambda_min`` of the benchmark's layers moved from
+    1e-6 to at most 1e-4 relative error in float32 (bench/BENCHMARKS.md), inside the
+    stopping rule's own bound below.
 
     Stops once every extreme Ritz pair's residual ``|S y - theta y| = beta_j |s_j|``
     (``s_j`` the last entry of the tridiagonal's eigenvector) is at most ``sqrt(tol)``
     times the matrix's scale (``max |alpha|``). The Ritz value's error is at most the
     residual, and about its square over the gap to the next eigenvalue: ~``tol`` where
     the extreme eigenvalue stands apart, up to ~``sqrt(tol)`` where the spectrum's end is
-    crowded. Tested after steps 8, 12, 16, ... with :func:`tridiagonal_ends` of the
-    tridiagonals, whose vectors are then the answer's."""
-    steps = min(iters, dim)
+    crowded. Tested after steps 12, 16, 20, ... (a test costs about three steps of a
+    1,024-unit layer at batch 128, and the steps before 12 rarely settle a wide matrix
+    in float32) with :func:`tridiagonal_ends` of the tridiagonals. A neuron whose
+    residuals are that small against its own extreme values too has its Ritz vectors
+    taken at once: its later steps, run while others settle, would only add copies of its
+    converged values and cost its vectors accuracy (float64, 200 steps: 1e-5 instead of
+    1e-15); the others' are taken at the stop."""
+    q, q_image = space.unit(space.draw(generator))
+    batch, dim, dtype = q.shape[0], q.shape[1], q.dtype
     tol = max(tol, 100 * torch.finfo(dtype).eps)  # float32 cannot settle below its rounding
-    basis = torch.empty(batch, steps, dim, dtype=dtype)  # batch-major: products on a prefix
+    basis = torch.empty(steps + 1, batch, dim, dtype=dtype)  # step-major: each contiguous
+    basis[0] = q
     alpha = torch.zeros(batch, steps, dtype=dtype)
     beta = torch.zeros(batch, steps, dtype=dtype)
-    q = _unit(torch.randn(batch, dim, generator=generator, dtype=dtype))
+    scratch = torch.empty_like(q)  # products are summed here: no allocation per step
+    lo = torch.zeros_like(q)  # Ritz vectors, written at the test a neuron settles in
+    hi = torch.zeros_like(q) if both else None
+    done = torch.zeros(batch, dtype=torch.bool)
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.mul(a, b, out=scratch).sum(dim=1)
+
     for j in range(steps):
-        basis[:, j] = q
-        w = matvec(q)
-        alpha[:, j] = (w * q).sum(dim=1)
-        w = _orthogonalised(w, basis[:, : j + 1])
-        beta[:, j] = w.norm(dim=1)
-        scale = alpha[:, : j + 1].abs().amax(dim=1).clamp_min(1e-300)
-        stalled = beta[:, j] <= 1e-12 * scale
+        q = basis[j]
+        if space.image is None:
+            q_image = q
+        w = space.apply(q_image)
+        if j:
+            w.addcmul_(basis[j - 1], beta[:, j - 1, None], value=-1.0)
+        a = dot(w, q_image)
+        w.addcmul_(q, a[:, None], value=-1.0)
+        again = dot(w, q_image)  # a second pass: alpha to rounding, w orthogonal to q
+        w.addcmul_(q, again[:, None], value=-1.0)
+        alpha[:, j] = a + again
+        w_image = space.of(w)
+        norm = dot(w, w_image).clamp_min(0.0).sqrt()
+        scale = _floor(alpha[:, : j + 1].abs().amax(dim=1))
+        stalled = norm <= 1e-12 * scale
         if bool(stalled.any()):  # an invariant subspace: continue from a fresh direction
-            fresh = _orthogonalised(
-                torch.randn(batch, dim, generator=generator, dtype=dtype), basis[:, : j + 1]
-            )
-            beta[:, j] = torch.where(stalled, torch.zeros_like(beta[:, j]), beta[:, j])
+            fresh = space.draw(generator)
+            coef = (basis[: j + 1] * space.of(fresh)).sum(dim=2, keepdim=True)  # [j, b, 1]
+            fresh = fresh - (coef * basis[: j + 1]).sum(dim=0)
+            norm = torch.where(stalled, torch.zeros_like(norm), norm)
             w = torch.where(stalled[:, None], fresh, w)
-        q = _unit(w)
-        if j + 1 == steps or (j >= 7 and j % 4 == 3):
-            ends = tridiagonal_ends(alpha[:, : j + 1], beta[:, :j])  # [b, j + 1, 2]
-            residual = beta[:, j, None] * ends[:, -1].abs()
-            if j + 1 == steps or bool((residual <= tol**0.5 * scale[:, None]).all()):
+            w_image = space.of(w)
+            size = _floor(dot(w, w_image).clamp_min(0.0).sqrt())[:, None]
+        else:
+            size = _floor(norm)[:, None]
+        beta[:, j] = norm
+        torch.div(w, size, out=basis[j + 1])
+        if space.image is not None:
+            q_image = w_image.div_(size)
+        if j + 1 == steps or (j >= 11 and j % 4 == 3):
+            rows = (~done).nonzero()[:, 0]  # neurons not yet taken: only they are tested
+            a_open, b_open = alpha[rows, : j + 1], beta[rows, :j]
+            ends = tridiagonal_ends(a_open, b_open, both=both)  # [open, j + 1, e]
+            residual = beta[rows, j, None] * ends[:, -1].abs()  # [open, e]
+            bound = tol**0.5 * scale[rows, None]
+            last = j + 1 == steps or bool((residual <= bound).all())
+            # settled to its own value's scale, not only the matrix's: taken now
+            own = _ritz_values(a_open, b_open, ends).abs()
+            take = (residual <= torch.minimum(bound, tol**0.5 * own)).all(dim=1) | last
+            if bool(take.any()):  # their Ritz vectors now: later steps add only copies
+                weights = torch.zeros(batch, j + 1, ends.shape[2], dtype=dtype)
+                weights[rows] = ends * take[:, None, None]
+                for k in range(j + 1):
+                    for found, end in ((lo, 0), (hi, 1)):
+                        if found is not None:
+                            found.addcmul_(basis[k], weights[:, k, end, None])
+                done[rows[take]] = True
+            if last:
                 break
-    vectors = torch.bmm(ends.transpose(1, 2), basis[:, : j + 1])  # [b, 2, d]
-    return _unit(vectors[:, 0]), _unit(vectors[:, 1])
+    return lo, hi
 
 
-def tridiagonal_ends(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def _ritz_values(alpha: torch.Tensor, beta: torch.Tensor, ends: torch.Tensor,
+                 ) -> torch.Tensor:
+    """``s^T T s`` for each unit eigenvector ``s`` in ``ends [b, n, e]`` of the
+    tridiagonal ``T`` (``alpha [b, n]``, ``beta [b, n - 1]``): its eigenvalue, ``[b, e]``."""
+    value = (alpha[:, :, None] * ends * ends).sum(dim=1)
+    return value + 2 * (beta[:, :, None] * ends[:, :-1] * ends[:, 1:]).sum(dim=1)
+
+
+def tridiagonal_ends(alpha: torch.Tensor, beta: torch.Tensor, *, both: bool = True,
+                     ) -> torch.Tensor:
     """Unit eigenvectors ``[b, n, 2]`` of the smallest and the largest eigenvalue of ``b``
-    symmetric tridiagonals (diagonals ``alpha [b, n]``, off-diagonals ``beta [b, n - 1]``).
+    symmetric tridiagonals (diagonals ``alpha [b, n]``, off-diagonals ``beta [b, n - 1]``);
+    ``[b, n, 1]``, the smallest only, without ``both``.
 
     A batched ``eigh`` of small matrices pays LAPACK's per-matrix overhead (about 7 ms
     for 1,024 tridiagonals of 12, a training step of a 1,024-unit layer at batch 128);
@@ -311,12 +561,12 @@ def tridiagonal_ends(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     scale = np.where(scale > 0, scale, 1.0)[:, None]  # an all-zero matrix: any unit vector
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         a, b = a / scale, b / scale  # entries at most 1: the tolerances below are absolute
-        both_a = np.concatenate([a, -a])
-        both_b = np.concatenate([b, -b])  # -T's off-diagonal: flips its vectors' signs
-        lowest = _laguerre_smallest(both_a, both_b)
-        vectors = _inverse_iteration(both_a, both_b, lowest - 1e-12)
-    half = len(a)
-    ends = np.stack([vectors[:half], vectors[half:]], axis=2)
+        if both:
+            a = np.concatenate([a, -a])
+            b = np.concatenate([b, -b])  # -T's off-diagonal: flips its vectors' signs
+        vectors = _inverse_iteration(a, b, _laguerre_smallest(a, b) - 1e-12)
+    half = len(alpha)
+    ends = np.stack([vectors[:half], vectors[half:]] if both else [vectors], axis=2)
     return torch.from_numpy(ends).to(alpha.device, alpha.dtype)
 
 
@@ -386,12 +636,6 @@ def _inverse_iteration(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> np.nd
     return v
 
 
-def _orthogonalised(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``w`` minus its projection on ``basis [b, j, d]``, per batch item: one classical
-    Gram-Schmidt pass (full reorthogonalisation; the extreme Ritz pairs need no more)."""
-    coef = torch.bmm(basis, w[:, :, None])  # [b, j, 1]
-    return w - torch.bmm(coef.transpose(1, 2), basis)[:, 0]
-
-
-def _unit(v: torch.Tensor) -> torch.Tensor:
-    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
+def _floor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` raised to the smallest positive normal number of its dtype (a divisor)."""
+    return t.clamp_min(torch.finfo(t.dtype).tiny)

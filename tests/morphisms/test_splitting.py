@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -15,7 +16,13 @@ from morphsearch.arch.ops import OPS
 from morphsearch.builders import GraphBuilder
 from morphsearch.errors import MorphismNotApplicable
 from morphsearch.morphisms import splitting
-from morphsearch.morphisms._split_linalg import Curvature, extreme_eigenpairs, tridiagonal_ends
+from morphsearch.morphisms._split_linalg import (
+    Curvature,
+    _refined,
+    _Space,
+    extreme_eigenpairs,
+    tridiagonal_ends,
+)
 from morphsearch.morphisms._surgery import batch_loss
 from tests.morphisms.strategies import architectures, batch_for, outputs
 
@@ -222,6 +229,175 @@ def test_a_batch_with_fewer_rows_than_inputs_is_solved_in_its_span(bn: bool) -> 
         torch.testing.assert_close(found.max_values, exact.max_values, rtol=1e-10, atol=0)
         cos = (found.min_vectors * exact.min_vectors).sum(1).abs()
         torch.testing.assert_close(cos, torch.ones(6, dtype=F64), rtol=0, atol=1e-8)
+
+
+def _is_orthonormal(basis: torch.Tensor) -> bool:
+    eye = torch.eye(basis.shape[1], dtype=basis.dtype)
+    return bool(torch.allclose(basis.T @ basis, eye, atol=1e-8))
+
+
+@pytest.mark.parametrize("bn", [False, True], ids=["plain", "bn_train"])
+def test_the_rows_coefficients_path_matches_the_orthonormal_basis_path(bn: bool) -> None:
+    # 40 rows into 200 inputs, 300 neurons: "fast" runs Lanczos on the rows'
+    # coefficients with their Gram matrix (through train-mode batchnorm on all rows but
+    # the last, which is minus their sum); a curvature without the rows' weights e of
+    # its batchnorm terms takes an orthonormal basis of the rows (QR). Both agree with
+    # eigh of the 201-dim matrices; the coefficient map is S_m's own product.
+    arch = builders.mlp([200, 300, 3], activation="relu", batchnorm=bn, dtype=F64, seed=0)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(40, 200, generator=g, dtype=F64),
+             torch.randint(0, 3, (40,), generator=g))
+    curv = splitting.splitting_curvature(arch, "fc1", batch)
+    assert curv.row_form
+    z = torch.randn(300, 40, generator=g, dtype=F64)
+    torch.testing.assert_close(curv.row_operator()(z @ curv.x @ curv.x.T) @ curv.x,
+                               curv.matvec(z @ curv.x))
+    exact = extreme_eigenpairs(curv, method="exact")
+    variants = [(curv, curv.x[:-1] if bn else curv.x)]
+    if bn:
+        variants.append((dataclasses.replace(curv, e=None), None))  # the basis path
+        assert not variants[-1][0].row_form
+        with pytest.raises(ValueError, match="rows' weights e"):
+            variants[-1][0].row_operator()
+    for variant, rows in variants:
+        found = extreme_eigenpairs(variant, method="fast", iters=40, tol=1e-16)
+        assert found.basis is not None
+        if rows is None:
+            assert _is_orthonormal(found.basis)
+        else:
+            assert torch.equal(found.basis, rows.T)  # the rows themselves
+        torch.testing.assert_close(found.min_values, exact.min_values, rtol=1e-8, atol=0)
+        torch.testing.assert_close(found.max_values, exact.max_values, rtol=1e-8, atol=0)
+        for mine, theirs in ((found.min_vectors, exact.min_vectors),
+                             (found.max_vectors, exact.max_vectors)):
+            cos = (mine * theirs).sum(1).abs()
+            torch.testing.assert_close(cos, torch.ones(300, dtype=F64), rtol=0, atol=1e-6)
+            # unit as lifted from the coefficients, with no renormalising
+            torch.testing.assert_close(mine.norm(dim=1), torch.ones(300, dtype=F64),
+                                       rtol=0, atol=1e-10)
+
+
+def _dependent(case: str) -> Curvature:
+    g = torch.Generator().manual_seed(0)
+    if case == "duplicate_row":
+        x = torch.randn(6, 100, generator=g, dtype=F64)
+        x[1] = x[0]
+        return Curvature(x, torch.randn(6, 40, generator=g, dtype=F64))
+    if case == "bn_batch_of_12":  # 11 independent centred rows: fewer than the steps
+        arch = builders.mlp([200, 300, 3], activation="relu", batchnorm=True, dtype=F64,
+                            seed=0)
+        batch = (torch.randn(12, 200, generator=g, dtype=F64),
+                 torch.randint(0, 3, (12,), generator=g))
+        return splitting.splitting_curvature(arch, "fc1", batch)
+    # ten pairs of duplicates among 20 rows
+    x = torch.randn(10, 100, generator=g, dtype=F64).repeat(2, 1)
+    return Curvature(x, torch.randn(20, 40, generator=g, dtype=F64))
+
+
+@pytest.mark.parametrize("case", ["duplicate_row", "bn_batch_of_12", "duplicate_pairs"])
+def test_dependent_rows_are_solved_on_an_orthonormal_basis(case: str) -> None:
+    # Rows that are linearly dependent make the rows' Gram matrix singular: Lanczos on
+    # their coefficients would run out of directions and divide rounding noise by its
+    # norm (NaN, or eigenvalues 30x too large in the review's cases). Those take the QR
+    # basis, exact whatever the rank; batchnorm's centred rows drop their last row
+    # instead (12 rows: 11 independent ones, all 11 Lanczos steps on them).
+    curv = _dependent(case)
+    exact = extreme_eigenpairs(curv, method="exact")
+    found = extreme_eigenpairs(curv, method="fast", iters=40, tol=1e-16)
+    assert found.basis is not None
+    if case == "bn_batch_of_12":
+        assert torch.equal(found.basis, curv.x[:-1].T)
+    else:
+        assert _is_orthonormal(found.basis)
+    assert found.max_values is not None
+    scale = float(exact.min_values.abs().max())
+    torch.testing.assert_close(found.min_values, exact.min_values, rtol=1e-8,
+                               atol=1e-12 * scale)
+    torch.testing.assert_close(found.max_values, exact.max_values, rtol=1e-8,
+                               atol=1e-12 * scale)
+    norms = found.min_vectors.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-10)
+
+
+def test_an_ill_conditioned_float32_gram_matrix_takes_the_basis_too() -> None:
+    # Independent rows whose Gram matrix has condition 1e8: in float32 its rounding
+    # (eps times that) would swamp the metric, so the rows' coefficients are refused.
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=F64))
+    v, _ = torch.linalg.qr(torch.randn(120, 30, generator=g, dtype=F64))
+    x = (u * torch.logspace(0, -4, 30, dtype=F64)) @ v.T  # singular values 1 .. 1e-4
+    c = torch.randn(30, 50, generator=g, dtype=F64)
+    exact = extreme_eigenpairs(Curvature(x, c), method="exact")
+    found = extreme_eigenpairs(Curvature(x.float(), c.float()), method="fast")
+    assert found.basis is not None and found.basis.shape == (120, 30)
+    assert not torch.equal(found.basis, x.float().T)
+    scale = float(exact.min_values.abs().max())
+    torch.testing.assert_close(found.min_values.double(), exact.min_values, rtol=1e-3,
+                               atol=1e-5 * scale)
+
+
+def test_neurons_that_settle_early_keep_their_accuracy_over_many_steps() -> None:
+    # Half the neurons have an isolated extreme eigenvalue (settled within a few
+    # steps), half a crowded one: with 200 steps of Lanczos without
+    # reorthogonalisation, the early ones' later steps would only add copies of their
+    # converged values; their vectors are taken when they settle (1e-5 otherwise).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 200, generator=g, dtype=F64)
+    c = torch.randn(600, 64, generator=g, dtype=F64) * 0.1
+    c[:5, :32] -= 50.0
+    c[5:10, :32] += 50.0
+    curv = Curvature(x, c)
+    exact = extreme_eigenpairs(curv, method="exact")
+    found = extreme_eigenpairs(curv, method="fast", iters=200, tol=1e-300)
+    for mine, theirs in ((found.min_values, exact.min_values),
+                         (found.max_values, exact.max_values)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=0)
+    cos = (found.min_vectors[:32] * exact.min_vectors[:32]).sum(1).abs()
+    torch.testing.assert_close(cos, torch.ones(32, dtype=F64), rtol=0, atol=1e-10)
+
+
+def test_the_smallest_end_alone_is_the_same_smallest_end() -> None:
+    # ends="min" (what a plain split and the unsigned score read): the same smallest
+    # pairs as ends="both", no largest ones, and a clear error where one is asked for.
+    for rows in (40, 400):  # in the rows' span, and in the inputs
+        arch, batch = _wide(rows, bn=False)
+        both = splitting.splitting_eigenpairs(arch, "fc1", batch, method="fast")
+        low = splitting.splitting_eigenpairs(arch, "fc1", batch, method="fast", ends="min")
+        # (each stops when its own ends settle: the same values to well inside tol)
+        torch.testing.assert_close(low.min_values, both.min_values, rtol=1e-8, atol=0)
+        torch.testing.assert_close(low.min_vectors, both.min_vectors, rtol=0, atol=1e-6)
+        assert low.max_values is None and low.max_coords is None
+        with pytest.raises(ValueError, match="ends='both'"):
+            low.vectors("max")
+        with pytest.raises(ValueError, match="solve ends='both'"):
+            splitting.predicted_decrease(low, signed=True)
+    with pytest.raises(MorphismNotApplicable, match="ends='max' must be"):
+        splitting.splitting_eigenpairs(arch, "fc1", batch, ends="max")
+
+
+def test_refinement_lowers_the_rayleigh_quotient_to_the_end_of_its_plane() -> None:
+    # Rayleigh-Ritz on span{y, S y}: from a rough vector the value drops below y's
+    # Rayleigh quotient and is exactly the smallest eigenvalue of S on that plane; from
+    # an eigenvector nothing moves.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 8, generator=g, dtype=F64)
+    curv = Curvature(x, torch.randn(30, 5, generator=g, dtype=F64))
+    space = _Space(curv.matvec, lambda gen: torch.randn(5, 8, generator=gen, dtype=F64), 8)
+    y = torch.randn(5, 8, generator=g, dtype=F64)
+    y = y / y.norm(dim=1, keepdim=True)
+    value, vector = _refined(space, y, "min")
+    mats = curv.matrices()
+    rayleigh = torch.einsum("mi,mij,mj->m", y, mats, y)
+    assert bool((value < rayleigh).all())
+    for m in range(5):
+        plane, _ = torch.linalg.qr(torch.stack([y[m], mats[m] @ y[m]], dim=1))
+        lowest = torch.linalg.eigvalsh(plane.T @ mats[m] @ plane)[0]
+        assert float(value[m]) == pytest.approx(float(lowest), rel=1e-10)
+        assert float(vector[m] @ mats[m] @ vector[m]) == pytest.approx(float(lowest), rel=1e-10)
+    exact = extreme_eigenpairs(curv, method="exact")
+    value, vector = _refined(space, exact.max_coords, "max")
+    torch.testing.assert_close(value, exact.max_values, rtol=1e-12, atol=0)
+    torch.testing.assert_close(vector, exact.max_coords, rtol=0, atol=1e-8)
 
 
 def test_in_the_rows_span_zero_is_an_eigenvalue_off_it() -> None:
