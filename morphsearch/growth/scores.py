@@ -173,7 +173,8 @@ class SplittingScore(Scorer):
     each candidate's site: ``-lambda_min``, or with ``signed`` the best of a plain and a
     signed split (``min(lambda_min, -c/(1+c) lambda_max)``, see
     :mod:`morphsearch.morphisms.splitting`). > 0: a split there lowers the loss. ReLU
-    sites use the softplus surrogate of temperature ``beta``."""
+    sites use the softplus surrogate of temperature ``beta``. The detail holds
+    ``lambda_min``, and with ``signed`` (which solves for it) ``lambda_max``."""
 
     signed: bool = False
     signed_weight: float = 1.0
@@ -183,19 +184,21 @@ class SplittingScore(Scorer):
     def score(
         self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
     ) -> list[Score]:
-        def best(site: str) -> tuple[float, float, float]:
+        def best(site: str) -> tuple[float, float, float | None]:
             pairs = splitting_eigenpairs(arch, site, batch, seed=seed, beta=self.beta,
-                                         mode=self.mode)
+                                         mode=self.mode, ends="both" if self.signed else "min")
             value, _ = predicted_decrease(pairs, signed=self.signed,
                                           signed_weight=self.signed_weight)
-            return (float(value.min()), float(pairs.min_values.min()),
-                    float(pairs.max_values.max()))
+            top = (float(pairs.max_values.max())
+                   if self.signed and pairs.max_values is not None else None)
+            return float(value.min()), float(pairs.min_values.min()), top
 
-        return _ranked([
-            Score(cand, -low, {"predicted": low, "min_eigenvalue": lam,
-                               "max_eigenvalue": top})
-            for cand, (low, lam, top) in _per_width_site(candidates, best)
-        ])
+        def detail(low: float, lam: float, top: float | None) -> dict[str, float]:
+            extremes = {"predicted": low, "min_eigenvalue": lam}
+            return extremes if top is None else {**extremes, "max_eigenvalue": top}
+
+        return _ranked([Score(cand, -low, detail(low, lam, top))
+                        for cand, (low, lam, top) in _per_width_site(candidates, best)])
 
 
 @dataclass

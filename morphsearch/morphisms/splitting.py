@@ -264,18 +264,21 @@ def splitting_matrices(arch: Architecture, site: str, batch: Batch, *, beta: flo
 
 def splitting_eigenpairs(arch: Architecture, site: str, batch: Batch, *,
                          method: str = "auto", iters: int = 24, seed: int = 0,
-                         beta: float = 3.0, mode: str = "train") -> Eigenpairs:
+                         beta: float = 3.0, mode: str = "train",
+                         ends: str = "both") -> Eigenpairs:
     """Smallest and largest eigenpair of each neuron's splitting matrix.
 
     ``method``: ``"exact"`` (``eigh`` of each materialised matrix), ``"fast"`` (Lanczos on
     matrix-free products, at most ``iters`` steps) or ``"auto"`` (fast for large layers).
+    ``ends="min"``: the smallest only, which is all a plain split reads (the fast method
+    then skips the largest; see :func:`~morphsearch.morphisms._split_linalg.extreme_eigenpairs`).
 
     Raises:
         MorphismNotApplicable: not a splittable site, or an unknown method.
     """
     curv = splitting_curvature(arch, site, batch, beta=beta, mode=mode)
     try:
-        return extreme_eigenpairs(curv, method=method, iters=iters, seed=seed)
+        return extreme_eigenpairs(curv, method=method, iters=iters, seed=seed, ends=ends)
     except ValueError as exc:
         raise MorphismNotApplicable(f"split.steepest: {exc}") from None
 
@@ -287,7 +290,7 @@ def splitting_eigenvalues(arch: Architecture, site: str, batch: Batch, *,
     """``(lambda_min [M], eigenvector [M, d])``: a "where to split" score (see
     :func:`splitting_eigenpairs`)."""
     pairs = splitting_eigenpairs(arch, site, batch, method=method, iters=iters, seed=seed,
-                                 beta=beta, mode=mode)
+                                 beta=beta, mode=mode, ends="min")
     return pairs.min_values, pairs.min_vectors
 
 
@@ -298,6 +301,8 @@ def predicted_decrease(pairs: Eigenpairs, *, signed: bool,
     plain = pairs.min_values
     if not signed:
         return plain, torch.zeros_like(plain, dtype=torch.bool)
+    if pairs.max_values is None:
+        raise ValueError("a signed split reads the largest eigenvalues: solve ends='both'")
     neg = -signed_weight / (1.0 + signed_weight) * pairs.max_values
     use = neg < plain
     return torch.where(use, neg, plain), use
@@ -375,12 +380,14 @@ class SteepestSplit(Morphism):
                                         "be > 0")
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         pairs = splitting_eigenpairs(parent, site, batch, method=method, iters=iters,
-                                     seed=seed, beta=beta, mode=mode)
+                                     seed=seed, beta=beta, mode=mode,
+                                     ends="both" if signed else "min")
         value, use_signed = predicted_decrease(pairs, signed=signed,
                                                signed_weight=signed_weight)
         chosen = [int(i) for i in torch.argsort(value, stable=True)[:k]]
         # only the chosen neurons' vectors are lifted to the layer's inputs
-        lo, hi = pairs.vectors("min", chosen), pairs.vectors("max", chosen)
+        lo = pairs.vectors("min", chosen)
+        hi = pairs.vectors("max", chosen) if signed else lo
         plans = []
         c = signed_weight
         for row, i in enumerate(chosen):

@@ -124,6 +124,7 @@ def test_splitting_score_ranks_relu_sites_by_the_best_predicted_split() -> None:
                                                                            cands)}
     for s in plain:
         assert s.value == pytest.approx(-s.detail["min_eigenvalue"])
+        assert "max_eigenvalue" not in s.detail  # a plain split never reads it
         other = signed[s.candidate.key]
         assert other.value >= s.value - 1e-12
         assert other.value >= 0.5 * other.detail["max_eigenvalue"] - 1e-12
