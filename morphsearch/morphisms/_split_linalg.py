@@ -68,17 +68,27 @@ class Curvature:
         s = s - _sym(p, b) + kappa[:, None, None] * outer
         return s + self.a[:, None, None] * (3 * outer - self.cov) - _sym(self.bb, b)
 
+    @functools.cached_property
+    def _by_neuron(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``c`` and ``zhat`` neuron-major (``[M, R]``), laid out once for :meth:`matvec`."""
+        zhat = None if self.zhat is None else self.zhat.T.contiguous()
+        return self.c.T.contiguous(), zhat
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """``S_m v_m`` for every neuron at once: ``v [M, d] -> [M, d]``."""
-        xv = self.x @ v.T  # [R, M]
-        if self.zhat is None:
-            return (self.c * xv).T @ self.x
+        """``S_m v_m`` for every neuron at once: ``v [M, d] -> [M, d]``.
+
+        Neuron-major throughout (``v x^T`` is ``[M, R]``, scaled in place): half the time
+        of the row-major products at 1,169 rows of 65 inputs (measured)."""
+        c, zhat = self._by_neuron
+        xv = v @ self.x.T  # [M, R]: x_r . v_m
+        if zhat is None:
+            return xv.mul_(c) @ self.x
         assert self.b is not None and self.a is not None and self.bb is not None
         assert self.cov is not None
         b = self.b
         bv = (b * v).sum(1)
-        cq = self.c * (xv - self.zhat * bv)  # c[r,m] (q_rm . v_m)
-        out = cq.T @ self.x - b * (cq * self.zhat).sum(0)[:, None]
+        cq = c * (xv - zhat * bv[:, None])  # c[r,m] (q_rm . v_m)
+        out = cq @ self.x - b * (cq * zhat).sum(1)[:, None]
         cv = v @ self.cov  # C is symmetric
         out = out + self.a[:, None] * (3 * b * bv[:, None] - cv)
         return out - self.bb * bv[:, None] - b * (self.bb * v).sum(1)[:, None]
@@ -463,7 +473,7 @@ def _lanczos_extremes(space: _Space, steps: int, tol: float, generator: torch.Ge
     times the matrix's scale (``max |alpha|``). The Ritz value's error is at most the
     residual, and about its square over the gap to the next eigenvalue: ~``tol`` where
     the extreme eigenvalue stands apart, up to ~``sqrt(tol)`` where the spectrum's end is
-    crowded. Tested after steps 12, 16, 20, ... (a test costs about three steps of a
+    crowded. Tested after steps 12, 16, 20, ... (a test costs three to four steps of a
     1,024-unit layer at batch 128, and the steps before 12 rarely settle a wide matrix
     in float32) with :func:`tridiagonal_ends` of the tridiagonals. A neuron whose
     residuals are below ``tol`` of its own extreme values has its Ritz vectors taken at
