@@ -274,7 +274,8 @@ def splitting_eigenpairs(arch: Architecture, site: str, batch: Batch, *,
     then skips the largest; see :func:`~morphsearch.morphisms._split_linalg.extreme_eigenpairs`).
 
     Raises:
-        MorphismNotApplicable: not a splittable site, or an unknown method.
+        MorphismNotApplicable: not a splittable site, an unknown method or ``ends``, or
+            ``iters`` below 1.
     """
     curv = splitting_curvature(arch, site, batch, beta=beta, mode=mode)
     try:
