@@ -184,21 +184,19 @@ class SplittingScore(Scorer):
     def score(
         self, arch: Architecture, batch: Batch, candidates: Sequence[Candidate], *, seed: int = 0
     ) -> list[Score]:
-        def best(site: str) -> tuple[float, float, float | None]:
+        def best(site: str) -> dict[str, float]:
             pairs = splitting_eigenpairs(arch, site, batch, seed=seed, beta=self.beta,
                                          mode=self.mode, ends="both" if self.signed else "min")
             value, _ = predicted_decrease(pairs, signed=self.signed,
                                           signed_weight=self.signed_weight)
-            top = (float(pairs.max_values.max())
-                   if self.signed and pairs.max_values is not None else None)
-            return float(value.min()), float(pairs.min_values.min()), top
+            detail = {"predicted": float(value.min()),
+                      "min_eigenvalue": float(pairs.min_values.min())}
+            if pairs.max_values is not None and self.signed:
+                detail["max_eigenvalue"] = float(pairs.max_values.max())
+            return detail
 
-        def detail(low: float, lam: float, top: float | None) -> dict[str, float]:
-            extremes = {"predicted": low, "min_eigenvalue": lam}
-            return extremes if top is None else {**extremes, "max_eigenvalue": top}
-
-        return _ranked([Score(cand, -low, detail(low, lam, top))
-                        for cand, (low, lam, top) in _per_width_site(candidates, best)])
+        return _ranked([Score(cand, -detail["predicted"], dict(detail))
+                        for cand, detail in _per_width_site(candidates, best)])
 
 
 @dataclass
