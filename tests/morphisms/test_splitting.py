@@ -356,16 +356,17 @@ def test_neurons_that_settle_early_keep_their_accuracy_over_many_steps() -> None
     torch.testing.assert_close(cos, torch.ones(32, dtype=F64), rtol=0, atol=1e-10)
 
 
-def test_the_smallest_end_alone_is_the_same_smallest_end() -> None:
-    # ends="min" (what a plain split and the unsigned score read): the same smallest
-    # pairs as ends="both", no largest ones, and a clear error where one is asked for.
+def test_the_smallest_end_alone_is_eighs_smallest_end() -> None:
+    # ends="min" (what a plain split and the unsigned score read): eigh's smallest pairs,
+    # no largest ones, and a clear error where one is asked for.
     for rows in (40, 400):  # in the rows' span, and in the inputs
         arch, batch = _wide(rows, bn=False)
-        both = splitting.splitting_eigenpairs(arch, "fc1", batch, method="fast")
-        low = splitting.splitting_eigenpairs(arch, "fc1", batch, method="fast", ends="min")
-        # (each stops when its own ends settle: the same values to well inside tol)
-        torch.testing.assert_close(low.min_values, both.min_values, rtol=1e-8, atol=0)
-        torch.testing.assert_close(low.min_vectors, both.min_vectors, rtol=0, atol=1e-6)
+        curv = splitting.splitting_curvature(arch, "fc1", batch)
+        low = extreme_eigenpairs(curv, method="fast", iters=60, tol=1e-16, ends="min")
+        exact = extreme_eigenpairs(curv, method="exact")
+        torch.testing.assert_close(low.min_values, exact.min_values, rtol=1e-8, atol=0)
+        cos = (low.min_vectors * exact.min_vectors).sum(1).abs()
+        torch.testing.assert_close(cos, torch.ones(6, dtype=F64), rtol=0, atol=1e-6)
         assert low.max_values is None and low.max_coords is None
         with pytest.raises(ValueError, match="ends='both'"):
             low.vectors("max")
