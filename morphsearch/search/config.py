@@ -9,12 +9,15 @@ and the fix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from morphsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from morphsearch.data.augment import RandomShift
 
 __all__ = [
     "AugmentConfig",
@@ -86,7 +89,7 @@ class DatasetConfig(_Frozen):
     options: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentConfig | None = None
 
-    def augmentation(self) -> Any:
+    def augmentation(self) -> RandomShift | None:
         """The training-batch augmentation ``augment`` asks for (a picklable
         :class:`~morphsearch.data.augment.RandomShift`), or None when it does nothing."""
         from morphsearch.data.augment import RandomShift  # deferred: torch
