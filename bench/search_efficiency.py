@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.tune import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -113,6 +114,7 @@ from _efficiency_space import ScratchSpace, describe, layers_of, scratch_trial
 
 from morphsearch import artifacts
 from morphsearch.data import Dataset, load_dataset
+from morphsearch.lineage import LineageStore
 from morphsearch.losses import accuracy
 from morphsearch.search.config import SearchConfig, load_config
 from morphsearch.search.protocol import EPOCH
@@ -188,10 +190,34 @@ def grow_config(task: Task, seed: int, inherit: bool, root: Path, name: str,
     return SearchConfig.model_validate(raw)
 
 
-def run_grow(config: SearchConfig) -> float:
+class TrialEnds(Callback):
+    """When the driver saw each trial end (completed, stopped by ASHA or the budget, or
+    failed), on its float clock. Tune's own ``timestamp`` is whole seconds: a digits
+    trial takes about one, so several end in the same second and the curve's order
+    among them (which trial's FLOPs come first) would be the trial ids' order."""
+
+    def __init__(self) -> None:
+        self.ends: dict[str, float] = {}
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:  # fmt: skip
+        self.ends[str(trial.trial_id)] = time.time()
+
+    on_trial_error = on_trial_complete
+
+
+def run_grow(config: SearchConfig) -> tuple[float, dict[str, float]]:
+    """Start time and trial ends. The ends are lineage's, which the search's own callback
+    stamps when the driver sees a trial end, as ``TrialEnds`` does for the others."""
     start = time.time()
     run_search(config)
-    return start
+    ends = {}
+    with LineageStore(config.database) as store:
+        for trial_id in store.trial_statuses(config.name or "search"):
+            ended = store.trial(trial_id).ended
+            if ended is not None:
+                ends[trial_id] = ended.timestamp()
+    return start, ends
 
 
 # ----------------------------------------------------------------------- from scratch
@@ -214,7 +240,8 @@ def scratch_setup(task: Task, seed: int, root: Path, name: str, data: Dataset,
     )  # fmt: skip
 
 
-def run_scratch(task: Task, seed: int, method: str, root: Path, name: str, data: Dataset) -> float:
+def run_scratch(task: Task, seed: int, method: str, root: Path, name: str,
+                data: Dataset) -> tuple[float, dict[str, float]]:  # fmt: skip
     import _efficiency_space
     import optuna
     from ray import cloudpickle, tune
@@ -226,6 +253,7 @@ def run_scratch(task: Task, seed: int, method: str, root: Path, name: str, data:
     cloudpickle.register_pickle_by_value(_efficiency_space)
     asha = method == REFERENCE
     setup = scratch_setup(task, seed, root, name, data, asha)
+    clock = TrialEnds()
     sampler = (optuna.samplers.RandomSampler(seed=seed) if method == "scratch random"
                else optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))  # fmt: skip
     base = task.base()
@@ -250,12 +278,12 @@ def run_scratch(task: Task, seed: int, method: str, root: Path, name: str, data:
         # result.json written by hand, as run_search does (its quiet mode, once set in
         # this process, turns off Tune's automatic loggers)
         run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
-                                  callbacks=[JsonLoggerCallback()],
+                                  callbacks=[JsonLoggerCallback(), clock],
                                   stop=TrainFlopsStopper(task.max_train_flops)),
     )
     start = time.time()
     tuner.fit()
-    return start
+    return start, clock.ends
 
 
 @contextlib.contextmanager
@@ -279,17 +307,22 @@ def _test_accuracy(uri: str, data: Dataset) -> tuple[float, int]:
     return acc, arch.num_params
 
 
-def collect(path: Path, start: float, data: Dataset) -> list[TrialRow]:
+def collect(path: Path, start: float, data: Dataset,
+            ends: dict[str, float] | None = None) -> list[TrialRow]:  # fmt: skip
     """One row per trial from Tune's ``result.json`` files; a trial's FLOPs are the
-    largest it reported (its last result carries the kept evaluation's metrics)."""
+    largest it reported (its last result carries the kept evaluation's metrics). Its end
+    is ``ends[trial_id]`` (the driver's float clock), else its last whole-second
+    ``timestamp``."""
+    ends = ends or {}
     rows = []
     for result in sorted(path.glob("*/result.json")):
         lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if not lines:
             continue
         last = lines[-1]
-        row = TrialRow(str(last["trial_id"]), float(last["timestamp"]) - start,
-                       max(spent_flops(r) for r in lines))  # fmt: skip
+        trial_id = str(last["trial_id"])
+        end = ends.get(trial_id, float(last["timestamp"]))
+        row = TrialRow(trial_id, end - start, max(spent_flops(r) for r in lines))
         config = last.get("config") or {}
         if "depth" in config:
             row.arch = describe(*layers_of(config))
@@ -312,13 +345,13 @@ def run_one(task: Task, seed: int, method: str, repeat: int, root: Path, out: Pa
     with logged(out / "logs" / f"{name}.log"):
         if method.startswith("morphsearch"):
             config = grow_config(task, seed, method == "morphsearch", root, name, grow)
-            start = run_grow(config)
+            start, ends = run_grow(config)
         else:
-            start = run_scratch(task, seed, method, root, name, data)
+            start, ends = run_scratch(task, seed, method, root, name, data)
     wall = time.time() - start
     cpu = meter.total() - cpu if meter else math.nan
     return Run(method, task.dataset, seed, wall, task.max_train_flops, repeat, cpu,
-               collect(root / name, start, data))  # fmt: skip
+               collect(root / name, start, data, ends))  # fmt: skip
 
 
 def report(runs: list[Run], plot_path: Path) -> None:
