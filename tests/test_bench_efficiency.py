@@ -146,3 +146,27 @@ def test_cpu_meter_counts_this_process() -> None:
         pass
     assert 0.2 <= meter.total() - before <= 5
     meter.close()
+
+
+def test_trial_ends_order_trials_within_tune_s_whole_second(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    import search_efficiency as bench
+
+    clock = bench.TrialEnds()
+    clock.on_trial_complete(0, [], SimpleNamespace(trial_id="b"))
+    clock.on_trial_error(0, [], SimpleNamespace(trial_id="a"))
+    assert clock.ends["b"] <= clock.ends["a"] and isinstance(clock.ends["a"], float)
+    # two trials cut by the budget in the same second of Tune's clock
+    for trial_id, flops in (("a", 5.0), ("b", 7.0)):
+        folder = tmp_path / f"trial_{trial_id}"
+        folder.mkdir()
+        result = {"trial_id": trial_id, "timestamp": 1000, "train_flops": flops}
+        (folder / "result.json").write_text(json.dumps(result) + "\n")
+    data = None  # no trial kept weights: the test split is never read
+    rows = bench.collect(tmp_path, 990.0, data, {"a": 1000.75, "b": 1000.25})  # type: ignore[arg-type]
+    assert {r.trial_id: r.end for r in rows} == {"a": 10.75, "b": 10.25}
+    assert [r.train_flops for r in rows] == [5.0, 7.0]
+    # without the driver's clock, Tune's whole seconds
+    assert [r.end for r in bench.collect(tmp_path, 990.0, data)] == [10.0, 10.0]  # type: ignore[arg-type]
