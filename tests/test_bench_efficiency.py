@@ -170,3 +170,17 @@ def test_trial_ends_order_trials_within_tune_s_whole_second(tmp_path: Path) -> N
     assert [r.train_flops for r in rows] == [5.0, 7.0]
     # without the driver's clock, Tune's whole seconds
     assert [r.end for r in bench.collect(tmp_path, 990.0, data)] == [10.0, 10.0]  # type: ignore[arg-type]
+
+
+def test_grow_config_runs_the_shipped_search_under_the_reference_s_asha(tmp_path: Path) -> None:
+    import search_efficiency as bench
+
+    task = bench.TASKS["digits"]
+    config = bench.grow_config(task, 3, True, tmp_path, "digits-3-0-0")
+    assert (config.scheduler.asha, config.scheduler.grace_period,
+            config.scheduler.reduction_factor) == (True, bench.ASHA_GRACE, bench.ASHA_RF)  # fmt: skip
+    assert config.seed == 3 and config.budget.max_train_flops == task.max_train_flops
+    assert config.selection.inherit_weights and config.selection.pool == "best"
+    assert config.objectives[0].metric == "val_loss"
+    control = bench.grow_config(task, 3, False, tmp_path, "c", (("scheduler.asha", False),))
+    assert not control.selection.inherit_weights and not control.scheduler.asha
