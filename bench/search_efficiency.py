@@ -63,7 +63,10 @@ seed); digits is ``load_dataset("digits", seed=seed)`` as 1x8x8 images, a strati
 Measurement. After each finished trial the pick is the trial with the best validation
 accuracy so far (ties, frequent on 269 digits samples, go to the lower validation loss);
 its test accuracy (measured here from its saved weights) against the run's cumulative
-training FLOPs and wall time is the method's curve. A seed's target is the final value
+training FLOPs and wall time is the method's curve. Trials count in the order the
+driver saw them end, on its float clock (``TrialEnds``; lineage's ``ended`` for
+morphsearch): Tune's own ``timestamp`` is whole seconds, and digits trials of about a
+second tied in it. A seed's target is the final value
 of the reference's curve; a method's ratio is its FLOPs to first reach the target over
 the reference's own ("never": not reached). Medians over seeds come with bootstrap 95 %
 intervals (10,000 resamples, fixed rng). The digits pick is not cross-validated:
@@ -77,7 +80,8 @@ fix, so repeats differ. "CPU s" sums this process's and its Ray processes' CPU t
 Commands (from the repository root; tables to stdout, results.json and logs under --out):
 
     # full: 2 datasets x 5 seeds x 5 methods, plot to bench/search_efficiency.png;
-    # measured 2,048 s (34 min) and 3,986 CPU s alone on the 2-core machine
+    # measured 2,352 s (39 min) and 4,582 CPU s alone on the 2-core machine (before the
+    # growing searches ran under ASHA, which shortened their rows: 1,206 s against ~1,500)
     PYTHONPATH=. python bench/search_efficiency.py --out /tmp/search-efficiency
     # the spread between two runs of seed 0 (about a fifth of the full run, twice)
     PYTHONPATH=. python bench/search_efficiency.py --seeds 0 --repeat \
