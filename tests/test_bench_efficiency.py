@@ -158,6 +158,10 @@ def test_trial_ends_order_trials_within_tune_s_whole_second(tmp_path: Path) -> N
     clock.on_trial_complete(0, [], SimpleNamespace(trial_id="b"))
     clock.on_trial_error(0, [], SimpleNamespace(trial_id="a"))
     assert clock.ends["b"] <= clock.ends["a"] and isinstance(clock.ends["a"], float)
+    # a trial the budget stopped gets no trial callback: it ends with the run
+    seen = dict(clock.ends)
+    clock.on_experiment_end([SimpleNamespace(trial_id=t) for t in ("a", "b", "c")])
+    assert {k: clock.ends[k] for k in seen} == seen and clock.ends["c"] >= clock.ends["a"]
     # two trials cut by the budget in the same second of Tune's clock
     for trial_id, flops in (("a", 5.0), ("b", 7.0)):
         folder = tmp_path / f"trial_{trial_id}"
