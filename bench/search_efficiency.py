@@ -227,15 +227,14 @@ class TrialEnds(Callback):
 
 def run_grow(config: SearchConfig) -> tuple[float, dict[str, float]]:
     """Start time and trial ends. The ends are lineage's, which the search's own callback
-    stamps when the driver sees a trial end, as ``TrialEnds`` does for the others; a
-    trial lineage has without an end (running when the budget stopped the search) ends
-    with the run, as in ``TrialEnds``."""
+    stamps when the driver sees a trial end, as ``TrialEnds`` does for the others. A
+    trial running when the budget stopped the search has none (lineage records a trial
+    at its final report): ``collect`` ends it with the run."""
     start = time.time()
     run_search(config)
-    done = time.time()
     with LineageStore(config.database) as store:
         trials = [store.trial(t) for t in store.trial_statuses(config.name or "search")]
-    return start, {t.trial_id: t.ended.timestamp() if t.ended else done for t in trials}
+    return start, {t.trial_id: t.ended.timestamp() for t in trials if t.ended is not None}
 
 
 # ----------------------------------------------------------------------- from scratch
@@ -325,12 +324,12 @@ def _test_accuracy(uri: str, data: Dataset) -> tuple[float, int]:
     return acc, arch.num_params
 
 
-def collect(path: Path, start: float, data: Dataset,
-            ends: dict[str, float] | None = None) -> list[TrialRow]:  # fmt: skip
+def collect(path: Path, start: float, data: Dataset, ends: dict[str, float] | None = None,
+            done: float | None = None) -> list[TrialRow]:  # fmt: skip
     """One row per trial from Tune's ``result.json`` files; a trial's FLOPs are the
     largest it reported (its last result carries the kept evaluation's metrics). Its end
-    is ``ends[trial_id]`` (the driver's float clock), else its last whole-second
-    ``timestamp``."""
+    is ``ends[trial_id]`` (the driver's float clock), else ``done`` (the run's end: the
+    trials the budget stopped), else its last whole-second ``timestamp``."""
     ends = ends or {}
     rows = []
     for result in sorted(path.glob("*/result.json")):
@@ -339,7 +338,7 @@ def collect(path: Path, start: float, data: Dataset,
             continue
         last = lines[-1]
         trial_id = str(last["trial_id"])
-        end = ends.get(trial_id, float(last["timestamp"]))
+        end = ends.get(trial_id, float(last["timestamp"]) if done is None else done)
         row = TrialRow(trial_id, end - start, max(spent_flops(r) for r in lines))
         config = last.get("config") or {}
         if "depth" in config:
@@ -366,10 +365,11 @@ def run_one(task: Task, seed: int, method: str, repeat: int, root: Path, out: Pa
             start, ends = run_grow(config)
         else:
             start, ends = run_scratch(task, seed, method, root, name, data)
-    wall = time.time() - start
+    done = time.time()
+    wall = done - start
     cpu = meter.total() - cpu if meter else math.nan
     return Run(method, task.dataset, seed, wall, task.max_train_flops, repeat, cpu,
-               collect(root / name, start, data, ends))  # fmt: skip
+               collect(root / name, start, data, ends, done))  # fmt: skip
 
 
 def report(runs: list[Run], plot_path: Path) -> None:

@@ -172,6 +172,9 @@ def test_trial_ends_order_trials_within_tune_s_whole_second(tmp_path: Path) -> N
     rows = bench.collect(tmp_path, 990.0, data, {"a": 1000.75, "b": 1000.25})  # type: ignore[arg-type]
     assert {r.trial_id: r.end for r in rows} == {"a": 10.75, "b": 10.25}
     assert [r.train_flops for r in rows] == [5.0, 7.0]
+    # a trial without an end on the driver's clock (stopped by the budget) ends with the run
+    rows = bench.collect(tmp_path, 990.0, data, {"a": 1000.75}, 1003.5)  # type: ignore[arg-type]
+    assert {r.trial_id: r.end for r in rows} == {"a": 10.75, "b": 13.5}
     # without the driver's clock, Tune's whole seconds
     assert [r.end for r in bench.collect(tmp_path, 990.0, data)] == [10.0, 10.0]  # type: ignore[arg-type]
 
