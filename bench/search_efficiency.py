@@ -23,9 +23,10 @@ and budget:
   turns it off), ``scheduler.asha: true`` with the reference's settings (grace 2
   evaluations, reduction factor 3, each rung ranked by the search's own objective: a
   child in the bottom two thirds of its rung stops there and cannot become a parent;
-  chosen on the validation figures of seeds 5-9, not the reported seeds 0-4: MNIST-1D picks' mean validation accuracy 0.983
-  against 0.977, median FLOPs to ASHA's best validation 0.31x against 0.40x, digits
-  tied at 0.991 / 0.992; ``--grow scheduler.asha=false`` turns it off), and
+  chosen on the validation figures of seeds 5-9, not the reported seeds 0-4: MNIST-1D
+  picks' mean validation accuracy 0.983 against 0.977, median FLOPs to ASHA's best
+  validation 0.31x against 0.40x, digits tied at 0.991 / 0.992; ``--grow
+  scheduler.asha=false`` turns it off), and
   ``selection.seed_first: false``: with the seed trained alone first, Tune
   keeps one actor (a second one, slower to start than a short child trial, is dropped
   when the first frees up) and the search runs one trial at a time (digits, seed 0, half
@@ -66,8 +67,7 @@ its test accuracy (measured here from its saved weights) against the run's cumul
 training FLOPs and wall time is the method's curve. Trials count in the order the
 driver saw them end, on its float clock (``TrialEnds``; lineage's ``ended`` for
 morphsearch): Tune's own ``timestamp`` is whole seconds, and digits trials of about a
-second tied in it. A seed's target is the final value
-of the reference's curve; a method's ratio is its FLOPs to first reach the target over
+second tied in it. A seed's target is the final value of the reference's curve; a method's ratio is its FLOPs to first reach the target over
 the reference's own ("never": not reached). Medians over seeds come with bootstrap 95 %
 intervals (10,000 resamples, fixed rng). The digits pick is not cross-validated:
 re-scoring the top networks on a re-split of train+val would score them on samples they
@@ -204,11 +204,10 @@ def grow_config(task: Task, seed: int, inherit: bool, root: Path, name: str,
 
 class TrialEnds(Callback):
     """When the driver saw each trial end, on its float clock: completed, stopped by
-    ASHA, or failed; the trials still running when the FLOP budget stops the run (Tune
-    stops those without a trial callback) at the run's end. Tune's own ``timestamp`` is
-    whole seconds: a digits trial takes about one, so several end in the same second and
-    the curve's order among them (which trial's FLOPs come first) would be the trial
-    ids' order."""
+    ASHA, or failed (the trials the FLOP budget stops get no trial callback: ``collect``
+    ends them with the run). Tune's own ``timestamp`` is whole seconds: a digits trial
+    takes about one, so several end in the same second and the curve's order among them
+    (which trial's FLOPs come first) would be the trial ids' order."""
 
     def __init__(self) -> None:
         self.ends: dict[str, float] = {}
@@ -218,11 +217,6 @@ class TrialEnds(Callback):
         self.ends[str(trial.trial_id)] = time.time()
 
     on_trial_error = on_trial_complete
-
-    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        now = time.time()
-        for trial in trials:
-            self.ends.setdefault(str(trial.trial_id), now)
 
 
 def run_grow(config: SearchConfig) -> tuple[float, dict[str, float]]:
@@ -324,13 +318,12 @@ def _test_accuracy(uri: str, data: Dataset) -> tuple[float, int]:
     return acc, arch.num_params
 
 
-def collect(path: Path, start: float, data: Dataset, ends: dict[str, float] | None = None,
-            done: float | None = None) -> list[TrialRow]:  # fmt: skip
+def collect(path: Path, start: float, data: Dataset, ends: dict[str, float],
+            done: float) -> list[TrialRow]:  # fmt: skip
     """One row per trial from Tune's ``result.json`` files; a trial's FLOPs are the
     largest it reported (its last result carries the kept evaluation's metrics). Its end
-    is ``ends[trial_id]`` (the driver's float clock), else ``done`` (the run's end: the
-    trials the budget stopped), else its last whole-second ``timestamp``."""
-    ends = ends or {}
+    is ``ends[trial_id]`` (the driver's float clock), else ``done``, the run's end (the
+    trials the budget stopped)."""
     rows = []
     for result in sorted(path.glob("*/result.json")):
         lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
@@ -338,8 +331,8 @@ def collect(path: Path, start: float, data: Dataset, ends: dict[str, float] | No
             continue
         last = lines[-1]
         trial_id = str(last["trial_id"])
-        end = ends.get(trial_id, float(last["timestamp"]) if done is None else done)
-        row = TrialRow(trial_id, end - start, max(spent_flops(r) for r in lines))
+        row = TrialRow(trial_id, ends.get(trial_id, done) - start,
+                       max(spent_flops(r) for r in lines))  # fmt: skip
         config = last.get("config") or {}
         if "depth" in config:
             row.arch = describe(*layers_of(config))

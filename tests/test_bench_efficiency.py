@@ -157,11 +157,7 @@ def test_trial_ends_order_trials_within_tune_s_whole_second(tmp_path: Path) -> N
     clock = bench.TrialEnds()
     clock.on_trial_complete(0, [], SimpleNamespace(trial_id="b"))
     clock.on_trial_error(0, [], SimpleNamespace(trial_id="a"))
-    assert clock.ends["b"] <= clock.ends["a"] and isinstance(clock.ends["a"], float)
-    # a trial the budget stopped gets no trial callback: it ends with the run
-    seen = dict(clock.ends)
-    clock.on_experiment_end([SimpleNamespace(trial_id=t) for t in ("a", "b", "c")])
-    assert {k: clock.ends[k] for k in seen} == seen and clock.ends["c"] >= clock.ends["a"]
+    assert set(clock.ends) == {"a", "b"} and clock.ends["b"] <= clock.ends["a"]
     # two trials cut by the budget in the same second of Tune's clock
     for trial_id, flops in (("a", 5.0), ("b", 7.0)):
         folder = tmp_path / f"trial_{trial_id}"
@@ -169,14 +165,12 @@ def test_trial_ends_order_trials_within_tune_s_whole_second(tmp_path: Path) -> N
         result = {"trial_id": trial_id, "timestamp": 1000, "train_flops": flops}
         (folder / "result.json").write_text(json.dumps(result) + "\n")
     data = None  # no trial kept weights: the test split is never read
-    rows = bench.collect(tmp_path, 990.0, data, {"a": 1000.75, "b": 1000.25})  # type: ignore[arg-type]
+    rows = bench.collect(tmp_path, 990.0, data, {"a": 1000.75, "b": 1000.25}, 1003.5)  # type: ignore[arg-type]
     assert {r.trial_id: r.end for r in rows} == {"a": 10.75, "b": 10.25}
     assert [r.train_flops for r in rows] == [5.0, 7.0]
     # a trial without an end on the driver's clock (stopped by the budget) ends with the run
     rows = bench.collect(tmp_path, 990.0, data, {"a": 1000.75}, 1003.5)  # type: ignore[arg-type]
     assert {r.trial_id: r.end for r in rows} == {"a": 10.75, "b": 13.5}
-    # without the driver's clock, Tune's whole seconds
-    assert [r.end for r in bench.collect(tmp_path, 990.0, data)] == [10.0, 10.0]  # type: ignore[arg-type]
 
 
 def test_grow_config_runs_the_shipped_search_under_the_reference_s_asha(tmp_path: Path) -> None:
