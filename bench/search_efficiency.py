@@ -170,11 +170,16 @@ def load(task: Task, seed: int) -> Dataset:
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict (``--grow`` overrides)."""
-    *path, last = dotted.split(".")
-    for key in path:
-        tree = tree.setdefault(key, {})
-    tree[last] = value
+    """Set ``a.b.c`` in a nested dict (``--grow`` overrides). A key that itself holds
+    dots (a morphism's name: ``morphisms.widen.gradmax.k_fraction``) is matched whole
+    where the dict has it; other parts are one key each, created when missing."""
+    parts = dotted.split(".")
+    while len(parts) > 1:
+        taken = next((n for n in range(len(parts) - 1, 0, -1)
+                      if isinstance(tree.get(".".join(parts[:n])), dict)), 1)  # fmt: skip
+        tree = tree.setdefault(".".join(parts[:taken]), {})
+        parts = parts[taken:]
+    tree[parts[0]] = value
 
 
 def grow_config(task: Task, seed: int, inherit: bool, root: Path, name: str,
@@ -393,7 +398,8 @@ def main() -> None:
     parser.add_argument("--report", default=None, metavar="RESULTS_JSON",
                         help="only print the tables and plot of a results.json")
     parser.add_argument("--grow", nargs="*", default=[], metavar="KEY=YAML",
-                        help="morphsearch config overrides, e.g. selection.pool=front")
+                        help="morphsearch config overrides, e.g. selection.pool=front or "
+                             "morphisms.widen.gradmax.k_fraction=[0.5,2]")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="search-efficiency-"))
     (out / "logs").mkdir(parents=True, exist_ok=True)

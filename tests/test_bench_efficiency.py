@@ -185,3 +185,15 @@ def test_grow_config_runs_the_shipped_search_under_the_reference_s_asha(tmp_path
     assert config.objectives[0].metric == "val_loss"
     control = bench.grow_config(task, 3, False, tmp_path, "c", (("scheduler.asha", False),))
     assert not control.selection.inherit_weights and not control.scheduler.asha
+
+
+def test_grow_overrides_reach_a_morphism_named_with_dots(tmp_path: Path) -> None:
+    import search_efficiency as bench
+
+    task = bench.TASKS["mnist1d"]
+    grow = (("morphisms.widen.gradmax.k_fraction", [0.5, 2.0]), ("selection.lr", [0.001, 0.01]))
+    config = bench.grow_config(task, 0, True, tmp_path, "m", grow)
+    assert config.morphisms["widen.gradmax"].k_fraction == (0.5, 2.0)
+    assert config.morphisms["widen.split"].k_fraction == (0.5, 1.0)  # the others as shipped
+    assert set(config.morphisms) == set(task.base().morphisms)
+    assert config.selection.lr == (0.001, 0.01) and config.selection.pool == "best"
