@@ -5,7 +5,8 @@ a trial is suggested. It reads the parent pool (the best trained architectures s
 from lineage, lets Optuna choose a parent rank, a morphism, a site position, an amount
 ``k`` and a learning rate, and resolves them into a concrete, novel child: if the chosen
 child has the same structure as one already grown from the same parent (or exceeds
-``max_params``), it walks to the next site and morphism instead. Children are judged by
+``max_params``, or grows its parent's FLOPs by more than ``max_growth``), it walks to
+the next site and morphism instead. Children are judged by
 structure alone (:func:`morphisms.plan`: no data, no weights computed); the worker applies
 the morphism once and checks the planned structure hash. The resolved
 :class:`~morphsearch.search.protocol.TrialPlan` is returned as constants, which Ray merges
@@ -147,7 +148,7 @@ class MorphismSpace:
         raise PoolExhausted(
             f"search {self.search!r}: every enabled morphism at every site of the parent pool "
             "gives a duplicate or too large child; enable more morphisms, widen their 'k' "
-            "ranges or raise budget.max_params"
+            "ranges or raise budget.max_params (or budget.max_growth)"
         )
 
     def pool(self) -> list[ParentInfo]:
@@ -238,8 +239,10 @@ class MorphismSpace:
             except MorphSearchError as exc:
                 log.debug("skipping %s at %s: %s", morphism, site, exc)
                 continue
-            limit = self.config.budget.max_params
-            if limit is not None and child.num_params > limit:
+            budget = self.config.budget
+            if budget.max_params is not None and child.num_params > budget.max_params:
+                continue
+            if budget.max_growth is not None and child.flops > budget.max_growth * arch.flops:
                 continue
             key = (parent.arch_id, child.structure_hash)
             if key in self.suggested or key in grown:
@@ -254,7 +257,8 @@ class MorphismSpace:
         """The chosen (morphism, site, k) first, then its other sites, then other morphisms.
 
         ``k`` is a unit count, or a fraction of the site's width for a morphism with
-        ``k_fraction``; smaller amounts are the fallbacks (a child over ``max_params``).
+        ``k_fraction``; smaller amounts are the fallbacks (a child over ``max_params`` or
+        ``max_growth``).
         """
         names = [name] + [n for n in sorted(self.config.morphisms) if n != name]
         for morphism in names:

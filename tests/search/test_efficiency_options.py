@@ -390,3 +390,28 @@ def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
         load_config_text(tmp_path, "selection: {rank_by: {metric: val_loss}}")
 
 
+
+
+def test_max_growth_caps_a_child_s_flops_against_its_parent_s(tmp_path: Path) -> None:
+    from morphsearch import morphisms
+    from morphsearch.lineage import LineageStore
+
+    spec = {"widen.split": {"k_fraction": [0.25, 1.0]}}
+    space, seed = digits_space(tmp_path, **spec)
+    parent = space.seed_info
+    LineageStore(space.db_url, write=True).close()  # an empty lineage: no children yet
+    # uncapped, k_fraction 1.0 doubles fc1 (16 -> 32 units): nearly twice the FLOPs
+    doubled = morphisms.plan("widen.split", seed, "fc1", k=16)
+    assert doubled.flops > 1.9 * seed.flops
+    planned, _ = space._resolve(parent, "widen.split", 0.0, 1.0, 0)
+    assert planned.params == {"k": 16}
+    # capped at 1.5x: the same choice falls back to half the amount, within the cap
+    capped, _ = digits_space(tmp_path, **spec)
+    capped.config = capped.config.model_copy(
+        update={"budget": capped.config.budget.model_copy(update={"max_growth": 1.5})})
+    planned, _ = capped._resolve(parent, "widen.split", 0.0, 1.0, 0)
+    assert planned.params == {"k": 8}
+    child = morphisms.plan("widen.split", seed, planned.site, **planned.params)
+    assert seed.flops < child.flops <= 1.5 * seed.flops
+    with pytest.raises(ConfigError, match="max_growth"):
+        load_config_text(tmp_path, "budget: {max_growth: 1.0}")
