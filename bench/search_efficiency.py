@@ -171,15 +171,17 @@ def load(task: Task, seed: int) -> Dataset:
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict (``--grow`` overrides). A key that itself holds
-    dots (a morphism's name: ``morphisms.widen.gradmax.k_fraction``) is matched whole
-    where the dict has it; other parts are one key each, created when missing."""
+    dots (a morphism's name: ``morphisms.widen.gradmax.k_fraction``, or
+    ``morphisms.widen.gradmax`` itself) is matched whole where the dict has it; other
+    parts are one key each, created when missing (a morphism the config does not list
+    needs the whole ``morphisms=`` dict)."""
     parts = dotted.split(".")
-    while len(parts) > 1:
+    while len(parts) > 1 and ".".join(parts) not in tree:
         taken = next((n for n in range(len(parts) - 1, 0, -1)
                       if isinstance(tree.get(".".join(parts[:n])), dict)), 1)  # fmt: skip
         tree = tree.setdefault(".".join(parts[:taken]), {})
         parts = parts[taken:]
-    tree[parts[0]] = value
+    tree[".".join(parts)] = value
 
 
 def grow_config(task: Task, seed: int, inherit: bool, root: Path, name: str,

@@ -197,3 +197,8 @@ def test_grow_overrides_reach_a_morphism_named_with_dots(tmp_path: Path) -> None
     assert config.morphisms["widen.split"].k_fraction == (0.5, 1.0)  # the others as shipped
     assert set(config.morphisms) == set(task.base().morphisms)
     assert config.selection.lr == (0.001, 0.01) and config.selection.pool == "best"
+    # a whole morphism by its dotted name is replaced, not split into widen -> gradmax
+    grow = (("morphisms.widen.gradmax", {"k_fraction": [0.25, 0.5]}),)
+    config = bench.grow_config(task, 0, True, tmp_path, "m", grow)
+    assert config.morphisms["widen.gradmax"].k_fraction == (0.25, 0.5)
+    assert set(config.morphisms) == set(task.base().morphisms)

@@ -177,9 +177,10 @@ class BudgetConfig(_Frozen):
     patience: int | None = Field(default=3, ge=1)
     max_params: int | None = Field(default=None, ge=1)
     # a child's forward FLOPs per sample at most this multiple of its parent's (its
-    # structure's, judged before it trains); a larger candidate falls back to a smaller
-    # amount, another site or another morphism, as over max_params. None: no limit
-    max_growth: float | None = Field(default=None, gt=1)
+    # structure's, judged before it trains); a larger candidate falls back as one over
+    # max_params does: another site at the same amount, then a smaller amount, then
+    # another morphism. None: no limit
+    max_flops_growth: float | None = Field(default=None, gt=1)
     batch_size: int = Field(default=64, ge=1)
     checkpoint_every_s: float = Field(default=10.0, ge=0)
     # report to Tune at most this often (seconds of training; 0: every evaluation). Every

@@ -5,9 +5,9 @@ a trial is suggested. It reads the parent pool (the best trained architectures s
 from lineage, lets Optuna choose a parent rank, a morphism, a site position, an amount
 ``k`` and a learning rate, and resolves them into a concrete, novel child: if the chosen
 child has the same structure as one already grown from the same parent (or exceeds
-``max_params``, or grows its parent's FLOPs by more than ``max_growth``), it walks to
-the next site and morphism instead. Children are judged by
-structure alone (:func:`morphisms.plan`: no data, no weights computed); the worker applies
+``max_params``, or multiplies its parent's FLOPs by more than ``max_flops_growth``), it
+walks to the next site, then a smaller amount, then the next morphism instead. Children
+are judged by structure alone (:func:`morphisms.plan`: no data, no weights computed); the worker applies
 the morphism once and checks the planned structure hash. The resolved
 :class:`~morphsearch.search.protocol.TrialPlan` is returned as constants, which Ray merges
 into the trial's config.
@@ -148,7 +148,7 @@ class MorphismSpace:
         raise PoolExhausted(
             f"search {self.search!r}: every enabled morphism at every site of the parent pool "
             "gives a duplicate or too large child; enable more morphisms, widen their 'k' "
-            "ranges or raise budget.max_params (or budget.max_growth)"
+            "ranges or raise budget.max_params (or budget.max_flops_growth)"
         )
 
     def pool(self) -> list[ParentInfo]:
@@ -242,7 +242,8 @@ class MorphismSpace:
             budget = self.config.budget
             if budget.max_params is not None and child.num_params > budget.max_params:
                 continue
-            if budget.max_growth is not None and child.flops > budget.max_growth * arch.flops:
+            growth = budget.max_flops_growth
+            if growth is not None and child.flops > growth * arch.flops:
                 continue
             key = (parent.arch_id, child.structure_hash)
             if key in self.suggested or key in grown:
@@ -258,7 +259,7 @@ class MorphismSpace:
 
         ``k`` is a unit count, or a fraction of the site's width for a morphism with
         ``k_fraction``; smaller amounts are the fallbacks (a child over ``max_params`` or
-        ``max_growth``).
+        ``max_flops_growth``).
         """
         names = [name] + [n for n in sorted(self.config.morphisms) if n != name]
         for morphism in names:

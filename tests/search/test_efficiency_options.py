@@ -390,9 +390,7 @@ def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
         load_config_text(tmp_path, "selection: {rank_by: {metric: val_loss}}")
 
 
-
-
-def test_max_growth_caps_a_child_s_flops_against_its_parent_s(tmp_path: Path) -> None:
+def test_max_flops_growth_caps_a_child_s_flops_against_its_parent_s(tmp_path: Path) -> None:
     from morphsearch import morphisms
     from morphsearch.lineage import LineageStore
 
@@ -408,10 +406,29 @@ def test_max_growth_caps_a_child_s_flops_against_its_parent_s(tmp_path: Path) ->
     # capped at 1.5x: the same choice falls back to half the amount, within the cap
     capped, _ = digits_space(tmp_path, **spec)
     capped.config = capped.config.model_copy(
-        update={"budget": capped.config.budget.model_copy(update={"max_growth": 1.5})})
+        update={"budget": capped.config.budget.model_copy(update={"max_flops_growth": 1.5})})
     planned, _ = capped._resolve(parent, "widen.split", 0.0, 1.0, 0)
     assert planned.params == {"k": 8}
     child = morphisms.plan("widen.split", seed, planned.site, **planned.params)
     assert seed.flops < child.flops <= 1.5 * seed.flops
-    with pytest.raises(ConfigError, match="max_growth"):
-        load_config_text(tmp_path, "budget: {max_growth: 1.0}")
+    # a conv parent that is not the seed: FLOPs, not parameters, and against the parent
+    from morphsearch.search.space import ParentInfo
+
+    conv = builders.cnn((1, 8, 8), channels=[16], hidden=[], seed=0)
+    parent = ParentInfo("p", "unused", None, conv.to_json())
+    spec = {"deepen.identity": {"params": {"kernel_size": 3}}, "widen.split": {"k": [4, 8]}}
+    for cap, first in ((None, "deepen.identity"), (2.0, "widen.split")):
+        space, mlp_seed = digits_space(tmp_path, **spec)
+        space.config = space.config.model_copy(update={"budget": space.config.budget.model_copy(
+            update={"max_flops_growth": cap})})  # fmt: skip
+        planned, _ = space._resolve(parent, "deepen.identity", 0.0, 4, 0)
+        assert planned.name == first
+    # the identity convolution adds 1.9x the parameters but 13x the FLOPs: refused at 2,
+    # and the search falls back to widening, 1.25x the parent's FLOPs (though many times
+    # the MLP seed's: the cap is against the parent)
+    deeper = morphisms.plan("deepen.identity", conv, "relu1", kernel_size=3)
+    assert deeper.num_params < 2 * conv.num_params and deeper.flops > 10 * conv.flops
+    wider = morphisms.plan("widen.split", conv, planned.site, **planned.params)
+    assert wider.flops <= 2 * conv.flops and wider.flops > 2 * mlp_seed.flops
+    with pytest.raises(ConfigError, match="max_flops_growth"):
+        load_config_text(tmp_path, "budget: {max_flops_growth: 1.0}")
