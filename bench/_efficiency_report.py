@@ -8,9 +8,13 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+# what a curve follows: the best-by-validation trial's test accuracy (reported), or its
+# validation accuracy (for choosing settings on development seeds without reading test)
+On = Literal["test", "val"]
 
 REFERENCE = "scratch TPE + ASHA"  # the from-scratch search every method is measured against
 METHODS = (
@@ -52,26 +56,32 @@ class Run:
     cpu_s: float = math.nan  # CPU seconds of the bench and its Ray processes (CpuMeter)
     trials: list[TrialRow] = field(default_factory=list)
 
-    def curve(self) -> list[tuple[float, float, float]]:
+    def curve(self, on: On = "test") -> list[tuple[float, float, float]]:
         """(cumulative training FLOPs, wall s, test accuracy of the best-by-validation
-        trial so far) at each trial's end, in the order trials ended."""
+        trial so far; its validation accuracy with ``on="val"``) at each trial's end, in
+        the order trials ended."""
         out: list[tuple[float, float, float]] = []
         spent, best = 0.0, None
         for row in sorted(self.trials, key=lambda r: r.end):
             spent += row.train_flops
-            if row.val_accuracy is not None and row.test_accuracy is not None and (
-                    best is None or row.key() > best.key()):  # fmt: skip
+            if row.val_accuracy is not None and (on == "val" or row.test_accuracy is not None) \
+                    and (best is None or row.key() > best.key()):  # fmt: skip
                 best = row
             if best is not None:
-                out.append((spent, row.end, float(best.test_accuracy)))  # type: ignore[arg-type]
+                value = best.val_accuracy if on == "val" else best.test_accuracy
+                out.append((spent, row.end, float(value)))  # type: ignore[arg-type]
         return out
 
-    def reach(self, target: float) -> tuple[float, float] | None:
+    def reach(self, target: float, on: On = "test") -> tuple[float, float] | None:
         """(FLOPs, wall s) when the curve first reaches ``target``; None if never."""
-        for flops, wall, acc in self.curve():
+        for flops, wall, acc in self.curve(on):
             if acc >= target - 1e-9:
                 return flops, wall
         return None
+
+    def final_on(self, on: On) -> float:
+        curve = self.curve(on)
+        return curve[-1][2] if curve else math.nan
 
     @property
     def total_flops(self) -> float:
@@ -79,8 +89,8 @@ class Run:
 
     @property
     def final(self) -> float:
-        curve = self.curve()
-        return curve[-1][2] if curve else math.nan
+        """The test accuracy of the run's pick."""
+        return self.final_on("test")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,9 +106,15 @@ class Outcome:
     """One run against its seed's reference run (``REFERENCE``, same seed and repeat)."""
 
     run: Run
-    target: float  # the reference's final test accuracy
+    target: float  # the reference's final test (or validation) accuracy
     reached: tuple[float, float] | None  # this run's (FLOPs, wall s) to reach it
     ref_reached: tuple[float, float] | None  # the reference's own
+    on: On = "test"
+
+    @property
+    def final(self) -> float:
+        """The run's own final accuracy, on the same split as the target."""
+        return self.run.final_on(self.on)
 
     @property
     def ratio(self) -> float:
@@ -164,16 +180,28 @@ class CpuMeter:
         self._stop.set()
 
 
-def outcomes(runs: list[Run], reference: str = REFERENCE) -> list[Outcome]:
-    """Every run measured against the reference run of its dataset, seed and repeat."""
+def outcomes(runs: list[Run], reference: str = REFERENCE, on: On = "test") -> list[Outcome]:
+    """Every run measured against the reference run of its dataset, seed and repeat:
+    on test accuracy (reported), or on validation accuracy alone (``on="val"``)."""
     refs = {(r.dataset, r.seed, r.repeat): r for r in runs if r.method == reference}
     out = []
     for run in runs:
         ref = refs.get((run.dataset, run.seed, run.repeat))
-        if ref is None or math.isnan(ref.final):
+        target = math.nan if ref is None else ref.final_on(on)
+        if ref is None or math.isnan(target):
             continue
-        out.append(Outcome(run, ref.final, run.reach(ref.final), ref.reach(ref.final)))
+        out.append(Outcome(run, target, run.reach(target, on), ref.reach(target, on), on))
     return out
+
+
+def merge(runs: list[Run]) -> list[Run]:
+    """One run per method, dataset, seed and repeat: a later run replaces an earlier one
+    (``--report A.json B.json``: B's reruns of some rows over A's)."""
+    kept: dict[tuple[str, str, int, int], Run] = {}
+    for run in runs:
+        kept.pop((run.method, run.dataset, run.seed, run.repeat), None)
+        kept[(run.method, run.dataset, run.seed, run.repeat)] = run
+    return list(kept.values())
 
 
 def bootstrap_median(values: list[float], resamples: int = 10_000,
@@ -211,12 +239,13 @@ def _ci(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
     return f"{_x(mid * scale, digits)} [{_x(lo * scale, digits)}, {_x(hi * scale, digits)}]"
 
 
-def table(runs: list[Run], dataset: str, repeat: int = 0) -> str:
-    """Per method over seeds: final test accuracy, how often and at what compute it
-    reaches the reference's best, medians with bootstrap 95 % intervals."""
-    mine = [o for o in outcomes(runs) if o.run.dataset == dataset and o.run.repeat == repeat]
+def table(runs: list[Run], dataset: str, repeat: int = 0, on: On = "test") -> str:
+    """Per method over seeds: final test (validation) accuracy, how often and at what
+    compute it reaches the reference's best, medians with bootstrap 95 % intervals."""
+    mine = [o for o in outcomes(runs, on=on)
+            if o.run.dataset == dataset and o.run.repeat == repeat]  # fmt: skip
     lines = [
-        f"| {dataset} method | seeds | final test acc, mean | median [95 % CI] | trials | "
+        f"| {dataset} method | seeds | final {on} acc, mean | median [95 % CI] | trials | "
         f"GFLOPs spent | wall s | CPU s | reached ASHA's best | at <= 0.5x | x ASHA's FLOPs, "
         f"median [95 % CI] | x ASHA's wall, median |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -225,7 +254,7 @@ def table(runs: list[Run], dataset: str, repeat: int = 0) -> str:
         os_ = [o for o in mine if o.run.method == method]
         if not os_:
             continue
-        finals = [o.run.final for o in os_]
+        finals = [o.final for o in os_]
         ratios = [o.ratio for o in os_]
         lines.append(
             f"| {method} | {len(os_)} | {np.nanmean(finals):.4f} | {_ci(finals, 4)} | "
@@ -240,18 +269,19 @@ def table(runs: list[Run], dataset: str, repeat: int = 0) -> str:
     return "\n".join(lines)
 
 
-def seed_table(runs: list[Run], dataset: str) -> str:
-    """Per seed: final test accuracy and FLOPs ratio to the reference of each method."""
-    mine = [o for o in outcomes(runs) if o.run.dataset == dataset]
+def seed_table(runs: list[Run], dataset: str, on: On = "test") -> str:
+    """Per seed: final test (validation) accuracy and FLOPs ratio to the reference of
+    each method."""
+    mine = [o for o in outcomes(runs, on=on) if o.run.dataset == dataset]
     keys = sorted({(o.run.seed, o.run.repeat) for o in mine})
     methods = [m for m in METHODS if any(o.run.method == m for o in mine)]
-    lines = [f"| {dataset} seed | ASHA's best (test) | "
-             + " | ".join(f"{m}: test, x FLOPs" for m in methods) + " |",
+    lines = [f"| {dataset} seed | ASHA's best ({on}) | "
+             + " | ".join(f"{m}: {on}, x FLOPs" for m in methods) + " |",
              "|---|---:|" + "---:|" * len(methods)]  # fmt: skip
     for seed, rep in keys:
         got = {o.run.method: o for o in mine if (o.run.seed, o.run.repeat) == (seed, rep)}
         target = next(iter(got.values())).target
-        cells = [f"{got[m].run.final:.4f}, {_x(got[m].ratio)}" if m in got else "-"
+        cells = [f"{got[m].final:.4f}, {_x(got[m].ratio)}" if m in got else "-"
                  for m in methods]  # fmt: skip
         label = f"{seed}" + (" (repeat)" if rep else "")
         lines.append(f"| {label} | {target:.4f} | " + " | ".join(cells) + " |")

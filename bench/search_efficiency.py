@@ -88,6 +88,12 @@ Commands (from the repository root; tables to stdout, results.json and logs unde
         --out /tmp/search-efficiency-repeat --plot /tmp/search-efficiency-repeat/plot.png
     # smoke run: digits, seed 0, a quarter of the budget (about 2 minutes)
     PYTHONPATH=. python bench/search_efficiency.py --quick
+    # choosing a setting: development seeds, read on validation only (the same ratio,
+    # with the reference's best validation accuracy as the target)
+    PYTHONPATH=. python bench/search_efficiency.py --seeds 5 6 7 8 9 --on val \
+        --methods morphsearch "scratch TPE + ASHA" --grow selection.pool=front --out /tmp/dev
+    # tables of several runs, a later file's rows replacing an earlier one's
+    PYTHONPATH=. python bench/search_efficiency.py --report A/results.json B/results.json
 """
 
 from __future__ import annotations
@@ -113,8 +119,10 @@ from _efficiency_report import (
     METHODS,
     REFERENCE,
     CpuMeter,
+    On,
     Run,
     TrialRow,
+    merge,
     plot,
     seed_table,
     spread,
@@ -372,13 +380,14 @@ def run_one(task: Task, seed: int, method: str, repeat: int, root: Path, out: Pa
                collect(root / name, start, data, ends, done))  # fmt: skip
 
 
-def report(runs: list[Run], plot_path: Path) -> None:
+def report(runs: list[Run], plot_path: Path, on: On = "test") -> None:
     for dataset in sorted({r.dataset for r in runs}):
-        print(f"\n{table(runs, dataset)}\n\n{seed_table(runs, dataset)}")
-    if text := spread(runs):
-        print(f"\n{text}")
-    plot(runs, plot_path)
-    print(f"\nplot: {plot_path}")
+        print(f"\n{table(runs, dataset, on=on)}\n\n{seed_table(runs, dataset, on)}")
+    if on == "test":  # the spread and the plot are of the reported (test) figures
+        if text := spread(runs):
+            print(f"\n{text}")
+        plot(runs, plot_path)
+        print(f"\nplot: {plot_path}")
 
 
 def main() -> None:
@@ -397,8 +406,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="results folder (default: a temp folder)")
     parser.add_argument("--plot", default=None,
                         help="default: bench/search_efficiency.png (--quick: under --out)")
-    parser.add_argument("--report", default=None, metavar="RESULTS_JSON",
-                        help="only print the tables and plot of a results.json")
+    parser.add_argument("--report", nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="only print the tables and plot of results.json files (a "
+                             "later file's run of the same method, dataset, seed and "
+                             "repeat replaces an earlier one's)")
+    parser.add_argument("--on", choices=["test", "val"], default="test",
+                        help="what the tables measure: the picks' test accuracy (reported) "
+                             "or their validation accuracy alone, to choose settings on "
+                             "development seeds (--seeds 5 6 7 8 9) without reading test")
     parser.add_argument("--grow", nargs="*", default=[], metavar="KEY=YAML",
                         help="morphsearch config overrides, e.g. selection.pool=front or "
                              "morphisms.widen.gradmax.k_fraction=[0.5,2]")
@@ -408,7 +423,9 @@ def main() -> None:
     plot_path = Path(args.plot or (out / "search_efficiency.png" if args.quick
                                    else Path(__file__).with_suffix(".png")))  # fmt: skip
     if args.report:
-        report([Run.from_json(r) for r in json.loads(Path(args.report).read_text())], plot_path)
+        runs = merge([Run.from_json(r) for path in args.report
+                      for r in json.loads(Path(path).read_text())])  # fmt: skip
+        report(runs, plot_path, args.on)
         return
     import ray
     import yaml
@@ -440,13 +457,13 @@ def main() -> None:
                     print(f"{dataset} seed {seed}{' repeat' if repeat else ''} {method}: "
                           f"{len(run.trials)} trials, {run.total_flops / 1e9:.0f} GFLOPs, "
                           f"{run.wall_s:.0f} s{capped}, {run.cpu_s:.0f} CPU s, "
-                          f"best-by-val test {run.final:.4f}",
+                          f"best-by-val {args.on} {run.final_on(args.on):.4f}",
                           flush=True)  # fmt: skip
                     (out / "results.json").write_text(json.dumps([r.to_json() for r in runs]))
     finally:
         ray.shutdown()
         meter.close()
-    report(runs, plot_path)
+    report(runs, plot_path, args.on)
     print(f"results: {out / 'results.json'}; total {time.time() - began:.0f} s, "
           f"{meter.total():.0f} CPU s")  # fmt: skip
 

@@ -21,6 +21,7 @@ from _efficiency_report import (  # noqa: E402
     Run,
     TrialRow,
     bootstrap_median,
+    merge,
     outcomes,
     seed_table,
     spread,
@@ -105,6 +106,33 @@ def test_curve_reach_and_ratio() -> None:
     tie.trials[1].val_loss = 0.1
     assert tie.final == 0.7
     assert Run.from_json(grow.to_json()) == grow
+
+
+def test_validation_version_measures_without_test() -> None:
+    ref = _run(REFERENCE, [(40, 0.90, 0.91), (40, 0.95, 0.93), (40, 0.94, 0.99)])
+    assert ref.curve("val") == [(40, 1, 0.90), (80, 2, 0.95), (120, 3, 0.95)]
+    assert ref.final_on("val") == 0.95 and ref.final == 0.93
+    # reaches the reference's test figure early, its validation figure only later
+    grow = _run("morphsearch", [(10, 0.91, 0.93), (20, 0.96, 0.94)])
+    assert grow.reach(0.93) == (10, 1) and grow.reach(0.95, "val") == (30, 2)
+    got = {o.run.method: o for o in outcomes([ref, grow], on="val")}
+    assert got["morphsearch"].target == 0.95 and got["morphsearch"].final == 0.96
+    assert got["morphsearch"].ratio == pytest.approx(30 / 80)
+    # test never scored (a development run read on validation only): still measured
+    blind = _run("scratch TPE", [(10, 0.97, None)])  # type: ignore[list-item]
+    assert blind.curve() == [] and blind.curve("val") == [(10, 1, 0.97)]
+    assert outcomes([ref, blind], on="val")[1].ratio == pytest.approx(10 / 80)
+    assert "| morphsearch | 1 | 0.9600 |" in table([ref, grow], "digits", on="val")
+
+
+def test_merge_keeps_the_later_run_of_each_row() -> None:
+    first = [_run(REFERENCE, [(40, 0.9, 0.9)]), _run("morphsearch", [(10, 0.9, 0.8)]),
+             _run("morphsearch", [(10, 0.9, 0.8)], seed=1)]  # fmt: skip
+    rerun = _run("morphsearch", [(20, 0.95, 0.85)])
+    merged = merge([*first, rerun])
+    assert len(merged) == 3 and rerun in merged and first[1] not in merged
+    assert {(r.method, r.seed) for r in merged} == {(REFERENCE, 0), ("morphsearch", 0),
+                                                    ("morphsearch", 1)}  # fmt: skip
 
 
 def test_bootstrap_median_is_fixed_and_handles_never() -> None:
