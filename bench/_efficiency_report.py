@@ -61,15 +61,15 @@ class Run:
         trial so far; its validation accuracy with ``on="val"``) at each trial's end, in
         the order trials ended."""
         out: list[tuple[float, float, float]] = []
-        spent, best = 0.0, None
+        spent, best, shown = 0.0, None, math.nan
         for row in sorted(self.trials, key=lambda r: r.end):
             spent += row.train_flops
-            if row.val_accuracy is not None and (on == "val" or row.test_accuracy is not None) \
-                    and (best is None or row.key() > best.key()):  # fmt: skip
-                best = row
+            value = row.val_accuracy if on == "val" else row.test_accuracy
+            if row.val_accuracy is not None and value is not None and (
+                    best is None or row.key() > best.key()):  # fmt: skip
+                best, shown = row, value
             if best is not None:
-                value = best.val_accuracy if on == "val" else best.test_accuracy
-                out.append((spent, row.end, float(value)))  # type: ignore[arg-type]
+                out.append((spent, row.end, shown))
         return out
 
     def reach(self, target: float, on: On = "test") -> tuple[float, float] | None:
@@ -187,21 +187,18 @@ def outcomes(runs: list[Run], reference: str = REFERENCE, on: On = "test") -> li
     out = []
     for run in runs:
         ref = refs.get((run.dataset, run.seed, run.repeat))
-        target = math.nan if ref is None else ref.final_on(on)
-        if ref is None or math.isnan(target):
+        if ref is None:
             continue
-        out.append(Outcome(run, target, run.reach(target, on), ref.reach(target, on), on))
+        target = ref.final_on(on)
+        if not math.isnan(target):
+            out.append(Outcome(run, target, run.reach(target, on), ref.reach(target, on), on))
     return out
 
 
 def merge(runs: list[Run]) -> list[Run]:
     """One run per method, dataset, seed and repeat: a later run replaces an earlier one
     (``--report A.json B.json``: B's reruns of some rows over A's)."""
-    kept: dict[tuple[str, str, int, int], Run] = {}
-    for run in runs:
-        kept.pop((run.method, run.dataset, run.seed, run.repeat), None)
-        kept[(run.method, run.dataset, run.seed, run.repeat)] = run
-    return list(kept.values())
+    return list({(r.method, r.dataset, r.seed, r.repeat): r for r in runs}.values())
 
 
 def bootstrap_median(values: list[float], resamples: int = 10_000,
