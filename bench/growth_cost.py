@@ -13,11 +13,12 @@ A second table (``--wide``) times the splitting eigenpairs of a 1,024-unit layer
 smallest eigenpair of each of the 1,024 splitting matrices and its vector in the layer's
 inputs, which is what a plain split reads ("smallest end"), or with the largest
 eigenpair too, which a signed split reads) against a training step of that network:
-MLP 64:1024:1024:10 on the digits training split as one batch, and on a batch of 128 (a search's training batch and the probe its morphisms are
-applied on), at ``fc1`` (65 weights per neuron with the bias: exact ``eigh`` or Lanczos)
-and ``fc2`` (1,025: Lanczos; with 128 rows, in the rows' span), with the largest relative
-error of ``lambda_min`` against the exact eigendecomposition (float64, untimed) where
-that fits in memory (fc2: its first 64 neurons).
+MLP 64:1024:1024:10 on the digits training split as one batch, and on a batch of 128
+(a search's training batch and the probe its morphisms are applied on), at ``fc1`` (65
+weights per neuron with the bias: exact ``eigh`` or Lanczos) and ``fc2`` (1,025:
+Lanczos; with 128 rows, in the rows' span), with the largest relative error of
+``lambda_min`` against the exact eigendecomposition (float64, untimed) where that fits
+in memory (fc2: its first 64 neurons).
 
 Run: ``.venv/bin/python bench/growth_cost.py [--repeats 15] [--wide]`` (one thread,
 medians).

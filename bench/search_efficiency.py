@@ -67,8 +67,9 @@ its test accuracy (measured here from its saved weights) against the run's cumul
 training FLOPs and wall time is the method's curve. Trials count in the order the
 driver saw them end, on its float clock (``TrialEnds``; lineage's ``ended`` for
 morphsearch): Tune's own ``timestamp`` is whole seconds, and digits trials of about a
-second tied in it. A seed's target is the final value of the reference's curve; a method's ratio is its FLOPs to first reach the target over
-the reference's own ("never": not reached). Medians over seeds come with bootstrap 95 %
+second tied in it. A seed's target is the final value of the reference's curve; a
+method's ratio is its FLOPs to first reach the target over the reference's own
+("never": not reached). Medians over seeds come with bootstrap 95 %
 intervals (10,000 resamples, fixed rng). The digits pick is not cross-validated:
 re-scoring the top networks on a re-split of train+val would score them on samples they
 trained on; instead each seed draws its own split (5 seeds: 5 repeated random splits),

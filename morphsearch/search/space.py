@@ -7,8 +7,8 @@ from lineage, lets Optuna choose a parent rank, a morphism, a site position, an 
 child has the same structure as one already grown from the same parent (or exceeds
 ``max_params``, or multiplies its parent's FLOPs by more than ``max_flops_growth``), it
 walks to the next site, then a smaller amount, then the next morphism instead. Children
-are judged by structure alone (:func:`morphisms.plan`: no data, no weights computed); the worker applies
-the morphism once and checks the planned structure hash. The resolved
+are judged by structure alone (:func:`morphisms.plan`: no data, no weights computed); the
+worker applies the morphism once and checks the planned structure hash. The resolved
 :class:`~morphsearch.search.protocol.TrialPlan` is returned as constants, which Ray merges
 into the trial's config.
 
