@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from morphsearch import artifacts, builders
+from morphsearch import artifacts, builders, morphisms
 from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError
+from morphsearch.lineage import LineageStore
 from morphsearch.search.config import SearchConfig, load_config
 from morphsearch.search.protocol import PlannedMorphism, TrialPlan
 from morphsearch.search.runner import TrainFlopsStopper, spent_flops
+from morphsearch.search.space import ParentInfo
 from morphsearch.search.trial import TrialSetup, grow_child, make_optimizer, morphism_flops
 from tests.search.conftest import TINY, digits_space, load_config_text, run_trial_here
 
@@ -390,37 +392,34 @@ def test_pool_ranks_by_rank_by_when_given(tmp_path: Path) -> None:
         load_config_text(tmp_path, "selection: {rank_by: {metric: val_loss}}")
 
 
-def test_max_flops_growth_caps_a_child_s_flops_against_its_parent_s(tmp_path: Path) -> None:
-    from morphsearch import morphisms
-    from morphsearch.lineage import LineageStore
-
-    spec = {"widen.split": {"k_fraction": [0.25, 1.0]}}
+def _capped_space(tmp_path: Path, cap: float | None, **spec: Any) -> tuple[Any, Any]:
+    """``digits_space`` with ``budget.max_flops_growth: cap``."""
     space, seed = digits_space(tmp_path, **spec)
-    parent = space.seed_info
+    budget = space.config.budget.model_copy(update={"max_flops_growth": cap})
+    space.config = space.config.model_copy(update={"budget": budget})
+    return space, seed
+
+
+def test_max_flops_growth_caps_a_child_s_flops_against_its_parent_s(tmp_path: Path) -> None:
+    spec = {"widen.split": {"k_fraction": [0.25, 1.0]}}
+    space, seed = _capped_space(tmp_path, None, **spec)
     LineageStore(space.db_url, write=True).close()  # an empty lineage: no children yet
     # uncapped, k_fraction 1.0 doubles fc1 (16 -> 32 units): nearly twice the FLOPs
-    doubled = morphisms.plan("widen.split", seed, "fc1", k=16)
-    assert doubled.flops > 1.9 * seed.flops
-    planned, _ = space._resolve(parent, "widen.split", 0.0, 1.0, 0)
+    assert morphisms.plan("widen.split", seed, "fc1", k=16).flops > 1.9 * seed.flops
+    planned, _ = space._resolve(space.seed_info, "widen.split", 0.0, 1.0, 0)
     assert planned.params == {"k": 16}
     # capped at 1.5x: the same choice falls back to half the amount, within the cap
-    capped, _ = digits_space(tmp_path, **spec)
-    capped.config = capped.config.model_copy(
-        update={"budget": capped.config.budget.model_copy(update={"max_flops_growth": 1.5})})
-    planned, _ = capped._resolve(parent, "widen.split", 0.0, 1.0, 0)
+    capped, _ = _capped_space(tmp_path, 1.5, **spec)
+    planned, _ = capped._resolve(space.seed_info, "widen.split", 0.0, 1.0, 0)
     assert planned.params == {"k": 8}
     child = morphisms.plan("widen.split", seed, planned.site, **planned.params)
     assert seed.flops < child.flops <= 1.5 * seed.flops
     # a conv parent that is not the seed: FLOPs, not parameters, and against the parent
-    from morphsearch.search.space import ParentInfo
-
     conv = builders.cnn((1, 8, 8), channels=[16], hidden=[], seed=0)
     parent = ParentInfo("p", "unused", None, conv.to_json())
     spec = {"deepen.identity": {"params": {"kernel_size": 3}}, "widen.split": {"k": [4, 8]}}
     for cap, first in ((None, "deepen.identity"), (2.0, "widen.split")):
-        space, mlp_seed = digits_space(tmp_path, **spec)
-        space.config = space.config.model_copy(update={"budget": space.config.budget.model_copy(
-            update={"max_flops_growth": cap})})  # fmt: skip
+        space, mlp_seed = _capped_space(tmp_path, cap, **spec)
         planned, _ = space._resolve(parent, "deepen.identity", 0.0, 4, 0)
         assert planned.name == first
     # the identity convolution adds 1.9x the parameters but 13x the FLOPs: refused at 2,
