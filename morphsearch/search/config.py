@@ -319,6 +319,12 @@ class SelectionConfig(_Frozen):
     # rank the parent pool by this metric and mode instead of the first objective (e.g.
     # val_loss/min: a smoother signal than accuracy on a small validation split)
     rank_by: Objective | None = None
+    # parents whose ranking value is within this much of the best one's are tied: they
+    # rank cheapest first (forward FLOPs), so a search does not keep growing a costly
+    # network that is no better than a cheap one within the validation split's noise
+    # (the one-standard-error rule; one standard error of an accuracy near 0.9 on 1,000
+    # validation samples is 0.0095). null: rank by the value alone
+    prefer_cheaper_within: float | None = Field(default=None, ge=0)
     # train the seed alone, to its full budget, before suggesting any child (children then
     # fine-tune a trained seed); false starts children at once from its initial weights
     # (more parallel at the start of a search on many workers, each child trains fully)

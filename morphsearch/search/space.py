@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -164,7 +164,7 @@ class MorphismSpace:
         limit = self.config.selection.max_children
         rank = self.config.selection.rank_by
         metric, mode = (rank.metric, rank.mode) if rank else (self.config.metric, self.config.mode)
-        ranked = [r.arch_id for r in self.store.best(self.search, metric, mode, k=4 * k)]
+        ranked = self._ranked(metric, mode, 4 * k)
         front = self._front(metric, mode) if self.config.selection.pool == "front" else []
         fresh: list[ParentInfo] = []
         on_front: list[ParentInfo] = []
@@ -187,6 +187,22 @@ class MorphismSpace:
         chosen = _spread(on_front, k)
         chosen += fresh[: k - len(chosen)]
         return chosen + used[: k - len(chosen)]
+
+    def _ranked(self, metric: str, mode: Literal["min", "max"], k: int) -> list[str]:
+        """The ``k`` best architectures by ``metric``, best first; with
+        ``selection.prefer_cheaper_within``, those within it of the best come first,
+        cheapest (forward FLOPs) first."""
+        within = self.config.selection.prefer_cheaper_within
+        if within is None:
+            return [r.arch_id for r in self.store.best(self.search, metric, mode, k=k)]
+        scored = self.store.best(self.search, metric, mode, k=None)
+        if not scored:
+            return []
+        top = scored[0].value
+        tied = sorted((r for r in scored if abs(r.value - top) <= within), key=lambda r: r.flops)
+        tied_ids = {r.arch_id for r in tied}
+        rest = [r for r in scored if r.arch_id not in tied_ids]
+        return [r.arch_id for r in tied + rest][:k]
 
     def _front(self, metric: str, mode: str) -> list[str]:
         """The objective-vs-parameters front, best (largest) first."""

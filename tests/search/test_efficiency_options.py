@@ -431,3 +431,42 @@ def test_max_flops_growth_caps_a_child_s_flops_against_its_parent_s(tmp_path: Pa
     assert wider.flops <= 2 * conv.flops and wider.flops > 2 * mlp_seed.flops
     with pytest.raises(ConfigError, match="max_flops_growth"):
         load_config_text(tmp_path, "budget: {max_flops_growth: 1.0}")
+
+
+def test_prefer_cheaper_within_ranks_tied_parents_cheapest_first(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    space, seed = digits_space(tmp_path)
+    graph = seed.to_json()
+    # (value, forward FLOPs): "big" is best by 0.002, within the 0.01 tolerance of
+    # "small" and "mid"; "far" is 0.02 below the best and ranks after them, however cheap
+    scored = {"big": (0.931, 900_000), "mid": (0.926, 50_000), "small": (0.925, 3_000),
+              "far": (0.911, 1_000)}
+
+    class Store:  # ranks like LineageStore.best would
+        def best(self, search: str, metric: str, mode: str, k: int | None = 1) -> list[Any]:
+            ranked = sorted(scored, key=lambda a: scored[a][0], reverse=True)[:k]
+            return [SimpleNamespace(arch_id=a, value=scored[a][0], flops=scored[a][1])
+                    for a in ranked]
+
+        def architecture(self, arch_id: str) -> Any:
+            return SimpleNamespace(arch_id=arch_id, weights_uri=f"{arch_id}.st",
+                                   weights_sha256=None, graph=graph)
+
+        def child_hashes(self, arch_id: str) -> set[str]:
+            return set()
+
+    def pool(within: float | None, size: int = 4) -> list[str]:
+        selection = space.config.selection.model_copy(
+            update={"prefer_cheaper_within": within, "pool_size": size})
+        space.config = space.config.model_copy(update={"selection": selection})
+        return [p.arch_id for p in space.pool()]
+
+    space._store = Store()
+    assert pool(None) == ["big", "mid", "small", "far"]  # off: by value alone
+    assert pool(0.01) == ["small", "mid", "big", "far"]
+    assert pool(0.01, size=2) == ["small", "mid"]
+    assert pool(0.0055) == ["mid", "big", "small", "far"]  # "small" is 0.006 below
+    assert pool(0.0) == ["big", "mid", "small", "far"]
+    with pytest.raises(ConfigError, match="prefer_cheaper_within"):
+        load_config_text(tmp_path, "selection: {prefer_cheaper_within: -0.01}")
