@@ -319,8 +319,9 @@ class SelectionConfig(_Frozen):
     # rank the parent pool by this metric and mode instead of the first objective (e.g.
     # val_loss/min: a smoother signal than accuracy on a small validation split)
     rank_by: Objective | None = None
-    # parents whose ranking value is within this much of the best one's are tied: they
-    # rank cheapest first (forward FLOPs), so a search does not keep growing a costly
+    # parents whose ranking value is within this much of the best one's (in the ranking
+    # metric's units) are tied: they rank cheapest first (forward FLOPs; with pool: best,
+    # a front keeps its own order), so a search does not keep growing a costly
     # network that is no better than a cheap one within the validation split's noise
     # (the one-standard-error rule; one standard error of an accuracy near 0.9 on 1,000
     # validation samples is 0.0095). null: rank by the value alone. Measured

@@ -438,16 +438,17 @@ def test_prefer_cheaper_within_ranks_tied_parents_cheapest_first(tmp_path: Path)
 
     space, seed = digits_space(tmp_path)
     graph = seed.to_json()
-    # (value, forward FLOPs): "big" is best by 0.002, within the 0.01 tolerance of
-    # "small" and "mid"; "far" is 0.02 below the best and ranks after them, however cheap
-    scored = {"big": (0.931, 900_000), "mid": (0.926, 50_000), "small": (0.925, 3_000),
-              "far": (0.911, 1_000)}
+    # name: (val_accuracy, val_loss, forward FLOPs). "big" is best on both metrics;
+    # "mid" and "small" are within 0.01 of it, "far" is not, however cheap
+    scored = {"big": (0.931, 0.200, 900_000), "mid": (0.926, 0.205, 50_000),
+              "small": (0.925, 0.207, 3_000), "far": (0.911, 0.250, 1_000)}
 
-    class Store:  # ranks like LineageStore.best would
+    class Store:  # ranks like LineageStore.best would: by metric and mode, k best
         def best(self, search: str, metric: str, mode: str, k: int | None = 1) -> list[Any]:
-            ranked = sorted(scored, key=lambda a: scored[a][0], reverse=True)[:k]
-            return [SimpleNamespace(arch_id=a, value=scored[a][0], flops=scored[a][1])
-                    for a in ranked]
+            column = 0 if metric == "val_accuracy" else 1
+            ranked = sorted(scored, key=lambda a: scored[a][column], reverse=mode == "max")
+            return [SimpleNamespace(arch_id=a, value=scored[a][column], flops=scored[a][2])
+                    for a in ranked[:k]]
 
         def architecture(self, arch_id: str) -> Any:
             return SimpleNamespace(arch_id=arch_id, weights_uri=f"{arch_id}.st",
@@ -456,9 +457,9 @@ def test_prefer_cheaper_within_ranks_tied_parents_cheapest_first(tmp_path: Path)
         def child_hashes(self, arch_id: str) -> set[str]:
             return set()
 
-    def pool(within: float | None, size: int = 4) -> list[str]:
+    def pool(within: float | None, size: int = 4, rank_by: Any = None) -> list[str]:
         selection = space.config.selection.model_copy(
-            update={"prefer_cheaper_within": within, "pool_size": size})
+            update={"prefer_cheaper_within": within, "pool_size": size, "rank_by": rank_by})
         space.config = space.config.model_copy(update={"selection": selection})
         return [p.arch_id for p in space.pool()]
 
@@ -468,5 +469,13 @@ def test_prefer_cheaper_within_ranks_tied_parents_cheapest_first(tmp_path: Path)
     assert pool(0.01, size=2) == ["small", "mid"]
     assert pool(0.0055) == ["mid", "big", "small", "far"]  # "small" is 0.006 below
     assert pool(0.0) == ["big", "mid", "small", "far"]
+    # a minimised metric: ties are measured upwards from the lowest loss
+    loss = space.config.objectives[0].model_copy(update={"metric": "val_loss", "mode": "min"})
+    assert pool(None, rank_by=loss) == ["big", "mid", "small", "far"]
+    assert pool(0.0055, rank_by=loss) == ["mid", "big", "small", "far"]  # small: +0.007
+    # a tied cheap parent is found however many costlier ones rank above it by value
+    scored.update({f"wide{i}": (0.930 - i / 1000, 0.201 + i / 1000, 800_000) for i in range(6)})
+    assert pool(0.01, size=1) == ["small"]
+    assert pool(None, size=1) == ["big"]
     with pytest.raises(ConfigError, match="prefer_cheaper_within"):
         load_config_text(tmp_path, "selection: {prefer_cheaper_within: -0.01}")
