@@ -366,6 +366,10 @@ class SchedulerConfig(_Frozen):
     asha: bool = False
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: int = Field(default=2, ge=2)
+    # compare a trial at a rung with the last `window` trials recorded there only, not
+    # every earlier one (morphsearch.search.asha): a growing search's early, weaker
+    # trials then stop fewer of its later children from being cut. null: Ray's ASHA
+    window: int | None = Field(default=None, ge=2)
 
 
 class ResourcesConfig(_Frozen):

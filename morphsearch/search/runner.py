@@ -168,6 +168,8 @@ def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
+    from morphsearch.search.asha import RecentASHAScheduler
+
     setup, space = _prepare(config, name, storage, inputs)
     trainable = tune.with_resources(
         tune.with_parameters(train_child, setup=setup),
@@ -175,7 +177,7 @@ def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) 
     )
     scheduler = None
     if config.scheduler.asha:
-        scheduler = ASHAScheduler(
+        asha: dict[str, Any] = dict(
             metric=config.metric,
             mode=config.mode,
             time_attr=EPOCH,
@@ -183,6 +185,8 @@ def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) 
             grace_period=config.scheduler.grace_period,
             reduction_factor=config.scheduler.reduction_factor,
         )
+        window = config.scheduler.window
+        scheduler = RecentASHAScheduler(window, **asha) if window else ASHAScheduler(**asha)
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(config, name, space),
         scheduler=scheduler,
