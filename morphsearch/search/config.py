@@ -371,6 +371,12 @@ class SchedulerConfig(_Frozen):
     # trials then stop fewer of its later children from being cut. null: Ray's ASHA
     window: int | None = Field(default=None, ge=2)
 
+    @model_validator(mode="after")
+    def _window_needs_asha(self) -> SchedulerConfig:
+        if self.window is not None and not self.asha:
+            raise ValueError("'window' windows ASHA's rungs: set 'asha: true' or drop it")
+        return self
+
 
 class ResourcesConfig(_Frozen):
     """Per trial; ``gpus`` may be fractional (0.25: four trials share a GPU)."""

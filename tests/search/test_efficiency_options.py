@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from morphsearch import artifacts, builders, morphisms
 from morphsearch.data import load_dataset
 from morphsearch.errors import ConfigError
 from morphsearch.lineage import LineageStore
+from morphsearch.search.asha import RecentASHAScheduler
 from morphsearch.search.config import SearchConfig, load_config
 from morphsearch.search.protocol import PlannedMorphism, TrialPlan
 from morphsearch.search.runner import TrainFlopsStopper, spent_flops
@@ -479,3 +481,38 @@ def test_prefer_cheaper_within_ranks_tied_parents_cheapest_first(tmp_path: Path)
     assert pool(None, size=1) == ["big"]
     with pytest.raises(ConfigError, match="prefer_cheaper_within"):
         load_config_text(tmp_path, "selection: {prefer_cheaper_within: -0.01}")
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_asha_window_compares_a_trial_with_recent_trials_only(mode: str) -> None:
+    from types import SimpleNamespace
+
+    sign = 1.0 if mode == "max" else -1.0  # a loss: the same ranking, lower is better
+    settings = dict(metric="m", mode=mode, time_attr="epoch", max_t=10, grace_period=2,
+                    reduction_factor=3)  # fmt: skip
+
+    def decision(scheduler: Any) -> str:
+        # six early, weak trials, then three recent, strong ones reach the rung at 2
+        history = [0.50, 0.51, 0.52, 0.53, 0.54, 0.55, 0.90, 0.91, 0.92]
+        for i, value in enumerate(history):
+            trial = SimpleNamespace(trial_id=f"t{i}")
+            scheduler.on_trial_add(None, trial)
+            scheduler.on_trial_result(None, trial, {"epoch": 2, "m": sign * value})
+        new = SimpleNamespace(trial_id="new")
+        scheduler.on_trial_add(None, new)
+        return str(scheduler.on_trial_result(None, new, {"epoch": 2, "m": sign * 0.85}))
+
+    # every earlier trial: the cutoff (top third of nine) is 0.57, and 0.85 goes on;
+    # the last three: the cutoff is 0.913, and 0.85 stops
+    assert decision(ASHAScheduler(**settings)) == TrialScheduler.CONTINUE
+    assert decision(RecentASHAScheduler(3, **settings)) == TrialScheduler.STOP
+    assert decision(RecentASHAScheduler(9, **settings)) == TrialScheduler.CONTINUE
+
+
+def test_asha_window_is_validated(tmp_path: Path) -> None:
+    config = load_config_text(tmp_path, "scheduler: {asha: true, window: 6}")
+    assert config.scheduler.window == 6
+    with pytest.raises(ConfigError, match="window"):
+        load_config_text(tmp_path, "scheduler: {asha: true, window: 1}")
+    with pytest.raises(ConfigError, match=r"window.*asha"):
+        load_config_text(tmp_path, "scheduler: {window: 6}")  # nothing to window
