@@ -367,8 +367,11 @@ class SchedulerConfig(_Frozen):
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: int = Field(default=2, ge=2)
     # compare a trial at a rung with the last `window` trials recorded there only, not
-    # every earlier one (morphsearch.search.asha): a growing search's early, weaker
-    # trials then stop fewer of its later children from being cut. null: Ray's ASHA
+    # every earlier one (morphsearch.search.asha): in a growing search the early, weaker
+    # trials otherwise let almost every later child through. null: Ray's ASHA.
+    # Measured (bench/search_efficiency.py, at 6): more children stopped at their first
+    # rung; within half of from-scratch ASHA's compute in 14 of 20 MNIST-1D seed-runs (the
+    # same as without it) and 11 of 15 digits seeds (10 without)
     window: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="after")
