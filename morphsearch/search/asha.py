@@ -16,6 +16,8 @@ import numpy as np
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
+from morphsearch.errors import ConfigError
+
 __all__ = ["RecentASHAScheduler"]
 
 
@@ -38,8 +40,8 @@ class RecentASHAScheduler(ASHAScheduler):
         super().__init__(**kwargs)
         brackets = getattr(self, "_brackets", None)
         if not brackets or not all(type(b) is _Bracket for b in brackets):
-            raise RuntimeError("this Ray version's ASHA has no _Bracket list to window; "
-                               "set scheduler.window: null")  # fmt: skip
+            raise ConfigError("scheduler.window: this Ray version's ASHA has no rung "
+                              "brackets to window; set scheduler.window: null")  # fmt: skip
         for bracket in brackets:
             bracket.__class__ = _RecentBracket
             bracket.window = window

@@ -516,3 +516,17 @@ def test_asha_window_is_validated(tmp_path: Path) -> None:
         load_config_text(tmp_path, "scheduler: {asha: true, window: 1}")
     with pytest.raises(ConfigError, match=r"window.*asha"):
         load_config_text(tmp_path, "scheduler: {window: 6}")  # nothing to window
+
+
+def test_asha_window_names_itself_when_ray_s_asha_cannot_be_windowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import morphsearch.search.asha as asha
+
+    class OtherBracket:  # a Ray whose ASHA brackets are not the class this module windows
+        pass
+
+    monkeypatch.setattr(asha, "_Bracket", OtherBracket)
+    with pytest.raises(ConfigError, match=r"scheduler\.window.*null"):
+        asha.RecentASHAScheduler(3, metric="m", mode="max", time_attr="epoch", max_t=10,
+                                 grace_period=2, reduction_factor=3)  # fmt: skip
