@@ -168,7 +168,7 @@ def _tuner(config: SearchConfig, name: str, storage: str, inputs: SearchInputs) 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
-    from morphsearch.search.asha import RecentASHAScheduler
+    from morphsearch.search.asha import RecentASHAScheduler  # deferred: imports ray.tune
 
     setup, space = _prepare(config, name, storage, inputs)
     trainable = tune.with_resources(
