@@ -196,13 +196,13 @@ class MorphismSpace:
         if within is None:
             return [r.arch_id for r in self.store.best(self.search, metric, mode, k=k)]
         scored = self.store.best(self.search, metric, mode, k=None)
-        if not scored:
-            return []
-        top = scored[0].value
-        tied = sorted((r for r in scored if abs(r.value - top) <= within), key=lambda r: r.flops)
-        tied_ids = {r.arch_id for r in tied}
-        rest = [r for r in scored if r.arch_id not in tied_ids]
-        return [r.arch_id for r in tied + rest][:k]
+        top = scored[0].value if scored else 0.0
+
+        def key(r: Any) -> tuple[bool, int]:  # tied first, by FLOPs; the rest keep their rank
+            tied = abs(r.value - top) <= within
+            return (not tied, r.flops if tied else 0)
+
+        return [r.arch_id for r in sorted(scored, key=key)][:k]
 
     def _front(self, metric: str, mode: str) -> list[str]:
         """The objective-vs-parameters front, best (largest) first."""
