@@ -97,9 +97,13 @@ def test_curve_reach_and_ratio() -> None:
     assert got["morphsearch"].reached == (30, 2)
     assert got["morphsearch"].ratio == pytest.approx(30 / 80)
     assert got["morphsearch"].wall_ratio == pytest.approx(2 / 2)
+    # over the reference's whole search (120 FLOPs), not its 80 to reach its best
+    assert got["morphsearch"].whole_ratio == pytest.approx(30 / 120)
+    assert math.isinf(got["scratch random"].whole_ratio)
     assert got["scratch random"].reached is None and math.isinf(got["scratch random"].ratio)
     # a trial without weights (cut, ASHA) is not a pick, but its FLOPs count
     assert got["scratch TPE"].reached == (80, 2) and got["scratch TPE"].ratio == 1.0
+    assert got["scratch TPE"].whole_ratio == pytest.approx(80 / 120)
     assert got[REFERENCE].ratio == 1.0
     # ties on validation accuracy go to the lower validation loss
     tie = _run("x", [(1, 0.9, 0.8), (1, 0.9, 0.7)])
@@ -152,7 +156,9 @@ def test_bootstrap_median_is_fixed_and_handles_never() -> None:
 def test_tables_count_seeds_reached_within_half() -> None:
     runs = []
     for seed, cost in enumerate((10, 30, 60, 20, 5)):  # ratios 0.125 .. 0.75 of 80
-        runs.append(_run(REFERENCE, [(40, 0.90, 0.91), (40, 0.95, 0.93)], seed))
+        # the reference reaches its best at 80 and trains 40 more (its whole search: 120)
+        runs.append(_run(REFERENCE, [(40, 0.90, 0.91), (40, 0.95, 0.93), (40, 0.94, 0.99)],
+                         seed))  # fmt: skip
         runs.append(_run("morphsearch", [(cost, 0.96, 0.93)], seed))
     runs.append(_run(REFERENCE, [(40, 0.95, 0.92)], 0, repeat=1))
     runs.append(_run("morphsearch", [(90, 0.95, 0.90)], 0, repeat=1))
@@ -161,7 +167,9 @@ def test_tables_count_seeds_reached_within_half() -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "5" and cells[8] == "5/5" and cells[9] == "4/5"
     assert cells[10].startswith("0.25 [")  # median of 0.125, 0.375, 0.75, 0.25, 0.0625
+    assert cells[12] == "5/5"  # 60 of the whole search's 120 is within half
     assert "0 (repeat)" in seed_table(runs, "digits")
+    assert "| 2 | 0.9300 | 0.9300, 0.75 (0.50) | 0.9300, 1.00 (0.67) |" in seed_table(runs, "digits")
     assert "| digits, 0, morphsearch | 0.9300 / 0.9000 | 0.0300 | 0.12 / never |" in spread(runs)
 
 
