@@ -68,6 +68,18 @@ def test_shipped_mnist1d_cnn_graphs(name: str, params: int) -> None:
     ).structure_hash
 
 
+def test_shipped_full_resolution_mnist1d_seed() -> None:
+    """configs/mnist1d_fullres.yaml's seed: two stride-1 conv1d keep all 40 positions,
+    one 2x max pool halves them once before the linear layer."""
+    arch = load(GRAPHS / "mnist1d-cnn-fullres.json")
+    assert arch.input_shape == (1, 40) and arch.output_shape == (10,)
+    assert arch.shape("conv1") == arch.shape("conv2") == (8, 40)
+    assert arch.shape("pool") == (8, 20)
+    # 8*(1*5) + 8 + 8*(8*3) + 8 + 10*(8*20) + 10
+    assert arch.num_params == 48 + 200 + 1610 == 1858
+    assert arch.to_module()(torch.randn(3, 1, 40)).shape == (3, 10)
+
+
 def test_resnet_on_a_signal_uses_conv1d_and_keeps_its_length() -> None:
     arch = builders.resnet((2, 10), width=3, blocks=1, num_classes=4)
     assert arch.op("b1_conv2") == "conv1d" and arch.shape("b1_add") == (3, 10)
