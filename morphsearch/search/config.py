@@ -326,8 +326,8 @@ class SelectionConfig(_Frozen):
     # (the one-standard-error rule; one standard error of an accuracy near 0.9 on 1,000
     # validation samples is 0.0095). null: rank by the value alone. Measured
     # (bench/search_efficiency.py, MNIST-1D's strided seed, 10 development seeds, at
-    # 0.01): more and cheaper trials, picks as good, slower to reach from-scratch search's best
-    # (within half of its compute in 5 of 10 seeds, against 7 of 10 without it)
+    # 0.01): more and cheaper trials, picks as good, slower to reach from-scratch
+    # search's best (within half of its compute in 5 of 10 seeds, against 7 of 10)
     prefer_cheaper_within: float | None = Field(default=None, ge=0)
     # train the seed alone, to its full budget, before suggesting any child (children then
     # fine-tune a trained seed); false starts children at once from its initial weights
@@ -371,8 +371,7 @@ class SchedulerConfig(_Frozen):
     # trials otherwise let almost every later child through. null: Ray's ASHA.
     # Measured (bench/search_efficiency.py, at 6): more children stopped at their first
     # rung; within half of from-scratch ASHA's compute in 14 of 20 MNIST-1D seed-runs from
-    # the strided seed (the
-    # same as without it) and 11 of 15 digits seeds (10 without)
+    # the strided seed (the same as without it) and 11 of 15 digits seeds (10 without)
     window: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="after")
