@@ -4,16 +4,16 @@
 Five methods, one Ray Tune harness; per dataset and seed the same data, trial recipe
 and budget:
 
-- ``morphsearch``: ``run_search`` of a shipped conv config (``configs/mnist1d_fullres.yaml``:
+- ``morphsearch``: ``run_search`` of a shipped conv config (``configs/mnist1d.yaml``:
   two conv1d of 8 channels at the signal's full resolution, one 2x pool, 1,858
   parameters; ``configs/digits.yaml``: conv(4)-batchnorm-pool-linear) and its morphisms;
-  children inherit their parent's weights and fine-tune for ``child_steps``. The
-  MNIST-1D config is ``configs/mnist1d.yaml`` with another seed: that config's seed, the
-  paper CNN at 8 channels, halves the resolution at each of three strided convolutions,
-  which no morphism undoes, while the from-scratch searches' best networks keep 20-40
-  positions; on development seeds 5-14, validation only, the full-resolution seed
-  reached ASHA's best within half its FLOPs in 8 and 7 of 10 (the strided seed 7 and 7),
-  its picks scoring 0.985 / 0.983 validation (0.983 / 0.980) at about half the parameters
+  children inherit their parent's weights and fine-tune for ``child_steps``. Until
+  2026-12-07 the MNIST-1D seed was the paper CNN at 8 channels, which halves the
+  resolution at each of three strided convolutions, which no morphism undoes, while the
+  from-scratch searches' best networks keep 20-40 positions; on development seeds 5-14,
+  validation only, the full-resolution seed reached ASHA's best within half its FLOPs in
+  8 and 7 of 10 (the strided seed 7 and 7), its picks scoring 0.985 / 0.983 validation
+  (0.983 / 0.980) at about half the parameters
   (``--grow seed_graph.path=graphs/mnist1d-cnn-tiny.json`` runs the strided seed; on
   digits a seed without its pool gave 10 of 15, as its pooled seed, and was not taken).
   Overrides (the MNIST-1D figures quoted for them were measured from the strided seed,
@@ -91,8 +91,7 @@ fix, so repeats differ. "CPU s" sums this process's and its Ray processes' CPU t
 Commands (from the repository root; tables to stdout, results.json and logs under --out):
 
     # full: 2 datasets x 5 seeds x 5 methods, plot to bench/search_efficiency.png;
-    # measured 2,352 s (39 min) and 4,582 CPU s alone on the 2-core machine (before the
-    # growing searches ran under ASHA, which shortened their rows: 1,206 s against ~1,500)
+    # measured 1,626 s (27 min) and 3,152 CPU s alone on the 2-core machine (2026-12-07)
     PYTHONPATH=. python bench/search_efficiency.py --out /tmp/search-efficiency
     # the spread between two runs of seed 0 (about a fifth of the full run, twice)
     PYTHONPATH=. python bench/search_efficiency.py --seeds 0 --repeat \
@@ -174,7 +173,7 @@ class Task:
 
 
 TASKS = {
-    "mnist1d": Task("mnist1d", "configs/mnist1d_fullres.yaml", 1200, 600, 120, 3, 1.0e12, 160,
+    "mnist1d": Task("mnist1d", "configs/mnist1d.yaml", 1200, 600, 120, 3, 1.0e12, 160,
                     240),
     "digits": Task("digits", "configs/digits.yaml", 800, 400, 100, 3, 0.3e12, 64, 150,
                    grow_objective=("val_loss", "min")),

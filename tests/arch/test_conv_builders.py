@@ -69,7 +69,7 @@ def test_shipped_mnist1d_cnn_graphs(name: str, params: int) -> None:
 
 
 def test_shipped_full_resolution_mnist1d_seed() -> None:
-    """configs/mnist1d_fullres.yaml's seed: two stride-1 conv1d keep all 40 positions,
+    """configs/mnist1d.yaml's seed: two stride-1 conv1d keep all 40 positions,
     one 2x max pool halves them once before the linear layer."""
     arch = load(GRAPHS / "mnist1d-cnn-fullres.json")
     assert arch.input_shape == (1, 40) and arch.output_shape == (10,)

@@ -32,17 +32,6 @@ def test_every_example_loads(path: Path) -> None:
     assert config.objectives and config.morphisms
 
 
-def test_full_resolution_mnist1d_config_differs_only_in_its_seed() -> None:
-    """bench/search_efficiency.py grows configs/mnist1d_fullres.yaml and describes it as
-    configs/mnist1d.yaml with another seed graph: keep it so."""
-    strided = load_config(QUICKSTART.with_name("mnist1d.yaml")).model_dump()
-    fullres = load_config(QUICKSTART.with_name("mnist1d_fullres.yaml")).model_dump()
-    assert strided.pop("seed_graph")["path"] == "graphs/mnist1d-cnn-tiny.json"
-    assert fullres.pop("seed_graph")["path"] == "graphs/mnist1d-cnn-fullres.json"
-    assert (strided.pop("name"), fullres.pop("name")) == ("mnist1d", "mnist1d_fullres")
-    assert fullres == strided
-
-
 def test_pareto_and_gpu_example() -> None:
     config = load_config(QUICKSTART.with_name("cluster_gpu.yaml"))
     assert [o.metric for o in config.objectives] == ["val_accuracy", "params"]
