@@ -162,6 +162,21 @@ class MetricRecord:
 
 
 @dataclass(frozen=True)
+class GrowthIn:
+    """Growth inside a trial as the writer hands it to the store: ``pre_id`` grew into
+    ``post`` by ``morphisms`` at optimizer step ``step``."""
+
+    pre_id: str
+    post: ArchitectureIn
+    morphisms: tuple[JSONDict, ...]
+    step: int
+    trigger: str
+    scores: JSONDict = field(default_factory=dict)
+    loss_before: float | None = None
+    loss_after: float | None = None
+
+
+@dataclass(frozen=True)
 class GrowthEventRecord:
     """Growth inside a trial: ``pre_id`` grew into ``post_id`` at ``step``."""
 

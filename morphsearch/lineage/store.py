@@ -38,6 +38,7 @@ from morphsearch.lineage.records import (
     ArchNode,
     BestResult,
     GrowthEventRecord,
+    GrowthIn,
     LineageDiff,
     MetricRecord,
     ParetoPoint,
@@ -176,8 +177,14 @@ class LineageStore:
         error: str | None = None,
         started: datetime | None = None,
         ended: datetime | None = None,
+        growth: Sequence[GrowthIn] = (),
+        metrics: Sequence[tuple[int, Mapping[str, float]]] = (),
+        metrics_arch_id: str | None = None,
     ) -> TrialRecord:
-        """Record a trial with its child architecture and parent -> child edge, atomically.
+        """Record a trial with its child architecture and parent -> child edge, and with
+        them its growth inside the trial and its metrics, in ONE transaction: a driver
+        killed mid-write leaves all of it or none (a resumed search then records it
+        again), never a finished trial without its metrics.
 
         Args:
             search: the search name (created by :meth:`create_search`).
@@ -188,6 +195,10 @@ class LineageStore:
             child: the architecture the trial trains.
             morphisms: the chain of morphism records applied to the parent, in order.
             node: the Ray node that ran it; status: e.g. RUNNING, TERMINATED, ERROR.
+            growth: growth events inside the trial, in order (:meth:`record_growth`).
+            metrics: ``(evaluation, values)`` reports (:meth:`record_metrics_many`),
+                of ``metrics_arch_id`` (default: the child; after growth, the grown
+                architecture the trial kept).
 
         Returns:
             The trial as stored.
@@ -207,6 +218,11 @@ class LineageStore:
 
         def action(session: Session) -> TrialRecord:
             row = writes.add_trial(session, search, trial_id, parent_id, child, morphisms, fields)
+            for event in growth:
+                writes.add_growth(session, trial_id, event.pre_id, event.post, event.morphisms,
+                                  _growth_fields(event))  # fmt: skip
+            if metrics:
+                writes.add_metrics_many(session, trial_id, metrics, metrics_arch_id)
             return _trial_record(session, row)
 
         return self._run(action, write=True)
@@ -294,27 +310,14 @@ class LineageStore:
             NotFound: no such trial or pre-growth architecture.
             DatabaseError: ``post.arch_id`` is already recorded differently.
         """
-        event: dict[str, Any] = {
-            "step": int(step),
-            "trigger": trigger,
-            "scores": dict(scores or {}),
-            "loss_before": loss_before,
-            "loss_after": loss_after,
-        }
+        growth = GrowthIn(pre_id, post, tuple(dict(m) for m in morphisms), int(step), trigger,
+                          dict(scores or {}), loss_before, loss_after)  # fmt: skip
 
         def action(session: Session) -> GrowthEventRecord:
-            writes.add_growth(session, trial_id, pre_id, post, morphisms, event)
-            return GrowthEventRecord(
-                trial_id,
-                pre_id,
-                post.arch_id,
-                event["step"],
-                trigger,
-                event["scores"],
-                loss_before,
-                loss_after,
-                tuple(dict(m) for m in morphisms),
-            )
+            writes.add_growth(session, trial_id, pre_id, post, morphisms, _growth_fields(growth))
+            return GrowthEventRecord(trial_id, pre_id, post.arch_id, growth.step, trigger,
+                                     growth.scores, loss_before, loss_after,
+                                     growth.morphisms)  # fmt: skip
 
         return self._run(action, write=True)
 
@@ -419,6 +422,12 @@ class LineageStore:
     def roots(self, search: str) -> list[str]:
         """Where the lineage of ``search`` starts (its seeds). Raises NotFound."""
         return self._run(lambda s: queries.roots(s, search))
+
+
+def _growth_fields(growth: GrowthIn) -> dict[str, Any]:
+    """The growth event row's own columns."""
+    return {"step": growth.step, "trigger": growth.trigger, "scores": dict(growth.scores),
+            "loss_before": growth.loss_before, "loss_after": growth.loss_after}  # fmt: skip
 
 
 def _trial_record(session: Session, row: Any) -> TrialRecord:

@@ -2,9 +2,9 @@
 
 Per-epoch metrics are buffered until the trial's child architecture is recorded (its
 final result carries the weights URI, or the trial ends without one: stopped by ASHA
-or failed), then written with it. Every write is idempotent by Ray trial id, and the
-buffer is part of the callback's state in Tune's experiment checkpoint, so a resumed
-search records each trial exactly once.
+or failed), then written with it and its growth events in one transaction. Every write
+is idempotent by Ray trial id, and the buffer is part of the callback's state in Tune's
+experiment checkpoint, so a resumed search records each trial exactly once.
 
 Lineage is written at once while Tune snapshots its experiment from time to time, so a
 driver killed right after a trial finished can leave that trial in lineage and not in
@@ -24,7 +24,7 @@ from ray.tune import Callback
 
 from morphsearch import artifacts
 from morphsearch.errors import MorphSearchError, first_line
-from morphsearch.lineage import ArchitectureIn, LineageStore
+from morphsearch.lineage import ArchitectureIn, GrowthIn, LineageStore
 from morphsearch.search.protocol import (
     EPOCH_HISTORY,
     LINEAGE_METRICS,
@@ -192,15 +192,18 @@ class LineageCallback(Callback):
                             report.params, report.flops, report if holder == report.arch_id
                             else None)  # fmt: skip
         config = {k: v for k, v in dict(trial.config).items() if _plain(v)}
+        growth = [self._growth(event, report if event["arch_id"] == holder else None)
+                  for event in report.growth_events]  # fmt: skip
+        # one transaction: a driver killed here leaves the trial with its metrics or not
+        # at all, never a finished trial without them (tests/search/test_resume.py)
         self.store.record_trial(
             self.search, trial_id, report.parent_id, child, [dict(m) for m in report.morphisms],
-            node=report.node_id, status=status, config=config, error=error, started=_parsed(self._started.get(trial_id)),
+            node=report.node_id, status=status, config=config, error=error,
+            started=_parsed(self._started.get(trial_id)), growth=growth,
+            metrics=self._pending.get(trial_id, []), metrics_arch_id=self._measured(report),
         )  # fmt: skip
         self._recorded.add(trial_id)
-        for event in report.growth_events:
-            self._record_growth(trial_id, event, report if event["arch_id"] == holder else None)
-        rows = self._pending.pop(trial_id, [])
-        self.store.record_metrics_many(trial_id, rows, arch_id=self._measured(report))
+        self._pending.pop(trial_id, None)
         return True
 
     @staticmethod
@@ -208,24 +211,15 @@ class LineageCallback(Callback):
         """The architecture a grown trial's metrics belong to: the one holding its weights."""
         return report.final_arch_id if report.growth_events else None
 
-    def _record_growth(
-        self, trial_id: str, event: Mapping[str, Any], weights: TrialReport | None
-    ) -> None:
+    def _growth(self, event: Mapping[str, Any], weights: TrialReport | None) -> GrowthIn:
         """One growth inside the trial; the architecture the trial kept holds the weights."""
         post = self._child(str(event["arch_id"]), str(event["child_uri"]),
                            str(event["structure_hash"]), int(event["params"]),
                            int(event["flops"]), weights)  # fmt: skip
-        self.store.record_growth(
-            trial_id,
-            event["pre_id"],
-            post,
-            [event["morphism"]],
-            step=int(event["step"]),
-            trigger=str(event["trigger"]),
-            scores=event["scores"],
-            loss_before=event["loss_before"],
-            loss_after=event["loss_after"],
-        )
+        return GrowthIn(str(event["pre_id"]), post, (dict(event["morphism"]),),
+                        step=int(event["step"]), trigger=str(event["trigger"]),
+                        scores=dict(event["scores"] or {}), loss_before=event["loss_before"],
+                        loss_after=event["loss_after"])  # fmt: skip
 
     @staticmethod
     def _child(arch_id: str, uri: str, structure_hash: str, params: int, flops: int,

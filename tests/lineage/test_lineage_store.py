@@ -11,7 +11,7 @@ from _lineage_data import MORPHISMS, arch, build
 from sqlalchemy import create_engine, text
 
 from morphsearch.errors import DatabaseError, NotFound
-from morphsearch.lineage import ArchitectureIn, LineageStore, open_store
+from morphsearch.lineage import ArchitectureIn, GrowthIn, LineageStore, open_store
 
 TABLES = ("searches", "architectures", "edges", "trials", "metrics", "growth_events")
 
@@ -176,6 +176,35 @@ def test_failed_trial_write_leaves_nothing(db_url: str, store: LineageStore) -> 
     assert row_counts(db_url) == before
     with pytest.raises(NotFound):
         store.ancestors("NEW")
+
+
+def test_trial_growth_and_metrics_are_written_together(store: LineageStore) -> None:
+    """The search callback records a finished trial, its growth and its metrics in one
+    call: all of it is there, the metrics on the grown architecture the trial kept."""
+    grown = dataclasses.replace(arch("E2"), arch_id="G2", structure_hash="h-g2")
+    growth = GrowthIn("D", grown, tuple(MORPHISMS["E2"]), step=7, trigger="plateau",
+                      scores={"fc2": 0.5}, loss_before=0.4, loss_after=0.4)  # fmt: skip
+    store.record_trial("alpha", "t7", "A", arch("D"), MORPHISMS["D"], status="TERMINATED",
+                       growth=[growth], metrics=[(1, {"val_acc": 0.6}), (2, {"val_acc": 0.7})],
+                       metrics_arch_id="G2")  # fmt: skip
+    events = store.growth_events("t7")
+    assert [(e.pre_id, e.post_id, e.step, e.trigger) for e in events] == [("D", "G2", 7, "plateau")]
+    assert [(m.evaluation, m.value, m.arch_id) for m in store.metrics("t7")] == [
+        (1, 0.6, "G2"), (2, 0.7, "G2")]  # fmt: skip
+    assert [n.arch_id for n in store.ancestors("G2")] == ["G2", "D", "A", "S"]
+
+
+def test_a_trial_whose_metrics_fail_is_not_recorded(db_url: str, store: LineageStore) -> None:
+    """A failure after the trial's row was written (here: metrics of an architecture
+    that does not exist) rolls the row back too: a crash between the two can no longer
+    leave a finished trial without its metrics (a resumed search would not re-record it)."""
+    before = row_counts(db_url)
+    with pytest.raises(NotFound):
+        store.record_trial("alpha", "t8", "A", arch("D"), status="TERMINATED",
+                           metrics=[(1, {"val_acc": 0.6})], metrics_arch_id="nope")  # fmt: skip
+    assert row_counts(db_url) == before
+    with pytest.raises(NotFound):
+        store.trial("t8")
 
 
 def test_same_id_with_another_structure_or_parent_is_refused(store: LineageStore) -> None:
