@@ -8,8 +8,8 @@ and budget:
   two conv1d of 8 channels at the signal's full resolution, one 2x pool, 1,858
   parameters; ``configs/digits.yaml``: conv(4)-batchnorm-pool-linear) and its morphisms;
   children inherit their parent's weights and fine-tune for ``child_steps``. Until
-  2026-12-07 the MNIST-1D seed was the paper CNN at 8 channels, which halves the
-  resolution at each of three strided convolutions, which no morphism undoes, while the
+  2026-12-07 the MNIST-1D seed was the paper CNN at 8 channels, whose three strided
+  convolutions halve the resolution three times (no morphism undoes it), while the
   from-scratch searches' best networks keep 20-40 positions; on development seeds 5-14,
   validation only, the full-resolution seed reached ASHA's best within half its FLOPs in
   8 and 7 of 10 (the strided seed 7 and 7), its picks scoring 0.985 / 0.983 validation
@@ -17,12 +17,11 @@ and budget:
   (``--grow seed_graph.path=graphs/mnist1d-cnn-tiny.json`` runs the strided seed; on
   digits a seed without its pool gave 10 of 15, as its pooled seed, and was not taken).
   Overrides (the MNIST-1D figures quoted for them were measured from the strided seed,
-  before session 14): the recipe and budget below, one
-  objective, validation accuracy on MNIST-1D and validation loss on digits (its 269
-  validation images tie on accuracy: with the loss the picks' validation loss over 5
-  seeds was 0.022 against 0.035, their validation accuracy equal at 0.993, chosen before
-  the test figures were read), ``selection.test_top: 0`` (scored
-  here), ``selection.pool: best`` (MNIST-1D's config spreads its parents over the
+  before session 14): the recipe and budget below, one objective, validation accuracy
+  on MNIST-1D and validation loss on digits (its 269 validation images tie on accuracy:
+  with the loss the picks' validation loss over 5 seeds was 0.022 against 0.035, their
+  validation accuracy equal at 0.993, chosen before the test figures were read),
+  ``selection.test_top: 0`` (scored here), ``selection.pool: best`` (MNIST-1D's config spreads its parents over the
   accuracy-vs-size front for its small-network target; with accuracy the only objective
   the best parents are the better use of the budget: MNIST-1D seed 0, best validation
   0.970 against 0.929 with ``front``, chosen on validation before the 5-seed run),
@@ -173,8 +172,7 @@ class Task:
 
 
 TASKS = {
-    "mnist1d": Task("mnist1d", "configs/mnist1d.yaml", 1200, 600, 120, 3, 1.0e12, 160,
-                    240),
+    "mnist1d": Task("mnist1d", "configs/mnist1d.yaml", 1200, 600, 120, 3, 1.0e12, 160, 240),
     "digits": Task("digits", "configs/digits.yaml", 800, 400, 100, 3, 0.3e12, 64, 150,
                    grow_objective=("val_loss", "min")),
 }

@@ -219,8 +219,7 @@ class LineageStore:
         def action(session: Session) -> TrialRecord:
             row = writes.add_trial(session, search, trial_id, parent_id, child, morphisms, fields)
             for event in growth:
-                writes.add_growth(session, trial_id, event.pre_id, event.post, event.morphisms,
-                                  _growth_fields(event))  # fmt: skip
+                _add_growth(session, trial_id, event)
             if metrics:
                 writes.add_metrics_many(session, trial_id, metrics, metrics_arch_id)
             return _trial_record(session, row)
@@ -314,7 +313,7 @@ class LineageStore:
                           dict(scores or {}), loss_before, loss_after)  # fmt: skip
 
         def action(session: Session) -> GrowthEventRecord:
-            writes.add_growth(session, trial_id, pre_id, post, morphisms, _growth_fields(growth))
+            _add_growth(session, trial_id, growth)
             return GrowthEventRecord(trial_id, pre_id, post.arch_id, growth.step, trigger,
                                      growth.scores, loss_before, loss_after,
                                      growth.morphisms)  # fmt: skip
@@ -424,10 +423,11 @@ class LineageStore:
         return self._run(lambda s: queries.roots(s, search))
 
 
-def _growth_fields(growth: GrowthIn) -> dict[str, Any]:
-    """The growth event row's own columns."""
-    return {"step": growth.step, "trigger": growth.trigger, "scores": dict(growth.scores),
-            "loss_before": growth.loss_before, "loss_after": growth.loss_after}  # fmt: skip
+def _add_growth(session: Session, trial_id: str, growth: GrowthIn) -> None:
+    """One growth event of a trial (``record_growth``, or with the trial itself)."""
+    event = {"step": growth.step, "trigger": growth.trigger, "scores": dict(growth.scores),
+             "loss_before": growth.loss_before, "loss_after": growth.loss_after}  # fmt: skip
+    writes.add_growth(session, trial_id, growth.pre_id, growth.post, growth.morphisms, event)
 
 
 def _trial_record(session: Session, row: Any) -> TrialRecord:
