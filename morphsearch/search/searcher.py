@@ -37,6 +37,9 @@ class ResumableOptunaSearch(OptunaSearch):
     untrained weights."""
 
     wait_for_seed = False
+    # why the search ended before its budget: no new child could be grown and no trial
+    # was running that could add a parent (None: it has not)
+    ran_dry: str | None = None
     _seed_trial: str | None = None
     _exhausted_at: int | None = None  # completed trials when the pool last had nothing new
     # lineage's trials this searcher never suggested (None: to be read after a restore)
@@ -59,14 +62,21 @@ class ResumableOptunaSearch(OptunaSearch):
             return None  # nothing new since the pool ran dry: only a finished trial adds parents
         try:
             config = super().suggest(trial_id)
-        except PoolExhausted:
+        except PoolExhausted as exc:
             # nothing new to grow yet: while trials run (each may add a parent), wait;
             # the Optuna trial asked for this suggestion is closed as failed (TPE skips it)
             asked = self._ot_trials.pop(trial_id, None)
             if asked is not None and self._ot_study is not None:
                 self._ot_study.tell(asked, state=optuna.trial.TrialState.FAIL)
             if not self._running():
-                raise
+                # nothing runs that could add a parent: the search has grown all it can.
+                # It ends as a finished search (its trials recorded and scored, its best
+                # exportable), as at the end of its budget, and says why once
+                if self.ran_dry is None:
+                    log.warning("%s; the search ends after %d trial(s), before its budget",
+                                exc, len(self._completed_trials))  # fmt: skip
+                self.ran_dry = str(exc)
+                return Searcher.FINISHED  # type: ignore[return-value]  # as above
             self._exhausted_at = len(self._completed_trials)
             return None
         self._exhausted_at = None

@@ -38,7 +38,7 @@ __all__ = ["MorphismSpace", "ParentInfo", "PoolExhausted", "seed_arch_id"]
 class PoolExhausted(SearchError):
     """No new child can be grown from the parent pool as it is now. The searcher waits
     while trials are running (they may add parents); with none running, the search ends
-    with this error."""
+    there, before its budget, as a finished search, with this message as a warning."""
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from dataclasses import replace
@@ -235,10 +236,13 @@ def test_a_setting_added_later_at_its_default_keeps_a_finished_trials_identity(
     assert _trial_identity(plan, replace(setup, steps=9)) != _trial_identity(plan, setup)
 
 
-def test_the_searcher_waits_while_trials_run_when_nothing_new_can_grow() -> None:
+def test_the_searcher_waits_while_trials_run_when_nothing_new_can_grow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # an MLP seed whose only morphism is conv.input: the second suggestion has nothing
     # new to grow until the first child is trained; that is a wait, not the search's end
     import optuna
+    from ray.tune.search import Searcher
 
     from morphsearch.search.searcher import ResumableOptunaSearch
     from morphsearch.search.space import PoolExhausted
@@ -261,5 +265,10 @@ def test_the_searcher_waits_while_trials_run_when_nothing_new_can_grow() -> None
     assert [searcher.suggest(f"w{i}") for i in range(5)] == [None] * 5
     assert exhausted["asked"] == 2 and len(searcher._ot_study.get_trials()) == 2
     searcher.on_trial_complete("t1", {"val_accuracy": 0.5, "training_iteration": 1})
-    with pytest.raises(PoolExhausted):  # nothing running and nothing to grow: the end
-        searcher.suggest("t3")
+    # nothing running and nothing to grow: the end of the search, not an error
+    with caplog.at_level(logging.WARNING, logger="morphsearch.search.searcher"):
+        assert searcher.suggest("t3") == Searcher.FINISHED
+        assert searcher.suggest("t4") == Searcher.FINISHED
+    assert searcher.ran_dry == "nothing new to grow"
+    said = [r.getMessage() for r in caplog.records if r.name == "morphsearch.search.searcher"]
+    assert said == ["nothing new to grow; the search ends after 1 trial(s), before its budget"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -158,3 +159,32 @@ def test_growth_with_asha_keeps_the_best_weights_and_scores_the_top_on_test(
             names = {m.name for m in store.metrics(result.trial_id)
                      if m.arch_id == result.arch_id}
             assert ("test_accuracy" in names) == (rank < 2 or result.arch_id in front)
+
+
+def test_a_search_that_runs_out_of_children_ends_as_finished(
+    tmp_path: Path, local_ray: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The seed MLP 64:6:10 (460 parameters) may only widen its hidden layer by 1 or 2
+    # units (75 parameters each), up to 610 parameters: hidden 7 or 8. The novel children
+    # are seed -> 7, seed -> 8 and 7 -> 8 (8 has no room left), so after the trial that
+    # trains the seed and those three the pool is dry, well before 10 trials.
+    base = tiny_config(tmp_path, name="dry", trials=10)
+    config = base.model_validate({
+        **base.model_dump(),
+        "morphisms": {"widen.random": {"k": [1, 2]}},
+        "budget": {**base.budget.model_dump(), "max_params": 610},
+    })
+    with caplog.at_level(logging.WARNING, logger="morphsearch.search.searcher"):
+        result = run_search(config)
+    assert result.trials == 4 and result.best_arch_id is not None
+    said = [r.getMessage() for r in caplog.records if r.name == "morphsearch.search.searcher"]
+    assert len(said) == 1 and said[0].startswith("search 'dry': every enabled morphism")
+    assert said[0].endswith("the search ends after 4 trial(s), before its budget")
+    with LineageStore(config.database) as store:
+        assert store.search("dry").status == "finished"
+        summary = store.summary("dry")
+        assert summary.trials_by_status == {"TERMINATED": 4}
+        grown = [n for n in store.descendants("dry/seed") if n.morphisms]
+        hidden = sorted((store.architecture(n.parent_id or "").params,
+                         store.architecture(n.arch_id).params) for n in grown)  # fmt: skip
+        assert hidden == [(460, 535), (460, 610), (535, 610)]
