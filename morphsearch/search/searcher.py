@@ -37,9 +37,6 @@ class ResumableOptunaSearch(OptunaSearch):
     untrained weights."""
 
     wait_for_seed = False
-    # why the search ended before its budget: no new child could be grown and no trial
-    # was running that could add a parent (None: it has not)
-    ran_dry: str | None = None
     _seed_trial: str | None = None
     _exhausted_at: int | None = None  # completed trials when the pool last had nothing new
     # lineage's trials this searcher never suggested (None: to be read after a restore)
@@ -69,13 +66,12 @@ class ResumableOptunaSearch(OptunaSearch):
             if asked is not None and self._ot_study is not None:
                 self._ot_study.tell(asked, state=optuna.trial.TrialState.FAIL)
             if not self._running():
-                # nothing runs that could add a parent: the search has grown all it can.
-                # It ends as a finished search (its trials recorded and scored, its best
-                # exportable), as at the end of its budget, and says why once
-                if self.ran_dry is None:
-                    log.warning("%s; the search ends after %d trial(s), before its budget",
-                                exc, len(self._completed_trials))  # fmt: skip
-                self.ran_dry = str(exc)
+                # nothing runs that could add a parent to the pool: the search ends here,
+                # as at the end of its budget (its trials recorded and scored on test,
+                # its best exportable), and says why (Tune asks no more after FINISHED)
+                ran = len(self._completed_trials) + len(self._lost or ())
+                log.warning("%s; the search ends after %d trial(s), before its budget",
+                            exc, ran)  # fmt: skip
                 return Searcher.FINISHED  # type: ignore[return-value]  # as above
             self._exhausted_at = len(self._completed_trials)
             return None

@@ -38,7 +38,9 @@ __all__ = ["MorphismSpace", "ParentInfo", "PoolExhausted", "seed_arch_id"]
 class PoolExhausted(SearchError):
     """No new child can be grown from the parent pool as it is now. The searcher waits
     while trials are running (they may add parents); with none running, the search ends
-    there, before its budget, as a finished search, with this message as a warning."""
+    there, before its budget, as a finished search, with this message as a warning.
+    Parents outside the pool (ranked lower, or with ``selection.max_children`` children
+    while others have room) may still have novel children then."""
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +149,10 @@ class MorphismSpace:
                                child_structure_hash=child_hash)  # fmt: skip
         raise PoolExhausted(
             f"search {self.search!r}: every enabled morphism at every site of the parent pool "
-            "gives a duplicate or too large child; enable more morphisms, widen their 'k' "
-            "ranges or raise budget.max_params (or budget.max_flops_growth)"
+            f"(the {self.config.selection.pool_size} best trained parents with room for "
+            "children) gives a duplicate or too large child; enable more morphisms, widen "
+            "their 'k' ranges or raise selection.pool_size or budget.max_params (or "
+            "budget.max_flops_growth)"
         )
 
     def pool(self) -> list[ParentInfo]:

@@ -167,7 +167,10 @@ def test_a_search_that_runs_out_of_children_ends_as_finished(
     # The seed MLP 64:6:10 (460 parameters) may only widen its hidden layer by 1 or 2
     # units (75 parameters each), up to 610 parameters: hidden 7 or 8. The novel children
     # are seed -> 7, seed -> 8 and 7 -> 8 (8 has no room left), so after the trial that
-    # trains the seed and those three the pool is dry, well before 10 trials.
+    # trains the seed and those three the pool is dry, well before 10 trials. All three
+    # are grown because two trials run at once (both children of the trained seed start
+    # when it ends) and the pool holds two parents (7 ranks in the top two, so 7 -> 8
+    # follows); one at a time, or a pool of one, could end the search a trial sooner.
     base = tiny_config(tmp_path, name="dry", trials=10)
     config = base.model_validate({
         **base.model_dump(),
