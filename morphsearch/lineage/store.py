@@ -219,7 +219,7 @@ class LineageStore:
         def action(session: Session) -> TrialRecord:
             row = writes.add_trial(session, search, trial_id, parent_id, child, morphisms, fields)
             for event in growth:
-                _add_growth(session, trial_id, event)
+                writes.add_growth(session, trial_id, event)
             if metrics:
                 writes.add_metrics_many(session, trial_id, metrics, metrics_arch_id)
             return _trial_record(session, row)
@@ -313,10 +313,10 @@ class LineageStore:
                           dict(scores or {}), loss_before, loss_after)  # fmt: skip
 
         def action(session: Session) -> GrowthEventRecord:
-            _add_growth(session, trial_id, growth)
-            return GrowthEventRecord(trial_id, pre_id, post.arch_id, growth.step, trigger,
-                                     growth.scores, loss_before, loss_after,
-                                     growth.morphisms)  # fmt: skip
+            writes.add_growth(session, trial_id, growth)
+            return GrowthEventRecord(trial_id, growth.pre_id, growth.post.arch_id, growth.step,
+                                     growth.trigger, growth.scores, growth.loss_before,
+                                     growth.loss_after, growth.morphisms)  # fmt: skip
 
         return self._run(action, write=True)
 
@@ -421,13 +421,6 @@ class LineageStore:
     def roots(self, search: str) -> list[str]:
         """Where the lineage of ``search`` starts (its seeds). Raises NotFound."""
         return self._run(lambda s: queries.roots(s, search))
-
-
-def _add_growth(session: Session, trial_id: str, growth: GrowthIn) -> None:
-    """One growth event of a trial (``record_growth``, or with the trial itself)."""
-    event = {"step": growth.step, "trigger": growth.trigger, "scores": dict(growth.scores),
-             "loss_before": growth.loss_before, "loss_after": growth.loss_after}  # fmt: skip
-    writes.add_growth(session, trial_id, growth.pre_id, growth.post, growth.morphisms, event)
 
 
 def _trial_record(session: Session, row: Any) -> TrialRecord:

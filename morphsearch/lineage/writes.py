@@ -26,7 +26,7 @@ from morphsearch.lineage.models import (
     SearchRow,
     TrialRow,
 )
-from morphsearch.lineage.records import ArchitectureIn
+from morphsearch.lineage.records import ArchitectureIn, GrowthIn
 
 __all__ = [
     "add_architecture",
@@ -248,23 +248,16 @@ def add_metrics_many(
     return len(rows)
 
 
-def add_growth(
-    session: Session,
-    trial_id: str,
-    pre_id: str,
-    post: ArchitectureIn,
-    morphisms: Sequence[Mapping[str, Any]],
-    event: dict[str, Any],
-) -> GrowthEventRow:
-    """Record growth inside a trial as an edge ``pre -> post`` plus its event row.
-
-    ``event`` holds step, trigger, scores, loss_before, loss_after.
-    """
+def add_growth(session: Session, trial_id: str, growth: GrowthIn) -> GrowthEventRow:
+    """Record growth inside a trial as an edge ``pre -> post`` plus its event row."""
     trial = trial_row(session, trial_id)
-    pre = arch_pk(session, pre_id)
-    edge = {"kind": "growth", "morphisms": [dict(m) for m in morphisms], "trial_id": trial.id}
-    post_key = add_architecture(session, trial.search_id, post, pre, edge)
+    pre = arch_pk(session, growth.pre_id)
+    edge = {"kind": "growth", "morphisms": [dict(m) for m in growth.morphisms],
+            "trial_id": trial.id}  # fmt: skip
+    post_key = add_architecture(session, trial.search_id, growth.post, pre, edge)
     edge_key = session.scalars(select(EdgeRow.id).where(EdgeRow.child_id == post_key)).one()
-    values = {"edge_id": edge_key, "trial_id": trial.id, **event}
+    values = {"edge_id": edge_key, "trial_id": trial.id, "step": growth.step,
+              "trigger": growth.trigger, "scores": dict(growth.scores),
+              "loss_before": growth.loss_before, "loss_after": growth.loss_after}  # fmt: skip
     insert_on_conflict(session, GrowthEventRow.__table__, values, ["edge_id"])
     return session.scalars(select(GrowthEventRow).where(GrowthEventRow.edge_id == edge_key)).one()
