@@ -21,15 +21,15 @@ and budget:
   on MNIST-1D and validation loss on digits (its 269 validation images tie on accuracy:
   with the loss the picks' validation loss over 5 seeds was 0.022 against 0.035, their
   validation accuracy equal at 0.993, chosen before the test figures were read),
-  ``selection.test_top: 0`` (scored here), ``selection.pool: best`` (MNIST-1D's config spreads its parents over the
-  accuracy-vs-size front for its small-network target; with accuracy the only objective
-  the best parents are the better use of the budget: MNIST-1D seed 0, best validation
-  0.970 against 0.929 with ``front``, chosen on validation before the 5-seed run),
-  ``selection.shrink_perturb: [0.5, 0.1]`` as both configs set it (each inheriting child starts from
-  ``0.5 w + 0.1 w0``, Ash & Adams' warm-start remedy: the picks' mean validation accuracy
-  over 5 seeds rose from 0.940 to 0.979 on MNIST-1D and from 0.985 to 0.990 on digits,
-  chosen on validation before the full run; ``--grow selection.shrink_perturb=null``
-  turns it off), ``scheduler.asha: true`` with the reference's settings (grace 2
+  ``selection.test_top: 0`` (scored here), ``selection.pool: best`` (MNIST-1D's config
+  spreads its parents over the accuracy-vs-size front for its small-network target; with
+  accuracy the only objective the best parents are the better use of the budget:
+  MNIST-1D seed 0, best validation 0.970 against 0.929 with ``front``, chosen on
+  validation before the 5-seed run), ``selection.shrink_perturb: [0.5, 0.1]`` as both
+  configs set it (each inheriting child starts from ``0.5 w + 0.1 w0``, Ash & Adams'
+  warm-start remedy: the picks' mean validation accuracy over 5 seeds rose from 0.940 to
+  0.979 on MNIST-1D and from 0.985 to 0.990 on digits, chosen on validation before the
+  full run; ``--grow selection.shrink_perturb=null`` turns it off), ``scheduler.asha: true`` with the reference's settings (grace 2
   evaluations, reduction factor 3, each rung ranked by the search's own objective: a
   child in the bottom two thirds of its rung stops there and cannot become a parent;
   chosen on the validation figures of seeds 5-9, not the reported seeds 0-4: MNIST-1D
